@@ -1,0 +1,97 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/secret"
+)
+
+// Selector names the credentials and parameters of a token. It mirrors the
+// API's TokenSelector: exactly one of Client and Credentials is set.
+type Selector struct {
+	// Client is the name of a broker-held client.
+	Client string
+	// Credentials are pass-through credentials presented by the caller.
+	Credentials *Credentials
+	// Scopes are the requested scopes, in any order, possibly repeated.
+	Scopes []string
+	// Audience is sent upstream as `audience` when set.
+	Audience string
+	// Resource is sent upstream as `resource` when set.
+	Resource string
+}
+
+// Credentials are client credentials presented by a caller.
+type Credentials struct {
+	// Provider is the configured provider's name.
+	Provider string
+	// ClientID is the OAuth 2.0 client id.
+	ClientID string
+	// ClientSecret is the client secret.
+	ClientSecret secret.String
+}
+
+// Request asks for a token.
+type Request struct {
+	// Selector says which token.
+	Selector Selector
+	// MinTTL is the least remaining life the caller needs; the broker's
+	// min_remaining applies when MinTTL is smaller.
+	MinTTL time.Duration
+}
+
+// Token is a token as served to callers.
+type Token struct {
+	// AccessToken is the token itself.
+	AccessToken secret.String
+	// TokenType is the endpoint's token_type.
+	TokenType string
+	// Scopes are the granted scopes.
+	Scopes []string
+	// IssuedAt is when the request that obtained the token was sent.
+	IssuedAt time.Time
+	// ExpiresAt is when the token expires.
+	ExpiresAt time.Time
+	// RefreshAt is the token's refresh point.
+	RefreshAt time.Time
+	// KeyID is the non-secret id of the token's cache entry.
+	KeyID string
+}
+
+// Errors returned by the broker itself. Upstream failures are returned as
+// *upstream.Error values (match them with the upstream.Err* kinds).
+var (
+	// ErrInvalidArgument: the request breaks a rule; the error is a
+	// *FieldError naming the field.
+	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrUnknownClient: no broker-held client has the requested name.
+	ErrUnknownClient = errors.New("unknown client")
+	// ErrUnknownProvider: pass-through credentials name a provider that is
+	// not configured. It comes wrapped in a *FieldError.
+	ErrUnknownProvider = errors.New("unknown provider")
+	// ErrPassthroughDisabled: the caller presented its own credentials but
+	// the broker does not accept pass-through credentials.
+	ErrPassthroughDisabled = errors.New("pass-through credentials are not accepted")
+	// ErrTokenTooShort: the freshly fetched token has less life than the
+	// caller asked for (the endpoint issues shorter-lived tokens).
+	ErrTokenTooShort = errors.New("token lifetime too short")
+)
+
+// FieldError is a request error that names the offending field (by its API
+// name, for example "selector.scopes[2]") and the rule it breaks.
+type FieldError struct {
+	// Field is the API path of the field.
+	Field string
+	// Rule says what the field must be.
+	Rule string
+	// Kind is ErrInvalidArgument or ErrUnknownProvider.
+	Kind error
+}
+
+// Error implements error.
+func (e *FieldError) Error() string { return fmt.Sprintf("%s: %s", e.Field, e.Rule) }
+
+// Unwrap returns the error's kind.
+func (e *FieldError) Unwrap() error { return e.Kind }
