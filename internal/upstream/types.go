@@ -116,7 +116,7 @@ type Error struct {
 	// RetryAfter is how long to wait before trying again, when known.
 	RetryAfter time.Duration
 	// Local is true when the error was produced without contacting the
-	// endpoint (request budget exhausted).
+	// endpoint (request budget exhausted, or an invalid Request).
 	Local bool
 
 	// retryAfterSet records that RetryAfter came from the endpoint's

@@ -1,0 +1,68 @@
+// Command tokenbroker is the token broker's server: it hands out cached
+// OAuth 2.0 client-credentials access tokens over gRPC.
+//
+// Usage:
+//
+//	tokenbroker -config /etc/tokenbroker/config.yaml
+//	tokenbroker -dev      # embedded token endpoint, no configuration needed
+//
+// It runs until SIGINT or SIGTERM, then shuts down gracefully.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/tokenbroker/tokenbroker/internal/app"
+	"github.com/tokenbroker/tokenbroker/internal/config"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "tokenbroker:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := config.Parse(args, getenv)
+	if err != nil {
+		return err
+	}
+	if err := cfg.LoadSecrets(getenv); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	logger, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		return err
+	}
+	return app.Run(ctx, cfg, logger, stdout)
+}
+
+// newLogger builds the process logger from the log settings.
+func newLogger(c config.Log, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewJSONHandler(w, opts)), nil
+}

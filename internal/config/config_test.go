@@ -1,0 +1,348 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// writeFile writes content to a file in a fresh temporary directory and
+// returns its path.
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestDefault(t *testing.T) {
+	c := Default()
+	want := Config{
+		Listen: "127.0.0.1:7443",
+		Cache: Cache{
+			MaxCost:         64 << 20,
+			RefreshFraction: 0.75,
+			RefreshJitter:   0.05,
+			MinRemaining:    Duration(30 * time.Second),
+			NegativeTTL:     Duration(5 * time.Second),
+			FetchTimeout:    Duration(30 * time.Second),
+		},
+		Server: Server{
+			MaxConcurrentStreams: 1000,
+			ShutdownTimeout:      Duration(10 * time.Second),
+			KeepaliveMinTime:     Duration(30 * time.Second),
+			Reflection:           true,
+		},
+		Log:         Log{Level: "info", Format: "json"},
+		DevLifetime: Duration(5 * time.Minute),
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Fatalf("Default() = %+v\nwant %+v", c, want)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Default().Validate() = %v, want nil", err)
+	}
+
+	p := DefaultProvider()
+	wantP := Provider{
+		AuthMethod:      "client_secret_basic",
+		Timeout:         Duration(10 * time.Second),
+		RateLimit:       100,
+		Burst:           20,
+		DefaultLifetime: Duration(time.Hour),
+	}
+	if p != wantP {
+		t.Fatalf("DefaultProvider() = %+v, want %+v", p, wantP)
+	}
+}
+
+// TestExampleFile loads the reference file, validates it, and checks that
+// the defaults it documents are the real ones and that it shows every key.
+func TestExampleFile(t *testing.T) {
+	const path = "testdata/example.yaml"
+	c, err := Load(path)
+	if err != nil {
+		t.Fatalf("Load(%q) = %v", path, err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Validate() = %v, want nil", err)
+	}
+
+	// Everything but the lists is at its default.
+	rest := c
+	rest.Providers, rest.Clients = nil, nil
+	if want := Default(); !reflect.DeepEqual(rest, want) {
+		t.Errorf("example file without lists = %+v\nwant Default() = %+v", rest, want)
+	}
+
+	// Both providers are at the defaults: the first spells them out, the
+	// second omits them.
+	if got, want := len(c.Providers), 2; got != want {
+		t.Fatalf("got %d providers, want %d", got, want)
+	}
+	for i, p := range c.Providers {
+		want := DefaultProvider()
+		want.Name, want.TokenURL = p.Name, p.TokenURL
+		if p != want {
+			t.Errorf("providers[%d] = %+v, want %+v", i, p, want)
+		}
+	}
+	wantClients := []Client{
+		{Name: "orders", Provider: "cognito", ClientID: "1example23456789abcdefghij", ClientSecretFile: "/run/secrets/orders-client-secret"},
+		{Name: "billing", Provider: "cognito", ClientID: "2example98765432zyxwvutsrq", ClientSecretEnv: "BILLING_CLIENT_SECRET"},
+	}
+	if !reflect.DeepEqual(c.Clients, wantClients) {
+		t.Errorf("clients = %+v\nwant %+v", c.Clients, wantClients)
+	}
+
+	// Every key of every section appears in the file.
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw struct {
+		Top       map[string]any   `yaml:",inline"`
+		Cache     map[string]any   `yaml:"cache"`
+		Providers []map[string]any `yaml:"providers"`
+		Clients   []map[string]any `yaml:"clients"`
+		Server    map[string]any   `yaml:"server"`
+		Log       map[string]any   `yaml:"log"`
+	}
+	if err := yaml.Unmarshal(data, &raw); err != nil {
+		t.Fatal(err)
+	}
+	clientKeys := map[string]any{}
+	for _, m := range raw.Clients {
+		for k, v := range m {
+			clientKeys[k] = v
+		}
+	}
+	sections := []struct {
+		name string
+		typ  any
+		got  map[string]any
+	}{
+		{"cache", Cache{}, raw.Cache},
+		{"providers[0]", Provider{}, raw.Providers[0]},
+		{"clients", Client{}, clientKeys},
+		{"server", Server{}, raw.Server},
+		{"log", Log{}, raw.Log},
+	}
+	for _, s := range sections {
+		for _, k := range yamlKeys(reflect.TypeOf(s.typ)) {
+			if _, ok := s.got[k]; !ok {
+				t.Errorf("%s: key %q is missing from %s", path, k, s.name)
+			}
+		}
+	}
+	for _, k := range []string{"listen", "passthrough"} {
+		if _, ok := raw.Top[k]; !ok {
+			t.Errorf("%s: top-level key %q is missing", path, k)
+		}
+	}
+}
+
+func TestLoadEmptyAndNull(t *testing.T) {
+	for _, content := range []string{"", "# only a comment\n", "---\n", "~\n", "cache:\nserver: ~\nlisten: ~\n"} {
+		c, err := Load(writeFile(t, "c.yaml", content))
+		if err != nil {
+			t.Errorf("Load(%q) error = %v, want nil", content, err)
+			continue
+		}
+		if !reflect.DeepEqual(c, Default()) {
+			t.Errorf("Load(%q) = %+v, want Default()", content, c)
+		}
+	}
+}
+
+func TestLoadOverlay(t *testing.T) {
+	content := `
+listen: ":9000"
+cache:
+  max_cost: 1GiB
+  min_remaining: 0
+providers:
+  - name: a
+    token_url: https://a.example/token
+    rate_limit: 0
+    burst: 0
+    timeout: ~
+  - &base
+    name: b
+    token_url: https://b.example/token
+    auth_method: client_secret_post
+    burst: 3
+  - <<: *base
+    name: c
+clients:
+  - name: x
+    provider: a
+    client_id: id
+    client_secret_file: secrets/x
+log:
+  level: debug
+`
+	path := writeFile(t, "c.yaml", content)
+	c, err := Load(path)
+	if err != nil {
+		t.Fatalf("Load = %v", err)
+	}
+	want := Default()
+	want.Listen = ":9000"
+	want.Cache.MaxCost = GiB
+	want.Cache.MinRemaining = 0
+	want.Log.Level = "debug"
+
+	a := DefaultProvider()
+	a.Name, a.TokenURL = "a", "https://a.example/token"
+	a.RateLimit, a.Burst = 0, 0 // explicit zeros stay, for Validate to reject
+	b := DefaultProvider()
+	b.Name, b.TokenURL, b.AuthMethod, b.Burst = "b", "https://b.example/token", AuthClientSecretPost, 3
+	cc := b
+	cc.Name = "c" // merged from b
+	want.Providers = []Provider{a, b, cc}
+	want.Clients = []Client{{Name: "x", Provider: "a", ClientID: "id", ClientSecretFile: filepath.Join(filepath.Dir(path), "secrets/x")}}
+	if !reflect.DeepEqual(c, want) {
+		t.Fatalf("Load =\n%+v\nwant\n%+v", c, want)
+	}
+}
+
+// TestLoadErrors checks that every kind of error names the file, the line
+// and, where there is one, the key.
+func TestLoadErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		content string
+		want    []string // each must appear in the error
+	}{
+		{
+			name:    "unknown top-level key",
+			content: "listen: ':1'\nlisten_addr: x\n",
+			want:    []string{`c.yaml:2: listen_addr: unknown key "listen_addr"`, "valid keys here: listen, cache, providers"},
+		},
+		{
+			name:    "unknown nested key",
+			content: "cache:\n  max_cost: 1MiB\n  refresh_fractoin: 0.5\n",
+			want:    []string{`c.yaml:3: cache.refresh_fractoin: unknown key "refresh_fractoin"`, "valid keys here: max_cost, refresh_fraction"},
+		},
+		{
+			name:    "unknown key in a list item",
+			content: "providers:\n  - name: a\n    token_url: https://x\n  - name: b\n    client_secret: hunter2\n",
+			want:    []string{`c.yaml:5: providers[1].client_secret: unknown key "client_secret"`},
+		},
+		{
+			name:    "unknown key in flow style",
+			content: "log: {level: info, colour: true}\n",
+			want:    []string{`c.yaml:1: log.colour: unknown key "colour"`},
+		},
+		{
+			name:    "bad size",
+			content: "cache:\n  max_cost: 64 megs\n",
+			want:    []string{`c.yaml:2: cache.max_cost: invalid size "64 megs": unknown unit "megs"`},
+		},
+		{
+			name:    "bad duration",
+			content: "server:\n  shutdown_timeout: 10\n",
+			want:    []string{`c.yaml:2: server.shutdown_timeout: invalid duration "10": missing unit`},
+		},
+		{
+			name:    "bad duration in list item",
+			content: "providers:\n  - name: a\n    timeout: 3\n",
+			want:    []string{`c.yaml:3: providers[0].timeout: invalid duration "3"`},
+		},
+		{
+			name:    "wrong scalar type",
+			content: "cache:\n  refresh_fraction: lots\nserver:\n  max_concurrent_streams: -1\n  reflection: maybe\n",
+			want: []string{
+				"c.yaml:2: cache.refresh_fraction: must be a number (got !!str `lots`)",
+				"c.yaml:4: server.max_concurrent_streams: must be an integer from 0 to 4294967295",
+				"c.yaml:5: server.reflection: must be true or false",
+			},
+		},
+		{
+			name:    "mapping where a string belongs",
+			content: "listen:\n  host: x\n",
+			want:    []string{"c.yaml:2: listen: must be a string (got !!map)"},
+		},
+		{
+			name:    "scalar where a list belongs",
+			content: "providers: cognito\n",
+			want:    []string{"c.yaml:1: providers: must be a list"},
+		},
+		{
+			name:    "scalar where a mapping belongs",
+			content: "clients:\n  - orders\n",
+			want:    []string{"c.yaml:2: clients[0]: must be a mapping"},
+		},
+		{
+			name:    "document is not a mapping",
+			content: "- a\n- b\n",
+			want:    []string{"c.yaml:1: must be a mapping"},
+		},
+		{
+			name:    "duplicate key",
+			content: "log:\n  level: info\n  level: debug\n",
+			want:    []string{"c.yaml:3: log.level: key is set more than once (first at line 2)"},
+		},
+		{
+			name:    "two documents",
+			content: "listen: ':1'\n---\nlisten: ':2'\n",
+			want:    []string{"c.yaml:2: a second YAML document starts here"},
+		},
+		{
+			name:    "syntax error",
+			content: "cache:\n  max_cost: [1\n",
+			want:    []string{"c.yaml:"},
+		},
+		{
+			name:    "tab indentation",
+			content: "cache:\n\tmax_cost: 1\n",
+			want:    []string{"c.yaml:2: found character that cannot start any token"},
+		},
+		{
+			name:    "several errors at once",
+			content: "nope: 1\ncache:\n  max_cost: -1\n",
+			want:    []string{`c.yaml:1: nope: unknown key`, "c.yaml:3: cache.max_cost: invalid size \"-1\": must not be negative"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeFile(t, "c.yaml", tt.content)
+			_, err := Load(path)
+			if err == nil {
+				t.Fatalf("Load(%q) error = nil, want one", tt.content)
+			}
+			msg := err.Error()
+			t.Log(msg)
+			if !strings.Contains(msg, path) {
+				t.Errorf("error %q does not name the file %s", msg, path)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("got error:\n%s\nwant it to contain %q", msg, w)
+				}
+			}
+			if strings.Contains(msg, "hunter2") {
+				t.Errorf("error %q contains a value from the file", msg)
+			}
+		})
+	}
+}
+
+func TestLoadFileProblems(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing.yaml")
+	if _, err := Load(missing); err == nil || !strings.Contains(err.Error(), missing) {
+		t.Errorf("Load(missing) error = %v; want one naming %s", err, missing)
+	}
+	big := writeFile(t, "big.yaml", "# "+strings.Repeat("x", maxFileSize)+"\n")
+	if _, err := Load(big); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("Load(big) error = %v; want a size error", err)
+	}
+}

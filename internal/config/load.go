@@ -1,0 +1,363 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// maxFileSize bounds the configuration file Load reads.
+const maxFileSize = 1 << 20
+
+// Load returns Default() overlaid with the YAML file at path. Keys the file
+// omits, or sets to null, keep their defaults; a provider's omitted keys
+// take theirs from DefaultProvider. Unknown keys, values of the wrong type
+// and files holding more than one YAML document are errors; each error
+// names the file, the line and, where it can tell, the key. A relative
+// clients[].client_secret_file is resolved against the file's directory.
+//
+// Load does not validate the result.
+func Load(path string) (Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	defer func() { _ = f.Close() }()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return Config{}, fmt.Errorf("config: read %s: %w", path, err)
+	}
+	if len(data) > maxFileSize {
+		return Config{}, fmt.Errorf("%s: file is larger than %d bytes", path, maxFileSize)
+	}
+	return loadBytes(data, path)
+}
+
+// loadBytes is Load on data read from the file called name.
+func loadBytes(data []byte, name string) (Config, error) {
+	cfg := Default()
+
+	// First pass: the node tree, to count documents, to learn which keys
+	// each provider sets, and to map error lines to keys.
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return cfg, nil // empty file: all defaults
+		}
+		return Config{}, fileError(name, err, nil)
+	}
+	var extra yaml.Node
+	switch err := dec.Decode(&extra); {
+	case errors.Is(err, io.EOF):
+	case err != nil:
+		return Config{}, fileError(name, err, nil)
+	default:
+		return Config{}, fmt.Errorf("%s:%d: a second YAML document starts here; the file must hold exactly one", name, extra.Line)
+	}
+
+	// Second pass: strict decoding into the defaults.
+	strict := yaml.NewDecoder(bytes.NewReader(data))
+	strict.KnownFields(true)
+	if err := strict.Decode(&cfg); err != nil {
+		return Config{}, fileError(name, err, &doc)
+	}
+	if err := applyProviderDefaults(&doc, cfg.Providers); err != nil {
+		return Config{}, fileError(name, err, &doc)
+	}
+	base := filepath.Dir(name)
+	for i := range cfg.Clients {
+		if p := cfg.Clients[i].ClientSecretFile; p != "" && !filepath.IsAbs(p) {
+			cfg.Clients[i].ClientSecretFile = filepath.Join(base, p)
+		}
+	}
+	return cfg, nil
+}
+
+// applyProviderDefaults sets every field of providers[i] whose key the i-th
+// provider in doc omits (or sets to null) to its DefaultProvider value.
+// Decoding into a slice starts each element from its zero value, and an
+// explicit 0 must stay 0 (and fail validation) rather than become a default,
+// so presence is read from the document itself. Merge keys and aliases are
+// resolved by decoding each provider into a map.
+func applyProviderDefaults(doc *yaml.Node, providers []Provider) error {
+	if len(providers) == 0 {
+		return nil
+	}
+	var shadow struct {
+		Providers []map[string]any `yaml:"providers"`
+	}
+	if err := doc.Decode(&shadow); err != nil {
+		return err
+	}
+	def := reflect.ValueOf(DefaultProvider())
+	t := def.Type()
+	for i := range providers {
+		var keys map[string]any
+		if i < len(shadow.Providers) {
+			keys = shadow.Providers[i]
+		}
+		p := reflect.ValueOf(&providers[i]).Elem()
+		for f := 0; f < t.NumField(); f++ {
+			tag := yamlKey(t.Field(f))
+			if tag == "" {
+				continue
+			}
+			if v, ok := keys[tag]; !ok || v == nil {
+				p.Field(f).Set(def.Field(f))
+			}
+		}
+	}
+	return nil
+}
+
+// yamlKey returns the YAML key of a struct field, "" if it has none.
+func yamlKey(f reflect.StructField) string {
+	tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	if tag == "-" || !f.IsExported() {
+		return ""
+	}
+	return tag
+}
+
+// yamlKeys returns the YAML keys of struct type t, in field order.
+func yamlKeys(t reflect.Type) []string {
+	var keys []string
+	for i := 0; i < t.NumField(); i++ {
+		if k := yamlKey(t.Field(i)); k != "" {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// sectionKeys maps the Go type names the YAML decoder puts in its messages
+// to the keys valid there, for "unknown key" errors.
+var sectionKeys = func() map[string][]string {
+	m := map[string][]string{}
+	for _, v := range []any{Config{}, Cache{}, Provider{}, Client{}, Server{}, Log{}} {
+		t := reflect.TypeOf(v)
+		m[t.String()] = yamlKeys(t)
+	}
+	return m
+}()
+
+// typeRules turns the decoder's "cannot unmarshal ... into T" into a rule.
+var typeRules = map[string]string{
+	"float64":           "must be a number",
+	"int":               "must be an integer",
+	"uint32":            "must be an integer from 0 to 4294967295",
+	"bool":              "must be true or false",
+	"string":            "must be a string",
+	"config.Config":     "must be a mapping of keys to values",
+	"config.Cache":      "must be a mapping of keys to values",
+	"config.Provider":   "must be a mapping of keys to values",
+	"config.Client":     "must be a mapping of keys to values",
+	"config.Server":     "must be a mapping of keys to values",
+	"config.Log":        "must be a mapping of keys to values",
+	"[]config.Provider": "must be a list",
+	"[]config.Client":   "must be a list",
+}
+
+var (
+	lineRE     = regexp.MustCompile(`(?s)^line (\d+): (.*)$`)
+	syntaxRE   = regexp.MustCompile(`(?s)^yaml: line (\d+): (.*)$`)
+	notFoundRE = regexp.MustCompile(`(?s)^field (.*) not found in type (\S+)$`)
+	alreadyRE  = regexp.MustCompile(`(?s)^field (.*) already set in type \S+$`)
+	dupKeyRE   = regexp.MustCompile(`(?s)^mapping key (".*") already defined at line (\d+)$`)
+	cannotRE   = regexp.MustCompile(`(?s)^cannot unmarshal (!!\S+)(.*) into (\S+)$`)
+)
+
+// fileError turns an error of the YAML library into one naming the file,
+// the line and, when doc tells which, the key.
+func fileError(name string, err error, doc *yaml.Node) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		if m := syntaxRE.FindStringSubmatch(err.Error()); m != nil {
+			return fmt.Errorf("%s:%s: %s", name, m[1], m[2])
+		}
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	idx := indexLines(doc)
+	errs := make([]error, 0, len(te.Errors))
+	for _, msg := range te.Errors {
+		errs = append(errs, typeError(name, msg, idx))
+	}
+	return errors.Join(errs...)
+}
+
+// typeError rewrites one "line N: message" of a yaml.TypeError.
+func typeError(name, msg string, idx lineIndex) error {
+	m := lineRE.FindStringSubmatch(msg)
+	if m == nil {
+		return fmt.Errorf("%s: %s", name, msg)
+	}
+	line, _ := strconv.Atoi(m[1])
+	rule := m[2]
+	var key string
+	switch {
+	case notFoundRE.MatchString(rule):
+		sm := notFoundRE.FindStringSubmatch(rule)
+		key = idx.key(line, sm[1])
+		rule = fmt.Sprintf("unknown key %q", sm[1])
+		if valid := sectionKeys[sm[2]]; len(valid) > 0 {
+			rule += " (valid keys here: " + strings.Join(valid, ", ") + ")"
+		}
+		if key == "" {
+			key = idx.scalar(line)
+		}
+	case alreadyRE.MatchString(rule):
+		sm := alreadyRE.FindStringSubmatch(rule)
+		key = idx.key(line, sm[1])
+		rule = "key is set more than once"
+	case dupKeyRE.MatchString(rule):
+		sm := dupKeyRE.FindStringSubmatch(rule)
+		k, err := strconv.Unquote(sm[1])
+		if err != nil {
+			k = sm[1]
+		}
+		key = idx.key(line, k)
+		rule = "key is set more than once (first at line " + sm[2] + ")"
+	case cannotRE.MatchString(rule):
+		sm := cannotRE.FindStringSubmatch(rule)
+		if sm[1] == "!!map" || sm[1] == "!!seq" {
+			key = idx.collection(line)
+		} else {
+			key = idx.scalar(line)
+		}
+		if r, ok := typeRules[sm[3]]; ok {
+			rule = r + " (got " + sm[1] + sm[2] + ")"
+		}
+	default:
+		key = idx.scalar(line)
+	}
+	if key == "" {
+		return fmt.Errorf("%s:%d: %s", name, line, rule)
+	}
+	return fmt.Errorf("%s:%d: %s: %s", name, line, key, rule)
+}
+
+// nodeKind classifies what a path recorded in a lineIndex came from.
+type nodeKind int
+
+const (
+	kindKey        nodeKind = iota // a mapping key
+	kindScalar                     // a scalar or alias value
+	kindCollection                 // a mapping or sequence value
+)
+
+// lineEntry is one node on a line: its key path, as segments, and kind.
+type lineEntry struct {
+	segs []string
+	kind nodeKind
+}
+
+// lineIndex maps a line number to the nodes that start on it.
+type lineIndex map[int][]lineEntry
+
+// indexLines records the key path of every node of doc by line. The root
+// itself is not recorded: an error about it has no key.
+func indexLines(doc *yaml.Node) lineIndex {
+	idx := lineIndex{}
+	if doc == nil {
+		return idx
+	}
+	add := func(line int, segs []string, kind nodeKind) {
+		if len(segs) > 0 {
+			idx[line] = append(idx[line], lineEntry{segs: segs, kind: kind})
+		}
+	}
+	var walk func(n *yaml.Node, segs []string, depth int)
+	walk = func(n *yaml.Node, segs []string, depth int) {
+		if n == nil || depth > 100 {
+			return
+		}
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(c, segs, depth+1)
+			}
+		case yaml.MappingNode:
+			add(n.Line, segs, kindCollection)
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				child := append(segs[:len(segs):len(segs)], k.Value)
+				add(k.Line, child, kindKey)
+				walk(v, child, depth+1)
+			}
+		case yaml.SequenceNode:
+			add(n.Line, segs, kindCollection)
+			for i, c := range n.Content {
+				walk(c, append(segs[:len(segs):len(segs)], "["+strconv.Itoa(i)+"]"), depth+1)
+			}
+		default:
+			add(n.Line, segs, kindScalar)
+		}
+	}
+	walk(doc, nil, 0)
+	return idx
+}
+
+// key returns the path of the mapping key called name on line.
+func (idx lineIndex) key(line int, name string) string {
+	for _, e := range idx[line] {
+		if e.kind == kindKey && e.segs[len(e.segs)-1] == name {
+			return renderPath(e.segs)
+		}
+	}
+	return ""
+}
+
+// scalar returns the path of the scalar value on line; when several share
+// the line (flow style), the path of their closest common ancestor.
+func (idx lineIndex) scalar(line int) string {
+	var common []string
+	found := false
+	for _, e := range idx[line] {
+		if e.kind != kindScalar {
+			continue
+		}
+		if !found {
+			common, found = e.segs, true
+			continue
+		}
+		n := 0
+		for n < len(common) && n < len(e.segs) && common[n] == e.segs[n] {
+			n++
+		}
+		common = common[:n]
+	}
+	return renderPath(common)
+}
+
+// collection returns the path of the outermost mapping or sequence on line.
+func (idx lineIndex) collection(line int) string {
+	var best []string
+	for _, e := range idx[line] {
+		if e.kind == kindCollection && (best == nil || len(e.segs) < len(best)) {
+			best = e.segs
+		}
+	}
+	return renderPath(best)
+}
+
+// renderPath joins segments as "providers[1].token_url".
+func renderPath(segs []string) string {
+	var b strings.Builder
+	for i, s := range segs {
+		if i > 0 && !strings.HasPrefix(s, "[") {
+			b.WriteByte('.')
+		}
+		b.WriteString(s)
+	}
+	return b.String()
+}

@@ -1,0 +1,222 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// nameRE is the rule for provider and client names.
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// nameRule is how nameRE reads in an error.
+const nameRule = "must be 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+
+// Validate checks c and returns every problem it finds, joined with
+// errors.Join, or nil. Each problem reads "key.path: rule", for example
+// "providers[1].token_url: must be an absolute https URL (http is allowed
+// only for loopback hosts)". Values that may be secret are never quoted.
+func (c *Config) Validate() error {
+	var v validator
+
+	if err := checkListen(c.Listen); err != "" {
+		v.add("listen", "%s", err)
+	}
+
+	if c.Dev && c.DevLifetime < Duration(time.Second) {
+		v.add("-dev-lifetime", "must be at least 1s, got %s", c.DevLifetime)
+	}
+
+	cc := c.Cache
+	if cc.MaxCost < MinCacheMaxCost {
+		v.add("cache.max_cost", "must be at least %s, got %s", MinCacheMaxCost, cc.MaxCost)
+	}
+	if !(cc.RefreshFraction > 0 && cc.RefreshFraction < 1) {
+		v.add("cache.refresh_fraction", "must be in (0, 1), got %v", cc.RefreshFraction)
+	}
+	if !(cc.RefreshJitter >= 0 && cc.RefreshJitter < 0.5) {
+		v.add("cache.refresh_jitter", "must be in [0, 0.5), got %v", cc.RefreshJitter)
+	} else if cc.RefreshFraction > 0 && cc.RefreshFraction < 1 &&
+		!(cc.RefreshFraction-cc.RefreshJitter > 0 && cc.RefreshFraction+cc.RefreshJitter < 1) {
+		v.add("cache.refresh_jitter", "refresh_fraction ± refresh_jitter must stay in (0, 1), got %v ± %v", cc.RefreshFraction, cc.RefreshJitter)
+	}
+	if cc.MinRemaining < 0 {
+		v.add("cache.min_remaining", "must be >= 0, got %s", cc.MinRemaining)
+	}
+	if cc.NegativeTTL < 0 {
+		v.add("cache.negative_ttl", "must be >= 0 (0 disables), got %s", cc.NegativeTTL)
+	}
+	if cc.FetchTimeout <= 0 {
+		v.add("cache.fetch_timeout", "must be > 0, got %s", cc.FetchTimeout)
+	}
+
+	// providers maps each valid, unique name to its index; every name
+	// present counts for clients[].provider, so that one bad name is
+	// reported once.
+	providers := make(map[string]int, len(c.Providers))
+	present := make(map[string]bool, len(c.Providers))
+	for i, p := range c.Providers {
+		present[p.Name] = true
+		key := fmt.Sprintf("providers[%d]", i)
+		switch first, dup := providers[p.Name]; {
+		case !nameRE.MatchString(p.Name):
+			v.add(key+".name", nameRule+", got %q", p.Name)
+		case dup:
+			v.add(key+".name", "%q is already the name of providers[%d]", p.Name, first)
+		default:
+			providers[p.Name] = i
+		}
+		if err := checkTokenURL(p.TokenURL); err != "" {
+			v.add(key+".token_url", "%s", err)
+		}
+		if p.AuthMethod != AuthClientSecretBasic && p.AuthMethod != AuthClientSecretPost {
+			v.add(key+".auth_method", "must be %s or %s, got %q", AuthClientSecretBasic, AuthClientSecretPost, p.AuthMethod)
+		}
+		if p.Timeout <= 0 {
+			v.add(key+".timeout", "must be > 0, got %s", p.Timeout)
+		}
+		if !(p.RateLimit > 0 && !math.IsInf(p.RateLimit, 1)) {
+			v.add(key+".rate_limit", "must be a finite number > 0 (requests per second), got %v", p.RateLimit)
+		}
+		if p.Burst < 1 {
+			v.add(key+".burst", "must be >= 1, got %d", p.Burst)
+		}
+		if p.DefaultLifetime <= 0 {
+			v.add(key+".default_lifetime", "must be > 0, got %s", p.DefaultLifetime)
+		}
+	}
+
+	clients := make(map[string]int, len(c.Clients))
+	for i, cl := range c.Clients {
+		key := fmt.Sprintf("clients[%d]", i)
+		switch first, dup := clients[cl.Name]; {
+		case !nameRE.MatchString(cl.Name):
+			v.add(key+".name", nameRule+", got %q", cl.Name)
+		case dup:
+			v.add(key+".name", "%q is already the name of clients[%d]", cl.Name, first)
+		default:
+			clients[cl.Name] = i
+		}
+		if !present[cl.Provider] {
+			if cl.Provider == "" {
+				v.add(key+".provider", "must name a configured provider")
+			} else {
+				v.add(key+".provider", "%q is not a configured provider", cl.Provider)
+			}
+		}
+		if !validClientID(cl.ClientID) {
+			v.add(key+".client_id", "must be 1-128 printable ASCII characters without spaces")
+		}
+		switch {
+		case cl.ClientSecretFile == "" && cl.ClientSecretEnv == "":
+			v.add(key, "exactly one of client_secret_file and client_secret_env must be set, got neither")
+		case cl.ClientSecretFile != "" && cl.ClientSecretEnv != "":
+			v.add(key, "exactly one of client_secret_file and client_secret_env must be set, got both")
+		}
+	}
+
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		v.add("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "text":
+	default:
+		v.add("log.format", "must be json or text, got %q", c.Log.Format)
+	}
+
+	if c.Server.MaxConcurrentStreams < 1 {
+		v.add("server.max_concurrent_streams", "must be >= 1, got %d", c.Server.MaxConcurrentStreams)
+	}
+	if c.Server.ShutdownTimeout <= 0 {
+		v.add("server.shutdown_timeout", "must be > 0, got %s", c.Server.ShutdownTimeout)
+	}
+	if c.Server.KeepaliveMinTime < 0 {
+		v.add("server.keepalive_min_time", "must be >= 0, got %s", c.Server.KeepaliveMinTime)
+	}
+
+	return errors.Join(v.errs...)
+}
+
+// validator collects problems.
+type validator struct{ errs []error }
+
+// add records the problem "key: rule".
+func (v *validator) add(key, format string, args ...any) {
+	v.errs = append(v.errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+}
+
+// checkListen returns what is wrong with a listen address, "" if nothing.
+func checkListen(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Sprintf("must be host:port (for example 127.0.0.1:7443 or :7443), got %q", addr)
+	}
+	if strings.ContainsAny(host, " \t\r\n") {
+		return fmt.Sprintf("host must not contain white space, got %q", host)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || strconv.FormatUint(n, 10) != port {
+		return fmt.Sprintf("port must be a number from 0 to 65535, got %q", port)
+	}
+	return ""
+}
+
+// checkTokenURL returns what is wrong with a token endpoint URL, "" if
+// nothing. The URL itself is not quoted back: it might hold a credential.
+func checkTokenURL(raw string) string {
+	const rule = "must be an absolute https URL (http is allowed only for loopback hosts)"
+	u, err := url.Parse(raw)
+	if err != nil || !u.IsAbs() || u.Opaque != "" || u.Hostname() == "" {
+		return rule
+	}
+	switch u.Scheme {
+	case "https":
+	case "http":
+		if !isLoopback(u.Hostname()) {
+			return rule
+		}
+	default:
+		return rule
+	}
+	if u.User != nil {
+		return "must not contain user info (credentials belong in clients)"
+	}
+	if u.Fragment != "" || strings.Contains(raw, "#") {
+		return "must not contain a fragment"
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+			return "port must be a number from 1 to 65535"
+		}
+	}
+	return ""
+}
+
+// isLoopback reports whether host is localhost, in 127.0.0.0/8 or ::1.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// validClientID reports whether id is 1-128 printable ASCII bytes, no space.
+func validClientID(id string) bool {
+	if len(id) < 1 || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] > '~' {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,189 @@
+package config
+
+import (
+	"errors"
+	"math"
+	"strings"
+	"testing"
+	"time"
+)
+
+// validConfig returns a valid configuration with two providers and two
+// clients, for tests to break one rule at a time.
+func validConfig() Config {
+	c := Default()
+	p0 := DefaultProvider()
+	p0.Name, p0.TokenURL = "cognito", "https://example.auth.eu-west-1.amazoncognito.com/oauth2/token"
+	p1 := DefaultProvider()
+	p1.Name, p1.TokenURL = "local", "http://127.0.0.1:8080/token"
+	c.Providers = []Provider{p0, p1}
+	c.Clients = []Client{
+		{Name: "orders", Provider: "cognito", ClientID: "abc123", ClientSecretFile: "/run/secrets/orders"},
+		{Name: "billing", Provider: "local", ClientID: "def456", ClientSecretEnv: "BILLING_SECRET"},
+	}
+	return c
+}
+
+// problems splits a Validate error into its single problems.
+func problems(err error) []string {
+	if err == nil {
+		return nil
+	}
+	var joined interface{ Unwrap() []error }
+	if errors.As(err, &joined) {
+		var out []string
+		for _, e := range joined.Unwrap() {
+			out = append(out, e.Error())
+		}
+		return out
+	}
+	return []string{err.Error()}
+}
+
+func TestValidateValid(t *testing.T) {
+	c := validConfig()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Validate() = %v, want nil", err)
+	}
+	// Edge values that are allowed.
+	for _, mod := range []func(*Config){
+		func(c *Config) { c.Listen = ":0" },
+		func(c *Config) { c.Listen = "[::1]:65535" },
+		func(c *Config) { c.Listen = "localhost:7443" },
+		func(c *Config) { c.Cache.MaxCost = 64 * KiB },
+		func(c *Config) { c.Cache.RefreshJitter = 0 },
+		func(c *Config) { c.Cache.MinRemaining, c.Cache.NegativeTTL = 0, 0 },
+		func(c *Config) { c.Server.KeepaliveMinTime = 0 },
+		func(c *Config) { c.Providers[1].TokenURL = "http://localhost/token" },
+		func(c *Config) { c.Providers[1].TokenURL = "http://LOCALHOST:80/token" },
+		func(c *Config) { c.Providers[1].TokenURL = "http://127.9.9.9/token" },
+		func(c *Config) { c.Providers[1].TokenURL = "http://[::1]:9/token" },
+		func(c *Config) { c.Providers[1].TokenURL = "https://idp.example/token?tenant=a" },
+		func(c *Config) { c.Providers[1].AuthMethod = AuthClientSecretPost },
+		func(c *Config) { c.Providers[1].Name = "0-a_b"; c.Clients[1].Provider = "0-a_b" },
+		func(c *Config) { n := strings.Repeat("a", 63); c.Providers[1].Name = n; c.Clients[1].Provider = n },
+		func(c *Config) { c.Clients[0].ClientID = strings.Repeat("~", 128) },
+		func(c *Config) { c.Clients = nil; c.Providers = nil; c.Passthrough = true },
+		func(c *Config) { c.Log = Log{Level: "debug", Format: "text"} },
+		func(c *Config) { c.Log.Level = "warn" },
+		func(c *Config) { c.Log.Level = "error" },
+	} {
+		c := validConfig()
+		mod(&c)
+		if err := c.Validate(); err != nil {
+			t.Errorf("Validate() = %v, want nil", err)
+		}
+	}
+}
+
+// TestValidateRules breaks one rule per case and checks that Validate
+// reports exactly one problem, naming the key and the rule.
+func TestValidateRules(t *testing.T) {
+	const urlRule = "must be an absolute https URL (http is allowed only for loopback hosts)"
+	tests := []struct {
+		name string
+		mod  func(*Config)
+		want string // the whole problem starts with this
+	}{
+		{"listen empty", func(c *Config) { c.Listen = "" }, "listen: must be host:port"},
+		{"listen no port", func(c *Config) { c.Listen = "127.0.0.1" }, "listen: must be host:port"},
+		{"listen bad port", func(c *Config) { c.Listen = "127.0.0.1:http" }, `listen: port must be a number from 0 to 65535, got "http"`},
+		{"listen port too big", func(c *Config) { c.Listen = ":65536" }, "listen: port must be a number"},
+		{"listen empty port", func(c *Config) { c.Listen = "127.0.0.1:" }, "listen: port must be a number"},
+
+		{"max_cost small", func(c *Config) { c.Cache.MaxCost = 64*KiB - 1 }, "cache.max_cost: must be at least 64KiB, got 65535B"},
+		{"refresh_fraction 0", func(c *Config) { c.Cache.RefreshFraction = 0 }, "cache.refresh_fraction: must be in (0, 1), got 0"},
+		{"refresh_fraction 1", func(c *Config) { c.Cache.RefreshFraction = 1 }, "cache.refresh_fraction: must be in (0, 1)"},
+		{"refresh_fraction NaN", func(c *Config) { c.Cache.RefreshFraction = math.NaN() }, "cache.refresh_fraction: must be in (0, 1)"},
+		{"refresh_jitter negative", func(c *Config) { c.Cache.RefreshJitter = -0.01 }, "cache.refresh_jitter: must be in [0, 0.5)"},
+		{"refresh_jitter 0.5", func(c *Config) { c.Cache.RefreshJitter = 0.5 }, "cache.refresh_jitter: must be in [0, 0.5)"},
+		{"refresh_jitter NaN", func(c *Config) { c.Cache.RefreshJitter = math.NaN() }, "cache.refresh_jitter: must be in [0, 0.5)"},
+		{"fraction+jitter reaches 1", func(c *Config) { c.Cache.RefreshFraction, c.Cache.RefreshJitter = 0.8, 0.2 }, "cache.refresh_jitter: refresh_fraction ± refresh_jitter must stay in (0, 1)"},
+		{"fraction-jitter reaches 0", func(c *Config) { c.Cache.RefreshFraction, c.Cache.RefreshJitter = 0.1, 0.1 }, "cache.refresh_jitter: refresh_fraction ± refresh_jitter must stay in (0, 1)"},
+		{"min_remaining negative", func(c *Config) { c.Cache.MinRemaining = Duration(-time.Second) }, "cache.min_remaining: must be >= 0, got -1s"},
+		{"negative_ttl negative", func(c *Config) { c.Cache.NegativeTTL = -1 }, "cache.negative_ttl: must be >= 0"},
+		{"fetch_timeout 0", func(c *Config) { c.Cache.FetchTimeout = 0 }, "cache.fetch_timeout: must be > 0, got 0s"},
+
+		{"provider name empty", func(c *Config) { c.Providers[1].Name = ""; c.Clients[1].Provider = "cognito" }, "providers[1].name: must be 1-63 characters"},
+		{"provider name upper case", func(c *Config) { c.Providers[1].Name = "Local"; c.Clients[1].Provider = "Local" }, `providers[1].name: must be 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit, got "Local"`},
+		{"provider name leading dash", func(c *Config) { c.Providers[1].Name = "-x"; c.Clients[1].Provider = "-x" }, "providers[1].name: must be 1-63 characters"},
+		{"provider name too long", func(c *Config) { n := strings.Repeat("a", 64); c.Providers[1].Name = n; c.Clients[1].Provider = n }, "providers[1].name: must be 1-63 characters"},
+		{"provider name duplicate", func(c *Config) { c.Providers[1].Name = "cognito"; c.Clients[1].Provider = "cognito" }, `providers[1].name: "cognito" is already the name of providers[0]`},
+		{"token_url empty", func(c *Config) { c.Providers[1].TokenURL = "" }, "providers[1].token_url: " + urlRule},
+		{"token_url relative", func(c *Config) { c.Providers[1].TokenURL = "/oauth2/token" }, "providers[1].token_url: " + urlRule},
+		{"token_url no host", func(c *Config) { c.Providers[1].TokenURL = "https:///token" }, "providers[1].token_url: " + urlRule},
+		{"token_url opaque", func(c *Config) { c.Providers[1].TokenURL = "https:token" }, "providers[1].token_url: " + urlRule},
+		{"token_url http remote", func(c *Config) { c.Providers[1].TokenURL = "http://idp.example/token" }, "providers[1].token_url: " + urlRule},
+		{"token_url http 10/8", func(c *Config) { c.Providers[1].TokenURL = "http://10.0.0.1/token" }, "providers[1].token_url: " + urlRule},
+		{"token_url http localhost lookalike", func(c *Config) { c.Providers[1].TokenURL = "http://localhost.evil.example/token" }, "providers[1].token_url: " + urlRule},
+		{"token_url ftp", func(c *Config) { c.Providers[1].TokenURL = "ftp://127.0.0.1/token" }, "providers[1].token_url: " + urlRule},
+		{"token_url unparsable", func(c *Config) { c.Providers[1].TokenURL = "https://a b/\x7f" }, "providers[1].token_url: " + urlRule},
+		{"token_url userinfo", func(c *Config) { c.Providers[0].TokenURL = "https://id:hunter2@idp.example/token" }, "providers[0].token_url: must not contain user info"},
+		{"token_url fragment", func(c *Config) { c.Providers[0].TokenURL = "https://idp.example/token#x" }, "providers[0].token_url: must not contain a fragment"},
+		{"token_url empty fragment", func(c *Config) { c.Providers[0].TokenURL = "https://idp.example/token#" }, "providers[0].token_url: must not contain a fragment"},
+		{"token_url port 0", func(c *Config) { c.Providers[0].TokenURL = "https://idp.example:0/token" }, "providers[0].token_url: port must be a number from 1 to 65535"},
+		{"auth_method", func(c *Config) { c.Providers[0].AuthMethod = "private_key_jwt" }, `providers[0].auth_method: must be client_secret_basic or client_secret_post, got "private_key_jwt"`},
+		{"auth_method empty", func(c *Config) { c.Providers[0].AuthMethod = "" }, "providers[0].auth_method: must be client_secret_basic or client_secret_post"},
+		{"timeout 0", func(c *Config) { c.Providers[0].Timeout = 0 }, "providers[0].timeout: must be > 0, got 0s"},
+		{"timeout negative", func(c *Config) { c.Providers[0].Timeout = Duration(-time.Second) }, "providers[0].timeout: must be > 0"},
+		{"rate_limit 0", func(c *Config) { c.Providers[0].RateLimit = 0 }, "providers[0].rate_limit: must be a finite number > 0"},
+		{"rate_limit negative", func(c *Config) { c.Providers[0].RateLimit = -1 }, "providers[0].rate_limit: must be a finite number > 0"},
+		{"rate_limit inf", func(c *Config) { c.Providers[0].RateLimit = math.Inf(1) }, "providers[0].rate_limit: must be a finite number > 0"},
+		{"rate_limit NaN", func(c *Config) { c.Providers[0].RateLimit = math.NaN() }, "providers[0].rate_limit: must be a finite number > 0"},
+		{"burst 0", func(c *Config) { c.Providers[0].Burst = 0 }, "providers[0].burst: must be >= 1, got 0"},
+		{"default_lifetime 0", func(c *Config) { c.Providers[0].DefaultLifetime = 0 }, "providers[0].default_lifetime: must be > 0"},
+
+		{"client name empty", func(c *Config) { c.Clients[1].Name = "" }, "clients[1].name: must be 1-63 characters"},
+		{"client name bad chars", func(c *Config) { c.Clients[1].Name = "bill ing" }, `clients[1].name: must be 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit, got "bill ing"`},
+		{"client name duplicate", func(c *Config) { c.Clients[1].Name = "orders" }, `clients[1].name: "orders" is already the name of clients[0]`},
+		{"client provider unknown", func(c *Config) { c.Clients[1].Provider = "cogntio" }, `clients[1].provider: "cogntio" is not a configured provider`},
+		{"client provider empty", func(c *Config) { c.Clients[1].Provider = "" }, "clients[1].provider: must name a configured provider"},
+		{"client_id empty", func(c *Config) { c.Clients[0].ClientID = "" }, "clients[0].client_id: must be 1-128 printable ASCII characters without spaces"},
+		{"client_id too long", func(c *Config) { c.Clients[0].ClientID = strings.Repeat("a", 129) }, "clients[0].client_id: must be 1-128"},
+		{"client_id space", func(c *Config) { c.Clients[0].ClientID = "a b" }, "clients[0].client_id: must be 1-128"},
+		{"client_id control", func(c *Config) { c.Clients[0].ClientID = "a\nb" }, "clients[0].client_id: must be 1-128"},
+		{"client_id non-ASCII", func(c *Config) { c.Clients[0].ClientID = "é" }, "clients[0].client_id: must be 1-128"},
+		{"client secret neither", func(c *Config) { c.Clients[0].ClientSecretFile = "" }, "clients[0]: exactly one of client_secret_file and client_secret_env must be set, got neither"},
+		{"client secret both", func(c *Config) { c.Clients[0].ClientSecretEnv = "X" }, "clients[0]: exactly one of client_secret_file and client_secret_env must be set, got both"},
+
+		{"log level", func(c *Config) { c.Log.Level = "verbose" }, `log.level: must be debug, info, warn or error, got "verbose"`},
+		{"log level case", func(c *Config) { c.Log.Level = "INFO" }, "log.level: must be debug, info, warn or error"},
+		{"log format", func(c *Config) { c.Log.Format = "logfmt" }, `log.format: must be json or text, got "logfmt"`},
+
+		{"max_concurrent_streams 0", func(c *Config) { c.Server.MaxConcurrentStreams = 0 }, "server.max_concurrent_streams: must be >= 1, got 0"},
+		{"shutdown_timeout 0", func(c *Config) { c.Server.ShutdownTimeout = 0 }, "server.shutdown_timeout: must be > 0, got 0s"},
+		{"keepalive_min_time negative", func(c *Config) { c.Server.KeepaliveMinTime = Duration(-time.Second) }, "server.keepalive_min_time: must be >= 0, got -1s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := validConfig()
+			tt.mod(&c)
+			got := problems(c.Validate())
+			if len(got) != 1 || !strings.HasPrefix(got[0], tt.want) {
+				t.Fatalf("Validate() problems = %q\nwant exactly one starting with %q", got, tt.want)
+			}
+			if strings.Contains(got[0], "hunter2") {
+				t.Errorf("problem %q quotes a credential", got[0])
+			}
+		})
+	}
+}
+
+func TestValidateReportsEverything(t *testing.T) {
+	c := validConfig()
+	c.Listen = "nope"
+	c.Cache.FetchTimeout = 0
+	c.Providers[0].Burst = 0
+	c.Clients[1].Provider = "missing"
+	c.Log.Format = "xml"
+	got := problems(c.Validate())
+	want := []string{"listen: ", "cache.fetch_timeout: ", "providers[0].burst: ", "clients[1].provider: ", "log.format: "}
+	if len(got) != len(want) {
+		t.Fatalf("Validate() problems = %q, want %d of them", got, len(want))
+	}
+	for i := range want {
+		if !strings.HasPrefix(got[i], want[i]) {
+			t.Errorf("problem %d = %q, want it to start with %q", i, got[i], want[i])
+		}
+	}
+}

@@ -1,0 +1,187 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/test/bufconn"
+
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+)
+
+// rpcTimeout bounds every RPC and every wait in these tests.
+const rpcTimeout = 5 * time.Second
+
+// TestMain fails the run when gRPC goroutines outlive the tests.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if code == 0 {
+		if leaked := waitForLeaks(5 * time.Second); leaked != "" {
+			fmt.Fprintf(os.Stderr, "goroutines leaked:\n%s\n", leaked)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// waitForLeaks polls until no goroutine runs gRPC or server code, and
+// returns the offending stacks when some still do after d.
+func waitForLeaks(d time.Duration) string {
+	deadline := time.Now().Add(d)
+	for {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		var leaked []string
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			if strings.Contains(g, "waitForLeaks") {
+				continue
+			}
+			if strings.Contains(g, "google.golang.org/grpc") || strings.Contains(g, "internal/server.") {
+				leaked = append(leaked, g)
+			}
+		}
+		if len(leaked) == 0 {
+			return ""
+		}
+		if time.Now().After(deadline) {
+			return strings.Join(leaked, "\n\n")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stubBroker is a Broker whose behaviour is a function field.
+type stubBroker struct {
+	getToken func(ctx context.Context, req broker.Request) (broker.Token, error)
+}
+
+func (b *stubBroker) GetToken(ctx context.Context, req broker.Request) (broker.Token, error) {
+	return b.getToken(ctx, req)
+}
+
+// okBroker returns a broker that answers every request with tok.
+func okBroker(tok broker.Token) *stubBroker {
+	return &stubBroker{getToken: func(context.Context, broker.Request) (broker.Token, error) { return tok, nil }}
+}
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// lines returns the JSON log records written so far.
+func (b *syncBuffer) lines(t *testing.T) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(b.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q is not JSON: %v", line, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// testServer is a Server running on a bufconn listener.
+type testServer struct {
+	srv    *Server
+	conn   *grpc.ClientConn
+	client tokenbrokerv1.TokenBrokerServiceClient
+	logs   *syncBuffer
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startServer runs a Server for cfg (with a JSON logger into logs unless
+// cfg.Logger is set) through Serve, and returns a connected client. The
+// server is shut down at cleanup.
+func startServer(t *testing.T, cfg Config) *testServer {
+	t.Helper()
+	ts := &testServer{logs: &syncBuffer{}, done: make(chan error, 1)}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewJSONHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: got error %v, want nil", err)
+	}
+	ts.srv = srv
+	lis := bufconn.Listen(1 << 20)
+	ctx, cancel := context.WithCancel(context.Background())
+	ts.cancel = cancel
+	go func() { ts.done <- srv.Serve(ctx, lis) }()
+
+	conn, err := grpc.NewClient("passthrough:///bufconn",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// Let the client send what the server must reject.
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(1<<20)),
+	)
+	if err != nil {
+		t.Fatalf("grpc.NewClient: got error %v, want nil", err)
+	}
+	ts.conn = conn
+	ts.client = tokenbrokerv1.NewTokenBrokerServiceClient(conn)
+	t.Cleanup(func() {
+		_ = conn.Close()
+		ts.stop(t)
+	})
+	return ts
+}
+
+// stop cancels Serve's context and waits for it to return nil. It may be
+// called more than once.
+func (ts *testServer) stop(t *testing.T) {
+	t.Helper()
+	ts.cancel()
+	if ts.done == nil {
+		return
+	}
+	select {
+	case err := <-ts.done:
+		if err != nil {
+			t.Errorf("Serve: got error %v, want nil", err)
+		}
+		ts.done = nil
+	case <-time.After(rpcTimeout + DefaultShutdownTimeout):
+		t.Fatalf("Serve did not return after its context was cancelled")
+	}
+}
+
+// rpcContext returns a context bounded by rpcTimeout.
+func rpcContext(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
