@@ -1,14 +1,21 @@
 // Package broker is tokenbroker's domain: it turns a request for a token
-// into a key, serves the cached token while it may be served, and otherwise
-// fetches a new one from the provider's token endpoint, sharing one upstream
-// request among all concurrent callers of the key.
+// into a key, serves the cached token while it may be served, fetches a new
+// one from the provider's token endpoint when needed (one upstream request
+// shared by every concurrent caller of the key), refreshes the tokens that
+// are in use at their refresh point, and pushes new tokens to watchers.
 //
 // The serving rule: a cached token is served while it is before its refresh
 // point and has at least max(min_remaining, min_ttl) of life left. Past the
-// refresh point the next caller fetches a new token (coalesced); when that
-// fetch fails and the old token still has enough life, the old token is
-// served and the failure logged. A token with less than min_remaining left
-// is never served.
+// refresh point the next caller fetches a new token (coalesced), unless a
+// refresh is already under way or being retried; when the fetch fails and
+// the old token still has enough life, the old token is served and the
+// failure logged. A token with less than min_remaining left is never served.
+//
+// State lives in two places. The token cache (ristretto) is a bounded,
+// lossy value store. A plain map of entries holds the keys that are in
+// flight, watched or used within their current lifetime: their current
+// token, watchers, refresh schedule and retry state. One scheduler (a timer
+// heap driven by Run) refreshes those entries; idle keys are not refreshed.
 //
 // The package has no gRPC imports; the server maps its errors.
 package broker
@@ -20,6 +27,7 @@ import (
 	"fmt"
 	"log/slog"
 	mathrand "math/rand/v2"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -58,11 +66,13 @@ type Config struct {
 	// Cache holds the tokens. Required.
 	Cache *tokencache.Cache
 	// RefreshFraction is where in a token's lifetime its refresh point lies
-	// (default 0.75); RefreshJitter spreads it by ± that fraction of the
-	// lifetime (default 0: none).
+	// at the latest (default 0.75), so that a watcher's token never has
+	// less than 1 − RefreshFraction of its life left while the endpoint is
+	// healthy.
 	RefreshFraction float64
-	// RefreshJitter is the ± spread of the refresh point, as a fraction of
-	// the lifetime.
+	// RefreshJitter spreads refresh points uniformly over the RefreshJitter
+	// × lifetime before RefreshFraction (default 0: none), so tokens
+	// fetched together are not refreshed together.
 	RefreshJitter float64
 	// MinRemaining is the least life a served token may have (default 30s
 	// when zero; use a negative value for none).
@@ -73,19 +83,48 @@ type Config struct {
 	// FetchTimeout bounds one shared upstream fetch with its retries
 	// (default 30s). It is independent of any caller's deadline.
 	FetchTimeout time.Duration
+	// RetryBase and RetryMax shape the backoff between failed background
+	// refreshes: the n-th retry waits a random time in
+	// [0, min(RetryMax, RetryBase×2^(n-1))], or the endpoint's Retry-After
+	// when that is longer. Defaults 1s and 1m.
+	RetryBase time.Duration
+	// RetryMax caps the backoff between failed background refreshes.
+	RetryMax time.Duration
 	// HMACKey keys the cache-key HMAC. When empty, a random key is used.
 	HMACKey []byte
 	// Logger receives warnings (default: slog.Default()).
 	Logger *slog.Logger
 }
 
-// Broker serves tokens. Its methods are safe for concurrent use.
+// Broker serves tokens. Its methods are safe for concurrent use. Run drives
+// the background refreshes; without it, tokens are fetched only when
+// callers need them.
 type Broker struct {
 	cfg     Config
 	hmacKey []byte
 	flights singleflight.Group
 
-	mu       sync.Mutex
+	// mu guards entries, the schedule, running and every entry's fields
+	// but entry.used. The GetToken hit path takes only the read lock.
+	mu       sync.RWMutex
+	entries  map[string]*entry
+	schedule schedule
+	wake     chan struct{} // a new earliest due time; capacity 1
+	// refreshes counts background refreshes in flight, so Run can wait for
+	// them; refreshCtx is cancelled when Run returns.
+	running bool // Run is running
+
+	// life ends when Close is called: it cancels every fetch in flight,
+	// which inflight counts.
+	life     context.Context
+	stop     context.CancelFunc
+	inflight sync.WaitGroup
+
+	// randN returns a random integer in [0, n); tests make it
+	// deterministic.
+	randN func(n int64) int64
+
+	negMu    sync.Mutex
 	negative map[string]rejection // key → remembered non-retryable failure
 }
 
@@ -110,7 +149,7 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.RefreshFraction <= 0 || cfg.RefreshFraction >= 1 {
 		return nil, fmt.Errorf("broker: refresh fraction %v is not in (0, 1)", cfg.RefreshFraction)
 	}
-	if cfg.RefreshJitter < 0 || cfg.RefreshFraction-cfg.RefreshJitter <= 0 || cfg.RefreshFraction+cfg.RefreshJitter >= 1 {
+	if cfg.RefreshJitter < 0 || cfg.RefreshFraction-cfg.RefreshJitter <= 0 {
 		return nil, fmt.Errorf("broker: refresh jitter %v does not keep the refresh point in (0, 1)", cfg.RefreshJitter)
 	}
 	switch {
@@ -121,6 +160,12 @@ func New(cfg Config) (*Broker, error) {
 	}
 	if cfg.FetchTimeout <= 0 {
 		cfg.FetchTimeout = 30 * time.Second
+	}
+	if cfg.RetryBase <= 0 {
+		cfg.RetryBase = time.Second
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = time.Minute
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -135,7 +180,17 @@ func New(cfg Config) (*Broker, error) {
 		key = make([]byte, 32)
 		_, _ = rand.Read(key) // never fails (crypto/rand panics on failure).
 	}
-	return &Broker{cfg: cfg, hmacKey: key, negative: make(map[string]rejection)}, nil
+	life, stop := context.WithCancel(context.Background())
+	return &Broker{
+		cfg:      cfg,
+		hmacKey:  key,
+		entries:  make(map[string]*entry),
+		wake:     make(chan struct{}, 1),
+		life:     life,
+		stop:     stop,
+		randN:    mathrand.Int64N,
+		negative: make(map[string]rejection),
+	}, nil
 }
 
 // target is a request resolved against the configuration.
@@ -185,56 +240,72 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (Token, error) {
 	if err != nil {
 		return Token{}, err
 	}
-	need := max(b.cfg.MinRemaining, req.MinTTL)
+	rec, err := b.get(ctx, t, max(b.cfg.MinRemaining, req.MinTTL))
+	if err != nil {
+		return Token{}, &keyedError{keyID: t.keyID, err: err}
+	}
+	return toToken(rec, t.keyID), nil
+}
+
+// get returns a record for t with at least need of life left, and marks
+// the key as used.
+func (b *Broker) get(ctx context.Context, t target, need time.Duration) (*tokencache.Record, error) {
 	now := time.Now()
 	cached, hit := b.cfg.Cache.Get(t.key)
-	if hit && now.Before(cached.RefreshAt) {
-		if cached.ExpiresAt.Sub(now) >= need {
-			return toToken(cached, t.keyID), nil
-		}
-		if cached.ExpiresAt.Sub(cached.IssuedAt) < need {
-			// Even a new token would not live long enough: do not spend
-			// an upstream request to find that out again.
-			return Token{}, ErrTokenTooShort
+	servable := hit && cached.ExpiresAt.Sub(now) >= need
+	if hit {
+		switch {
+		case servable && now.Before(cached.RefreshAt):
+			b.touch(t, cached)
+			return cached, nil
+		case now.Before(cached.RefreshAt) && need > time.Duration(b.cfg.RefreshFraction*float64(cached.ExpiresAt.Sub(cached.IssuedAt))):
+			// The caller wants more life than tokens of this key keep
+			// until their refresh point: serving it would take one
+			// upstream request per call.
+			return nil, ErrTokenTooShort
+		case servable && b.refreshPending(t.key):
+			// Past the refresh point, but the refresh is under way or
+			// waiting for its retry: the old token serves meanwhile.
+			b.touch(t, cached)
+			return cached, nil
 		}
 	}
-	if err := b.rejected(t.key, now); err != nil {
-		return Token{}, err
+	if err := b.holdOff(t.key, now); err != nil {
+		if servable {
+			b.touch(t, cached)
+			return cached, nil
+		}
+		return nil, err
 	}
-	fresh, err := b.fetch(ctx, t)
+	fresh, err := b.fetch(ctx, t, need)
 	now = time.Now()
 	if err != nil {
 		if hit && cached.ExpiresAt.Sub(now) >= need {
 			b.cfg.Logger.Warn("token refresh failed; serving the cached token",
 				"key_id", t.keyID, "expires_in", cached.ExpiresAt.Sub(now).Round(time.Second), "error", err)
-			return toToken(cached, t.keyID), nil
+			b.touch(t, cached)
+			return cached, nil
 		}
-		return Token{}, err
+		return nil, err
 	}
 	if fresh.ExpiresAt.Sub(now) < need {
-		return Token{}, ErrTokenTooShort
+		return nil, ErrTokenTooShort
 	}
-	return toToken(fresh, t.keyID), nil
+	b.touch(t, fresh)
+	return fresh, nil
 }
 
 // fetch gets a new token for t, sharing one upstream request with every
-// concurrent caller of the same key. The shared fetch runs on its own
-// deadline: ctx ending only stops this caller's wait.
-func (b *Broker) fetch(ctx context.Context, t target) (*tokencache.Record, error) {
+// concurrent caller of the same key, and installs it. The shared fetch
+// runs on its own deadline: ctx ending only stops this caller's wait. A
+// flight that finds a servable token installed since its caller looked
+// (by the flight that just ended) returns that token instead.
+func (b *Broker) fetch(ctx context.Context, t target, need time.Duration) (*tokencache.Record, error) {
 	ch := b.flights.DoChan(t.key, func() (any, error) {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.FetchTimeout)
-		defer cancel()
-		tok, err := t.fetcher.Fetch(fctx, t.req)
-		if err != nil {
-			b.remember(t.key, err)
-			return nil, err
+		if rec := b.current(t.key, need); rec != nil {
+			return rec, nil
 		}
-		rec := b.record(tok)
-		// The record stays servable until min_remaining before expiry. The
-		// result reaches this flight's callers whether or not the cache
-		// admits it.
-		b.cfg.Cache.Set(t.key, rec, time.Until(rec.ExpiresAt)-b.cfg.MinRemaining)
-		return rec, nil
+		return b.fetchAndInstall(context.WithoutCancel(ctx), t)
 	})
 	select {
 	case res := <-ch:
@@ -247,11 +318,60 @@ func (b *Broker) fetch(ctx context.Context, t target) (*tokencache.Record, error
 	}
 }
 
+// fetchAndInstall performs one upstream fetch for t and installs its
+// result, or records its failure. It ends early when the broker closes.
+func (b *Broker) fetchAndInstall(ctx context.Context, t target) (rec *tokencache.Record, err error) {
+	b.inflight.Add(1)
+	defer b.inflight.Done()
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.FetchTimeout)
+	defer cancel()
+	defer context.AfterFunc(b.life, cancel)()
+	defer func() {
+		// A panic here would crash the process: the fetch runs on a
+		// goroutine of its own, out of reach of the server's recovery.
+		if p := recover(); p != nil {
+			b.cfg.Logger.Error("panic in token fetch", "key_id", t.keyID, "panic_type", fmt.Sprintf("%T", p), "stack", string(debug.Stack()))
+			rec, err = nil, errInternal
+			b.failed(t, err)
+		}
+	}()
+	b.setRefreshing(t)
+	tok, err := t.fetcher.Fetch(ctx, t.req)
+	if err == nil {
+		rec = b.record(tok)
+		if rec.ExpiresAt.Sub(time.Now()) < b.cfg.MinRemaining {
+			// Useless: it could never be served. Remember that rather
+			// than asking again on every call.
+			err = fmt.Errorf("the endpoint issued a token living %v, less than min_remaining %v: %w",
+				rec.ExpiresAt.Sub(rec.IssuedAt).Round(time.Second), b.cfg.MinRemaining, ErrTokenTooShort)
+		}
+	}
+	if err != nil {
+		b.remember(t.key, err)
+		b.failed(t, err)
+		return nil, err
+	}
+	// The record stays servable until min_remaining before expiry. The
+	// result reaches this flight's callers whether or not the cache admits
+	// it.
+	b.cfg.Cache.Set(t.key, rec, time.Until(rec.ExpiresAt)-b.cfg.MinRemaining)
+	b.install(t, rec)
+	return rec, nil
+}
+
+// Close cancels the fetches in flight and waits for them to end, so the
+// cache can be closed after it. Call it after Run has returned and no
+// caller remains.
+func (b *Broker) Close() {
+	b.stop()
+	b.inflight.Wait()
+}
+
 // record turns a fetched token into a cache record with a jittered
-// refresh point.
+// refresh point in [fraction − jitter, fraction] of its lifetime.
 func (b *Broker) record(tok upstream.Token) *tokencache.Record {
 	lifetime := tok.ExpiresAt.Sub(tok.IssuedAt)
-	frac := b.cfg.RefreshFraction + b.cfg.RefreshJitter*(2*mathrand.Float64()-1)
+	frac := b.cfg.RefreshFraction - b.cfg.RefreshJitter*mathrand.Float64()
 	return &tokencache.Record{
 		AccessToken: tok.AccessToken,
 		TokenType:   tok.TokenType,
@@ -264,13 +384,12 @@ func (b *Broker) record(tok upstream.Token) *tokencache.Record {
 
 // remember files a non-retryable upstream rejection for NegativeTTL.
 func (b *Broker) remember(key string, err error) {
-	var uerr *upstream.Error
-	if b.cfg.NegativeTTL <= 0 || !errors.As(err, &uerr) || uerr.Retryable() {
+	if b.cfg.NegativeTTL <= 0 || retryable(err) {
 		return
 	}
 	now := time.Now()
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.negMu.Lock()
+	defer b.negMu.Unlock()
 	if len(b.negative) >= maxRejections {
 		for k, r := range b.negative {
 			if !now.Before(r.until) {
@@ -283,10 +402,22 @@ func (b *Broker) remember(key string, err error) {
 	}
 }
 
-// rejected returns the remembered rejection of key, if it is still fresh.
-func (b *Broker) rejected(key string, now time.Time) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+// holdOff returns the reason not to ask the endpoint about key now: a
+// remembered non-retryable rejection (for negative_ttl), or throttling
+// whose backoff has not ended.
+func (b *Broker) holdOff(key string, now time.Time) error {
+	b.mu.RLock()
+	e := b.entries[key]
+	var throttled error
+	if e != nil && e.failures > 0 && now.Before(e.retryAt) && errors.Is(e.lastErr, upstream.ErrThrottled) {
+		throttled = e.lastErr
+	}
+	b.mu.RUnlock()
+	if throttled != nil {
+		return throttled
+	}
+	b.negMu.Lock()
+	defer b.negMu.Unlock()
 	r, ok := b.negative[key]
 	if !ok {
 		return nil
@@ -296,6 +427,20 @@ func (b *Broker) rejected(key string, now time.Time) error {
 	}
 	delete(b.negative, key)
 	return nil
+}
+
+// retryable reports whether a failed fetch may succeed if tried again
+// later: throttling, unavailability, and anything that is not an upstream
+// rejection (a deadline, for instance).
+func retryable(err error) bool {
+	if errors.Is(err, ErrTokenTooShort) {
+		return false
+	}
+	var uerr *upstream.Error
+	if errors.As(err, &uerr) {
+		return uerr.Retryable()
+	}
+	return true
 }
 
 // toToken converts a record for the caller.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -113,28 +114,53 @@ func TestServingRule(t *testing.T) {
 	})
 }
 
+// TestMinTTL: a caller may ask for up to refresh_fraction of the tokens'
+// lifetime (7m30s of 10m here); a token with less left is replaced, and
+// more than that is refused without an upstream request.
 func TestMinTTL(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := lifetimeFetcher(10 * time.Minute)
 		b := newBroker(t, f, Config{})
 		mustGet(t, b, held())
-		time.Sleep(time.Minute)
-		// 9m left: exactly enough for min_ttl 9m.
-		if got := mustGet(t, b, Request{Selector: held().Selector, MinTTL: 9 * time.Minute}).AccessToken.Reveal(); got != "tok-1" {
-			t.Errorf("min_ttl 9m with 9m left: got %q, want tok-1", got)
+		need := 7*time.Minute + 30*time.Second
+		time.Sleep(10*time.Minute - need)
+		if got := mustGet(t, b, Request{Selector: held().Selector, MinTTL: need}).AccessToken.Reveal(); got != "tok-1" {
+			t.Errorf("min_ttl %v with exactly that left: got %q, want tok-1", need, got)
 		}
 		time.Sleep(time.Second)
-		// 8m59s left: not enough, a new token is fetched.
-		if got := mustGet(t, b, Request{Selector: held().Selector, MinTTL: 9 * time.Minute}).AccessToken.Reveal(); got != "tok-2" {
-			t.Errorf("min_ttl 9m with 8m59s left: got %q, want tok-2", got)
+		if got := mustGet(t, b, Request{Selector: held().Selector, MinTTL: need}).AccessToken.Reveal(); got != "tok-2" {
+			t.Errorf("min_ttl %v with a second less left: got %q, want tok-2", need, got)
 		}
-		// More than any token lives: refused without an upstream request.
-		_, err := b.GetToken(context.Background(), Request{Selector: held().Selector, MinTTL: 11 * time.Minute})
-		if !errors.Is(err, ErrTokenTooShort) {
-			t.Errorf("min_ttl 11m: got %v, want ErrTokenTooShort", err)
+		// tok-2 now has 7m30s left: enough for need, and a caller who
+		// wants more is refused rather than served a new token per call.
+		time.Sleep(10*time.Minute - need)
+		for _, tooLong := range []time.Duration{need + time.Second, 11 * time.Minute} {
+			_, err := b.GetToken(context.Background(), Request{Selector: held().Selector, MinTTL: tooLong})
+			if !errors.Is(err, ErrTokenTooShort) {
+				t.Errorf("min_ttl %v: got %v, want ErrTokenTooShort", tooLong, err)
+			}
 		}
 		if got := f.calls.Load(); got != 2 {
 			t.Errorf("got %d upstream calls, want 2", got)
+		}
+	})
+}
+
+// TestShortLivedTokensAreRemembered: an endpoint issuing tokens that live
+// less than min_remaining gets one request per negative_ttl, not one per
+// call, and the error says why.
+func TestShortLivedTokensAreRemembered(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := lifetimeFetcher(20 * time.Second)
+		b := newBroker(t, f, Config{NegativeTTL: 5 * time.Second})
+		for range 5 {
+			_, err := b.GetToken(context.Background(), held())
+			if !errors.Is(err, ErrTokenTooShort) || !strings.Contains(err.Error(), "min_remaining") {
+				t.Fatalf("got %v, want ErrTokenTooShort naming min_remaining", err)
+			}
+		}
+		if got := f.calls.Load(); got != 1 {
+			t.Errorf("got %d upstream calls, want 1", got)
 		}
 	})
 }
@@ -226,6 +252,7 @@ func TestCallerCancelDoesNotCancelSharedFetch(t *testing.T) {
 		ctxA, cancelA := context.WithCancel(context.Background())
 		errA := make(chan error, 1)
 		go func() { _, err := b.GetToken(ctxA, held()); errA <- err }()
+		synctest.Wait() // A starts the flight.
 		tokB := make(chan Token, 1)
 		go func() { tokB <- mustGet(t, b, held()) }()
 		synctest.Wait()
@@ -271,10 +298,13 @@ func TestRejectedSetsCostNoErrors(t *testing.T) {
 		if got := f.calls.Load(); got != 1 {
 			t.Errorf("got %d calls, want 1", got)
 		}
-		// Nothing was cached, so the next caller fetches again - and
-		// succeeds.
-		if got := mustGet(t, b, held()).AccessToken.Reveal(); got != "tok-2" {
-			t.Errorf("got %q, want tok-2", got)
+		// Nothing was cached, but the key's entry holds the token: the
+		// next caller gets it without another upstream request.
+		if got := mustGet(t, b, held()).AccessToken.Reveal(); got != "tok-1" {
+			t.Errorf("got %q, want tok-1", got)
+		}
+		if got := f.calls.Load(); got != 1 {
+			t.Errorf("got %d calls, want 1", got)
 		}
 	})
 }

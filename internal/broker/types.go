@@ -79,6 +79,29 @@ var (
 	ErrTokenTooShort = errors.New("token lifetime too short")
 )
 
+// errInternal is returned when a fetch failed in a way that must not be
+// described to callers (a recovered panic).
+var errInternal = errors.New("internal error")
+
+// keyedError carries the key id of the request that failed, for logs.
+type keyedError struct {
+	keyID string
+	err   error
+}
+
+func (e *keyedError) Error() string { return e.err.Error() }
+func (e *keyedError) Unwrap() error { return e.err }
+
+// KeyIDOf returns the key id of the request that failed with err, or ""
+// when err does not come from a resolved request.
+func KeyIDOf(err error) string {
+	var k *keyedError
+	if errors.As(err, &k) {
+		return k.keyID
+	}
+	return ""
+}
+
 // FieldError is a request error that names the offending field (by its API
 // name, for example "selector.scopes[2]") and the rule it breaks.
 type FieldError struct {
@@ -95,3 +118,44 @@ func (e *FieldError) Error() string { return fmt.Sprintf("%s: %s", e.Field, e.Ru
 
 // Unwrap returns the error's kind.
 func (e *FieldError) Unwrap() error { return e.Kind }
+
+// EventKind says why a watcher received an Event.
+type EventKind int
+
+// The kinds of watch events. The first token of a watch is not an event:
+// Watch returns it (Watcher.Initial).
+const (
+	// EventRefreshed: the key's token was replaced by a new one.
+	EventRefreshed EventKind = iota + 1
+	// EventInvalidated: an operator invalidated the token; Token is its
+	// replacement.
+	EventInvalidated
+	// EventUnavailable: no valid token can be held; Err says why. Token is
+	// the zero value.
+	EventUnavailable
+)
+
+// String returns the kind's name.
+func (k EventKind) String() string {
+	switch k {
+	case EventRefreshed:
+		return "refreshed"
+	case EventInvalidated:
+		return "invalidated"
+	case EventUnavailable:
+		return "unavailable"
+	}
+	return fmt.Sprintf("EventKind(%d)", int(k))
+}
+
+// Event is one message to a watcher.
+type Event struct {
+	// Kind says why the event was sent.
+	Kind EventKind
+	// Token is the new token (zero for EventUnavailable).
+	Token Token
+	// Err is why no valid token can be held (EventUnavailable only): an
+	// *upstream.Error or another broker error, mapped by the server like a
+	// GetToken error.
+	Err error
+}

@@ -84,10 +84,9 @@ func (c *Cache) Get(key string) (*Record, bool) {
 // Set files r under key for ttl and waits until the record is visible to
 // Get, unless it was dropped or rejected by the admission policy. It
 // reports whether the record was accepted for insertion. A ttl of zero or
-// less stores nothing.
+// less stores nothing (and leaves a record already filed under key alone).
 func (c *Cache) Set(key string, r *Record, ttl time.Duration) bool {
 	if ttl <= 0 {
-		c.rc.Del(key)
 		return false
 	}
 	ok := c.rc.SetWithTTL(key, r, r.Cost(), ttl)

@@ -249,7 +249,7 @@ func TestFetchLifetime(t *testing.T) {
 		{"expires_in number", map[string]any{"access_token": "opaque", "token_type": "Bearer", "expires_in": 3600}, time.Hour, false},
 		{"expires_in string", map[string]any{"access_token": "opaque", "token_type": "Bearer", "expires_in": "1800"}, 30 * time.Minute, false},
 		{"expires_in wins over JWT", map[string]any{"access_token": jwtNoIat, "token_type": "Bearer", "expires_in": 60}, time.Minute, false},
-		{"JWT exp and iat", map[string]any{"access_token": jwtWithIat, "token_type": "Bearer"}, 50*time.Minute + 10*time.Second, false},
+		{"JWT exp and iat: the remaining life", map[string]any{"access_token": jwtWithIat, "token_type": "Bearer"}, 50 * time.Minute, false},
 		{"JWT exp only", map[string]any{"access_token": jwtNoIat, "token_type": "Bearer"}, 20 * time.Minute, false},
 		{"JWT without exp", map[string]any{"access_token": jwtNoExp, "token_type": "Bearer"}, 45 * time.Minute, true},
 		{"opaque token, no expires_in", map[string]any{"access_token": "opaque-token-value", "token_type": "Bearer"}, 45 * time.Minute, true},

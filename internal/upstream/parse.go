@@ -147,7 +147,7 @@ func secondsToLifetime(secs float64) (time.Duration, bool) {
 // serialisation, from its unverified payload. The claims are read for this
 // one purpose and trusted for nothing else. When the payload has iat, the
 // lifetime is exp - iat (immune to clock skew between us and the issuer);
-// otherwise exp - sentAt. found is false when the token is not a readable
+// capped by exp - sentAt. found is false when the token is not a readable
 // JWT or has no exp claim.
 func jwtLifetime(token string, sentAt time.Time) (lifetime time.Duration, found bool, err error) {
 	parts := strings.Split(token, ".")
@@ -169,11 +169,6 @@ func jwtLifetime(token string, sentAt time.Time) (lifetime time.Duration, found 
 	if convErr != nil || math.IsNaN(exp) || math.IsInf(exp, 0) {
 		return 0, false, nil
 	}
-	if iat, convErr := claims.Iat.Float64(); claims.Iat != "" && convErr == nil {
-		if d, ok := secondsToLifetime(exp - iat); ok {
-			return d, true, nil
-		}
-	}
 	secs := exp - (float64(sentAt.Unix()) + float64(sentAt.Nanosecond())/1e9)
 	d, ok := secondsToLifetime(secs)
 	if !ok {
@@ -181,6 +176,13 @@ func jwtLifetime(token string, sentAt time.Time) (lifetime time.Duration, found 
 			return 0, false, malformed("token already expired")
 		}
 		return 0, false, malformed("token lifetime out of range")
+	}
+	// exp - iat is immune to an issuer clock running ahead of ours; the
+	// shorter of the two never overstates the remaining life.
+	if iat, convErr := claims.Iat.Float64(); claims.Iat != "" && convErr == nil {
+		if li, ok := secondsToLifetime(exp - iat); ok && li < d {
+			d = li
+		}
 	}
 	return d, true, nil
 }

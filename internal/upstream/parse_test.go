@@ -40,9 +40,16 @@ func TestParseTokenResponse(t *testing.T) {
 			wantLifetime: 30 * time.Minute, // 1893457800 is sentAt + 1800s
 		},
 		{
+			// The issuer's clock runs a minute ahead: exp - iat wins.
 			name:         "JWT exp and iat",
-			body:         `{"access_token":"` + unsigned(`{"iat":100,"exp":400}`) + `","token_type":"Bearer"}`,
+			body:         `{"access_token":"` + unsigned(`{"iat":1893456060,"exp":1893456360}`) + `","token_type":"Bearer"}`,
 			wantLifetime: 5 * time.Minute,
+		},
+		{
+			// Issued long ago: the remaining life, not exp - iat.
+			name:         "JWT issued long ago",
+			body:         `{"access_token":"` + unsigned(`{"iat":1893450000,"exp":1893456600}`) + `","token_type":"Bearer"}`,
+			wantLifetime: 10 * time.Minute,
 		},
 		{
 			name:         "JWT with absurd iat falls back to exp",

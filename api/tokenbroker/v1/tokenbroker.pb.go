@@ -7,6 +7,7 @@
 package tokenbrokerv1
 
 import (
+	status "google.golang.org/genproto/googleapis/rpc/status"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -22,6 +23,71 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// Event says why this message was sent.
+type WatchTokenResponse_Event int32
+
+const (
+	// Never sent.
+	WatchTokenResponse_EVENT_UNSPECIFIED WatchTokenResponse_Event = 0
+	// The first message of the stream: the current token.
+	WatchTokenResponse_EVENT_INITIAL WatchTokenResponse_Event = 1
+	// The token was replaced by a new one at its refresh point (or after a
+	// failed refresh recovered).
+	WatchTokenResponse_EVENT_REFRESHED WatchTokenResponse_Event = 2
+	// An operator invalidated the token; this is its replacement.
+	WatchTokenResponse_EVENT_INVALIDATED WatchTokenResponse_Event = 3
+	// No valid token can be held: the last token fell below min_remaining
+	// and refreshing it failed, or the token endpoint rejected the
+	// credentials. `error` says why. The stream stays open; the next token
+	// obtained is sent as EVENT_REFRESHED.
+	WatchTokenResponse_EVENT_UNAVAILABLE WatchTokenResponse_Event = 4
+)
+
+// Enum value maps for WatchTokenResponse_Event.
+var (
+	WatchTokenResponse_Event_name = map[int32]string{
+		0: "EVENT_UNSPECIFIED",
+		1: "EVENT_INITIAL",
+		2: "EVENT_REFRESHED",
+		3: "EVENT_INVALIDATED",
+		4: "EVENT_UNAVAILABLE",
+	}
+	WatchTokenResponse_Event_value = map[string]int32{
+		"EVENT_UNSPECIFIED": 0,
+		"EVENT_INITIAL":     1,
+		"EVENT_REFRESHED":   2,
+		"EVENT_INVALIDATED": 3,
+		"EVENT_UNAVAILABLE": 4,
+	}
+)
+
+func (x WatchTokenResponse_Event) Enum() *WatchTokenResponse_Event {
+	p := new(WatchTokenResponse_Event)
+	*p = x
+	return p
+}
+
+func (x WatchTokenResponse_Event) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WatchTokenResponse_Event) Descriptor() protoreflect.EnumDescriptor {
+	return file_tokenbroker_v1_tokenbroker_proto_enumTypes[0].Descriptor()
+}
+
+func (WatchTokenResponse_Event) Type() protoreflect.EnumType {
+	return &file_tokenbroker_v1_tokenbroker_proto_enumTypes[0]
+}
+
+func (x WatchTokenResponse_Event) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WatchTokenResponse_Event.Descriptor instead.
+func (WatchTokenResponse_Event) EnumDescriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{6, 0}
+}
 
 // TokenSelector names the credentials and the token parameters. Two requests
 // with equal selectors (scopes compared as a set) share one cached token.
@@ -415,11 +481,122 @@ func (x *Token) GetKeyId() string {
 	return ""
 }
 
+// WatchTokenRequest subscribes to a token.
+type WatchTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. Which token; the same rules as GetTokenRequest.selector.
+	Selector      *TokenSelector `protobuf:"bytes,1,opt,name=selector,proto3" json:"selector,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchTokenRequest) Reset() {
+	*x = WatchTokenRequest{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchTokenRequest) ProtoMessage() {}
+
+func (x *WatchTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchTokenRequest.ProtoReflect.Descriptor instead.
+func (*WatchTokenRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *WatchTokenRequest) GetSelector() *TokenSelector {
+	if x != nil {
+		return x.Selector
+	}
+	return nil
+}
+
+// WatchTokenResponse is one event of a token subscription.
+type WatchTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Why this message was sent.
+	Event WatchTokenResponse_Event `protobuf:"varint,1,opt,name=event,proto3,enum=tokenbroker.v1.WatchTokenResponse_Event" json:"event,omitempty"`
+	// The token. Absent only for EVENT_UNAVAILABLE.
+	Token *Token `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// Set for EVENT_UNAVAILABLE: why no valid token can be held, as the
+	// status GetToken would return.
+	Error         *status.Status `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchTokenResponse) Reset() {
+	*x = WatchTokenResponse{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchTokenResponse) ProtoMessage() {}
+
+func (x *WatchTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchTokenResponse.ProtoReflect.Descriptor instead.
+func (*WatchTokenResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *WatchTokenResponse) GetEvent() WatchTokenResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return WatchTokenResponse_EVENT_UNSPECIFIED
+}
+
+func (x *WatchTokenResponse) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *WatchTokenResponse) GetError() *status.Status {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 var File_tokenbroker_v1_tokenbroker_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"\n" +
-	" tokenbroker/v1/tokenbroker.proto\x12\x0etokenbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x01\n" +
+	" tokenbroker/v1/tokenbroker.proto\x12\x0etokenbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xdc\x01\n" +
 	"\rTokenSelector\x12\x18\n" +
 	"\x06client\x18\x01 \x01(\tH\x00R\x06client\x12R\n" +
 	"\x12client_credentials\x18\x02 \x01(\v2!.tokenbroker.v1.ClientCredentialsH\x00R\x11clientCredentials\x12\x16\n" +
@@ -446,9 +623,23 @@ const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x129\n" +
 	"\n" +
 	"refresh_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\trefreshAt\x12\x15\n" +
-	"\x06key_id\x18\a \x01(\tR\x05keyId2c\n" +
+	"\x06key_id\x18\a \x01(\tR\x05keyId\"N\n" +
+	"\x11WatchTokenRequest\x129\n" +
+	"\bselector\x18\x01 \x01(\v2\x1d.tokenbroker.v1.TokenSelectorR\bselector\"\xa1\x02\n" +
+	"\x12WatchTokenResponse\x12>\n" +
+	"\x05event\x18\x01 \x01(\x0e2(.tokenbroker.v1.WatchTokenResponse.EventR\x05event\x12+\n" +
+	"\x05token\x18\x02 \x01(\v2\x15.tokenbroker.v1.TokenR\x05token\x12(\n" +
+	"\x05error\x18\x03 \x01(\v2\x12.google.rpc.StatusR\x05error\"t\n" +
+	"\x05Event\x12\x15\n" +
+	"\x11EVENT_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rEVENT_INITIAL\x10\x01\x12\x13\n" +
+	"\x0fEVENT_REFRESHED\x10\x02\x12\x15\n" +
+	"\x11EVENT_INVALIDATED\x10\x03\x12\x15\n" +
+	"\x11EVENT_UNAVAILABLE\x10\x042\xba\x01\n" +
 	"\x12TokenBrokerService\x12M\n" +
-	"\bGetToken\x12\x1f.tokenbroker.v1.GetTokenRequest\x1a .tokenbroker.v1.GetTokenResponseB\xc4\x01\n" +
+	"\bGetToken\x12\x1f.tokenbroker.v1.GetTokenRequest\x1a .tokenbroker.v1.GetTokenResponse\x12U\n" +
+	"\n" +
+	"WatchToken\x12!.tokenbroker.v1.WatchTokenRequest\x1a\".tokenbroker.v1.WatchTokenResponse0\x01B\xc4\x01\n" +
 	"\x12com.tokenbroker.v1B\x10TokenbrokerProtoP\x01ZCgithub.com/tokenbroker/tokenbroker/api/tokenbroker/v1;tokenbrokerv1\xa2\x02\x03TXX\xaa\x02\x0eTokenbroker.V1\xca\x02\x0eTokenbroker\\V1\xe2\x02\x1aTokenbroker\\V1\\GPBMetadata\xea\x02\x0fTokenbroker::V1b\x06proto3"
 
 var (
@@ -463,31 +654,42 @@ func file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP() []byte {
 	return file_tokenbroker_v1_tokenbroker_proto_rawDescData
 }
 
-var file_tokenbroker_v1_tokenbroker_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_tokenbroker_v1_tokenbroker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_tokenbroker_v1_tokenbroker_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_tokenbroker_v1_tokenbroker_proto_goTypes = []any{
-	(*TokenSelector)(nil),         // 0: tokenbroker.v1.TokenSelector
-	(*ClientCredentials)(nil),     // 1: tokenbroker.v1.ClientCredentials
-	(*GetTokenRequest)(nil),       // 2: tokenbroker.v1.GetTokenRequest
-	(*GetTokenResponse)(nil),      // 3: tokenbroker.v1.GetTokenResponse
-	(*Token)(nil),                 // 4: tokenbroker.v1.Token
-	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(WatchTokenResponse_Event)(0), // 0: tokenbroker.v1.WatchTokenResponse.Event
+	(*TokenSelector)(nil),         // 1: tokenbroker.v1.TokenSelector
+	(*ClientCredentials)(nil),     // 2: tokenbroker.v1.ClientCredentials
+	(*GetTokenRequest)(nil),       // 3: tokenbroker.v1.GetTokenRequest
+	(*GetTokenResponse)(nil),      // 4: tokenbroker.v1.GetTokenResponse
+	(*Token)(nil),                 // 5: tokenbroker.v1.Token
+	(*WatchTokenRequest)(nil),     // 6: tokenbroker.v1.WatchTokenRequest
+	(*WatchTokenResponse)(nil),    // 7: tokenbroker.v1.WatchTokenResponse
+	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*status.Status)(nil),         // 10: google.rpc.Status
 }
 var file_tokenbroker_v1_tokenbroker_proto_depIdxs = []int32{
-	1, // 0: tokenbroker.v1.TokenSelector.client_credentials:type_name -> tokenbroker.v1.ClientCredentials
-	0, // 1: tokenbroker.v1.GetTokenRequest.selector:type_name -> tokenbroker.v1.TokenSelector
-	5, // 2: tokenbroker.v1.GetTokenRequest.min_ttl:type_name -> google.protobuf.Duration
-	4, // 3: tokenbroker.v1.GetTokenResponse.token:type_name -> tokenbroker.v1.Token
-	6, // 4: tokenbroker.v1.Token.issued_at:type_name -> google.protobuf.Timestamp
-	6, // 5: tokenbroker.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	6, // 6: tokenbroker.v1.Token.refresh_at:type_name -> google.protobuf.Timestamp
-	2, // 7: tokenbroker.v1.TokenBrokerService.GetToken:input_type -> tokenbroker.v1.GetTokenRequest
-	3, // 8: tokenbroker.v1.TokenBrokerService.GetToken:output_type -> tokenbroker.v1.GetTokenResponse
-	8, // [8:9] is the sub-list for method output_type
-	7, // [7:8] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	2,  // 0: tokenbroker.v1.TokenSelector.client_credentials:type_name -> tokenbroker.v1.ClientCredentials
+	1,  // 1: tokenbroker.v1.GetTokenRequest.selector:type_name -> tokenbroker.v1.TokenSelector
+	8,  // 2: tokenbroker.v1.GetTokenRequest.min_ttl:type_name -> google.protobuf.Duration
+	5,  // 3: tokenbroker.v1.GetTokenResponse.token:type_name -> tokenbroker.v1.Token
+	9,  // 4: tokenbroker.v1.Token.issued_at:type_name -> google.protobuf.Timestamp
+	9,  // 5: tokenbroker.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	9,  // 6: tokenbroker.v1.Token.refresh_at:type_name -> google.protobuf.Timestamp
+	1,  // 7: tokenbroker.v1.WatchTokenRequest.selector:type_name -> tokenbroker.v1.TokenSelector
+	0,  // 8: tokenbroker.v1.WatchTokenResponse.event:type_name -> tokenbroker.v1.WatchTokenResponse.Event
+	5,  // 9: tokenbroker.v1.WatchTokenResponse.token:type_name -> tokenbroker.v1.Token
+	10, // 10: tokenbroker.v1.WatchTokenResponse.error:type_name -> google.rpc.Status
+	3,  // 11: tokenbroker.v1.TokenBrokerService.GetToken:input_type -> tokenbroker.v1.GetTokenRequest
+	6,  // 12: tokenbroker.v1.TokenBrokerService.WatchToken:input_type -> tokenbroker.v1.WatchTokenRequest
+	4,  // 13: tokenbroker.v1.TokenBrokerService.GetToken:output_type -> tokenbroker.v1.GetTokenResponse
+	7,  // 14: tokenbroker.v1.TokenBrokerService.WatchToken:output_type -> tokenbroker.v1.WatchTokenResponse
+	13, // [13:15] is the sub-list for method output_type
+	11, // [11:13] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_tokenbroker_proto_init() }
@@ -504,13 +706,14 @@ func file_tokenbroker_v1_tokenbroker_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_tokenbroker_proto_rawDesc), len(file_tokenbroker_v1_tokenbroker_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   5,
+			NumEnums:      1,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_tokenbroker_v1_tokenbroker_proto_goTypes,
 		DependencyIndexes: file_tokenbroker_v1_tokenbroker_proto_depIdxs,
+		EnumInfos:         file_tokenbroker_v1_tokenbroker_proto_enumTypes,
 		MessageInfos:      file_tokenbroker_v1_tokenbroker_proto_msgTypes,
 	}.Build()
 	File_tokenbroker_v1_tokenbroker_proto = out.File

@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	TokenBrokerService_GetToken_FullMethodName = "/tokenbroker.v1.TokenBrokerService/GetToken"
+	TokenBrokerService_GetToken_FullMethodName   = "/tokenbroker.v1.TokenBrokerService/GetToken"
+	TokenBrokerService_WatchToken_FullMethodName = "/tokenbroker.v1.TokenBrokerService/WatchToken"
 )
 
 // TokenBrokerServiceClient is the client API for TokenBrokerService service.
@@ -34,6 +35,13 @@ type TokenBrokerServiceClient interface {
 	// less than the broker's min_remaining) of life left, fetching a new one
 	// from the provider's token endpoint only when needed.
 	GetToken(ctx context.Context, in *GetTokenRequest, opts ...grpc.CallOption) (*GetTokenResponse, error)
+	// WatchToken subscribes to a token. The first message (EVENT_INITIAL)
+	// carries the current token at once; after that, every time the token is
+	// replaced (at its refresh point, or after an invalidation) the new one is
+	// pushed, so a subscriber always holds a token with at least a quarter of
+	// its life left while the token endpoint is healthy. When no valid token
+	// can be held, EVENT_UNAVAILABLE says why and the stream stays open.
+	WatchToken(ctx context.Context, in *WatchTokenRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchTokenResponse], error)
 }
 
 type tokenBrokerServiceClient struct {
@@ -54,6 +62,25 @@ func (c *tokenBrokerServiceClient) GetToken(ctx context.Context, in *GetTokenReq
 	return out, nil
 }
 
+func (c *tokenBrokerServiceClient) WatchToken(ctx context.Context, in *WatchTokenRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchTokenResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &TokenBrokerService_ServiceDesc.Streams[0], TokenBrokerService_WatchToken_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchTokenRequest, WatchTokenResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TokenBrokerService_WatchTokenClient = grpc.ServerStreamingClient[WatchTokenResponse]
+
 // TokenBrokerServiceServer is the server API for TokenBrokerService service.
 // All implementations must embed UnimplementedTokenBrokerServiceServer
 // for forward compatibility.
@@ -66,6 +93,13 @@ type TokenBrokerServiceServer interface {
 	// less than the broker's min_remaining) of life left, fetching a new one
 	// from the provider's token endpoint only when needed.
 	GetToken(context.Context, *GetTokenRequest) (*GetTokenResponse, error)
+	// WatchToken subscribes to a token. The first message (EVENT_INITIAL)
+	// carries the current token at once; after that, every time the token is
+	// replaced (at its refresh point, or after an invalidation) the new one is
+	// pushed, so a subscriber always holds a token with at least a quarter of
+	// its life left while the token endpoint is healthy. When no valid token
+	// can be held, EVENT_UNAVAILABLE says why and the stream stays open.
+	WatchToken(*WatchTokenRequest, grpc.ServerStreamingServer[WatchTokenResponse]) error
 	mustEmbedUnimplementedTokenBrokerServiceServer()
 }
 
@@ -78,6 +112,9 @@ type UnimplementedTokenBrokerServiceServer struct{}
 
 func (UnimplementedTokenBrokerServiceServer) GetToken(context.Context, *GetTokenRequest) (*GetTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetToken not implemented")
+}
+func (UnimplementedTokenBrokerServiceServer) WatchToken(*WatchTokenRequest, grpc.ServerStreamingServer[WatchTokenResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchToken not implemented")
 }
 func (UnimplementedTokenBrokerServiceServer) mustEmbedUnimplementedTokenBrokerServiceServer() {}
 func (UnimplementedTokenBrokerServiceServer) testEmbeddedByValue()                            {}
@@ -118,6 +155,17 @@ func _TokenBrokerService_GetToken_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TokenBrokerService_WatchToken_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchTokenRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(TokenBrokerServiceServer).WatchToken(m, &grpc.GenericServerStream[WatchTokenRequest, WatchTokenResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TokenBrokerService_WatchTokenServer = grpc.ServerStreamingServer[WatchTokenResponse]
+
 // TokenBrokerService_ServiceDesc is the grpc.ServiceDesc for TokenBrokerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -130,6 +178,12 @@ var TokenBrokerService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _TokenBrokerService_GetToken_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchToken",
+			Handler:       _TokenBrokerService_WatchToken_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "tokenbroker/v1/tokenbroker.proto",
 }

@@ -1,0 +1,317 @@
+package broker
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/tokencache"
+)
+
+// entry is the per-key state of a key that is in flight, watched or used
+// within its current lifetime. All fields but used are guarded by
+// Broker.mu.
+type entry struct {
+	t target
+	// used is set when GetToken serves the key and cleared when a new
+	// token is installed: a key is refreshed only if it was used within
+	// its current lifetime or has watchers.
+	used atomic.Bool
+
+	current  *tokencache.Record // the latest token, possibly no longer servable
+	watchers map[*Watcher]struct{}
+
+	due   time.Time // when the scheduler visits the entry next
+	index int       // position in Broker.schedule; -1 when not scheduled
+
+	refreshing  bool      // a fetch is in flight
+	failures    int       // consecutive failed fetches
+	retryAt     time.Time // when the next retry may start (failures > 0)
+	lastErr     error     // the last fetch's failure
+	unavailable bool      // watchers were told EventUnavailable since the last token
+	stopped     bool      // a non-retryable failure stopped background refreshes
+}
+
+// entryLocked returns t's entry, creating it. b.mu must be held.
+func (b *Broker) entryLocked(t target) *entry {
+	e := b.entries[t.key]
+	if e == nil {
+		e = &entry{t: t, index: -1, watchers: make(map[*Watcher]struct{})}
+		b.entries[t.key] = e
+	}
+	return e
+}
+
+// touch marks t's key as used by a caller that was served rec, creating
+// its entry (and so its refresh schedule) when the key has none.
+func (b *Broker) touch(t target, rec *tokencache.Record) {
+	b.mu.RLock()
+	e := b.entries[t.key]
+	b.mu.RUnlock()
+	if e == nil {
+		b.mu.Lock()
+		e = b.entryLocked(t)
+		if e.current == nil {
+			e.current = rec
+			if e.index < 0 && !e.refreshing {
+				b.scheduleLocked(e, rec.RefreshAt)
+			}
+		}
+		b.mu.Unlock()
+	}
+	if !e.used.Load() {
+		e.used.Store(true)
+	}
+}
+
+// refreshPending reports whether the background refresher is already
+// taking care of key: a fetch is in flight, or a failed one will be
+// retried.
+func (b *Broker) refreshPending(key string) bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	e := b.entries[key]
+	return b.running && e != nil && (e.refreshing || e.failures > 0 && !e.stopped)
+}
+
+// setRefreshing marks t's key as being fetched.
+func (b *Broker) setRefreshing(t target) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.entryLocked(t).refreshing = true
+}
+
+// install makes rec the key's current token, pushes it to the key's
+// watchers and schedules its refresh.
+func (b *Broker) install(t target, rec *tokencache.Record) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := b.entryLocked(t)
+	prev := e.current
+	e.current = rec
+	e.refreshing, e.failures, e.lastErr, e.unavailable, e.stopped = false, 0, nil, false, false
+	e.used.Store(false)
+	if prev != rec {
+		b.notifyLocked(e, Event{Kind: EventRefreshed, Token: toToken(rec, t.keyID)})
+	}
+	b.scheduleLocked(e, rec.RefreshAt)
+}
+
+// failed records a failed fetch of t's key. A retryable failure is retried
+// with exponential backoff and full jitter (or after the endpoint's
+// Retry-After, when longer); watchers are told EventUnavailable once the
+// current token may no longer be served. A non-retryable failure tells the
+// watchers at once and stops background refreshes until a caller asks
+// again.
+func (b *Broker) failed(t target, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := b.entries[t.key]
+	if e == nil {
+		return
+	}
+	e.refreshing, e.lastErr = false, err
+	if !retryable(err) {
+		e.stopped = true
+		b.unscheduleLocked(e)
+		b.unavailableLocked(e, err)
+		if len(e.watchers) == 0 {
+			delete(b.entries, t.key)
+		}
+		return
+	}
+	now := time.Now()
+	e.failures++
+	e.retryAt = now.Add(b.backoff(e.failures, err))
+	due := e.retryAt
+	if e.current == nil || !now.Before(b.unservableAt(e.current)) {
+		b.unavailableLocked(e, err)
+	} else if !e.unavailable {
+		due = minTime(due, b.unservableAt(e.current))
+	}
+	b.scheduleLocked(e, due)
+}
+
+// backoff is the wait before retry number n: full jitter over an
+// exponentially growing window, or the endpoint's Retry-After when longer.
+func (b *Broker) backoff(n int, err error) time.Duration {
+	window := b.cfg.RetryMax
+	if n < 32 {
+		window = min(window, b.cfg.RetryBase<<(n-1))
+	}
+	d := time.Duration(b.randN(int64(window) + 1))
+	var ra interface{ RetryDelay() time.Duration }
+	if errors.As(err, &ra) {
+		d = max(d, ra.RetryDelay())
+	}
+	return d
+}
+
+// unservableAt is when rec falls below min_remaining.
+func (b *Broker) unservableAt(rec *tokencache.Record) time.Time {
+	return rec.ExpiresAt.Add(-b.cfg.MinRemaining)
+}
+
+// unavailableLocked tells e's watchers, once per token, that no valid token
+// can be held. b.mu must be held.
+func (b *Broker) unavailableLocked(e *entry, err error) {
+	if e.unavailable {
+		return
+	}
+	e.unavailable = true
+	b.notifyLocked(e, Event{Kind: EventUnavailable, Err: err})
+}
+
+// notifyLocked puts ev in every watcher's mailbox. b.mu must be held.
+func (b *Broker) notifyLocked(e *entry, ev Event) {
+	for w := range e.watchers {
+		w.deliver(ev)
+	}
+}
+
+// Run drives background refreshes until ctx ends. Call it once; Close
+// the broker after it returns.
+func (b *Broker) Run(ctx context.Context) error {
+	b.mu.Lock()
+	b.running = true
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		b.running = false
+		b.mu.Unlock()
+	}()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-timer.C:
+		case <-b.wake:
+		case <-ctx.Done():
+			return nil
+		}
+		now := time.Now()
+		b.mu.Lock()
+		for len(b.schedule) > 0 && !b.schedule[0].due.After(now) {
+			b.dueLocked(heap.Pop(&b.schedule).(*entry), now)
+		}
+		next := time.Duration(-1)
+		if len(b.schedule) > 0 {
+			next = b.schedule[0].due.Sub(now)
+		}
+		b.mu.Unlock()
+		if next >= 0 {
+			timer.Reset(next)
+		} else {
+			timer.Stop()
+		}
+	}
+}
+
+// dueLocked handles an entry whose due time has come: it tells watchers
+// when the token fell below min_remaining, drops the entry when nobody
+// uses it, and starts its refresh or re-schedules its retry. b.mu must be
+// held.
+func (b *Broker) dueLocked(e *entry, now time.Time) {
+	if b.entries[e.t.key] != e {
+		return
+	}
+	if e.current != nil && e.lastErr != nil && !now.Before(b.unservableAt(e.current)) {
+		b.unavailableLocked(e, e.lastErr)
+	}
+	if len(e.watchers) == 0 && !e.used.Load() {
+		// Idle: refreshing it would spend quota nobody needs.
+		if !e.refreshing {
+			delete(b.entries, e.t.key)
+		}
+		return
+	}
+	if e.stopped || e.refreshing {
+		return
+	}
+	if e.failures > 0 && now.Before(e.retryAt) {
+		b.scheduleLocked(e, e.retryAt)
+		return
+	}
+	e.refreshing = true
+	t := e.t
+	b.inflight.Add(1)
+	go func() {
+		defer b.inflight.Done()
+		_, _, _ = b.flights.Do(t.key, func() (any, error) { return b.fetchAndInstall(b.life, t) })
+	}()
+}
+
+// scheduleLocked sets e's next visit to at. b.mu must be held.
+func (b *Broker) scheduleLocked(e *entry, at time.Time) {
+	e.due = at
+	if e.index >= 0 {
+		heap.Fix(&b.schedule, e.index)
+	} else {
+		heap.Push(&b.schedule, e)
+	}
+	if e.index == 0 {
+		select {
+		case b.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// unscheduleLocked removes e from the schedule. b.mu must be held.
+func (b *Broker) unscheduleLocked(e *entry) {
+	if e.index >= 0 {
+		heap.Remove(&b.schedule, e.index)
+	}
+}
+
+// schedule is a min-heap of entries by due time (container/heap).
+type schedule []*entry
+
+func (s schedule) Len() int           { return len(s) }
+func (s schedule) Less(i, j int) bool { return s[i].due.Before(s[j].due) }
+func (s schedule) Swap(i, j int) {
+	s[i], s[j] = s[j], s[i]
+	s[i].index, s[j].index = i, j
+}
+
+// Push implements heap.Interface.
+func (s *schedule) Push(x any) {
+	e := x.(*entry)
+	e.index = len(*s)
+	*s = append(*s, e)
+}
+
+// Pop implements heap.Interface.
+func (s *schedule) Pop() any {
+	old := *s
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	e.index = -1
+	*s = old[:len(old)-1]
+	return e
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// current returns key's installed token if it is before its refresh point
+// and has at least need of life left.
+func (b *Broker) current(key string, need time.Duration) *tokencache.Record {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	e := b.entries[key]
+	if e == nil || e.current == nil {
+		return nil
+	}
+	now := time.Now()
+	if now.Before(e.current.RefreshAt) && e.current.ExpiresAt.Sub(now) >= need {
+		return e.current
+	}
+	return nil
+}
