@@ -41,11 +41,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	if err := cfg.LoadSecrets(getenv); err != nil {
-		return err
-	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	if err := cfg.LoadSecrets(getenv); err != nil {
+		return err
 	}
 	logger, err := newLogger(cfg.Log, stderr)
 	if err != nil {

@@ -36,71 +36,104 @@ var DevScopes = []string{"demo/read", "demo/write"}
 
 // App is a configured broker and its gRPC server, ready to serve.
 type App struct {
-	server     *server.Server
-	closeCache func()
+	broker *broker.Broker
+	cache  *tokencache.Cache
+	server *server.Server
 }
 
 // New builds the broker and its server from cfg, which must be valid and
-// have its secrets loaded. Close releases the cache when Serve is done.
+// have its secrets loaded.
 func New(cfg config.Config, logger *slog.Logger) (*App, error) {
-	b, closeCache, err := newBroker(cfg, logger)
+	b, cache, err := newBroker(cfg, logger)
 	if err != nil {
 		return nil, err
 	}
 	srv, err := server.New(server.Config{
-		Broker:               b,
-		Logger:               logger,
-		MaxConcurrentStreams: cfg.Server.MaxConcurrentStreams,
-		KeepaliveMinTime:     time.Duration(cfg.Server.KeepaliveMinTime),
-		Reflection:           cfg.Server.Reflection,
-		ShutdownTimeout:      time.Duration(cfg.Server.ShutdownTimeout),
+		Broker:                watchAdapter{b},
+		Logger:                logger,
+		MaxConcurrentStreams:  cfg.Server.MaxConcurrentStreams,
+		KeepaliveMinTime:      time.Duration(cfg.Server.KeepaliveMinTime),
+		Reflection:            cfg.Server.Reflection,
+		ShutdownTimeout:       time.Duration(cfg.Server.ShutdownTimeout),
+		MaxWatchesPerCaller:   cfg.Server.MaxWatchesPerCaller,
+		WatchOpensPerSecond:   cfg.Server.WatchOpensPerSecond,
+		WatchOpenBurst:        cfg.Server.WatchOpenBurst,
+		MaxConnectionAge:      time.Duration(cfg.Server.MaxConnectionAge),
+		MaxConnectionAgeGrace: time.Duration(cfg.Server.MaxConnectionAgeGrace),
 	})
 	if err != nil {
-		closeCache()
+		cache.Close()
 		return nil, err
 	}
-	return &App{server: srv, closeCache: closeCache}, nil
+	return &App{broker: b, cache: cache, server: srv}, nil
 }
 
-// Serve serves gRPC on l until ctx ends, then shuts down gracefully.
+// Serve runs the refresh scheduler and serves gRPC on l until ctx ends;
+// then it shuts the server down gracefully, stops the scheduler, waits for
+// the fetches in flight and closes the cache. An App serves once.
 func (a *App) Serve(ctx context.Context, l net.Listener) error {
-	return a.server.Serve(ctx, l)
+	defer a.cache.Close()
+	defer a.broker.Close()
+	rctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.broker.Run(rctx) }()
+	err := a.server.Serve(ctx, l)
+	stop()
+	return errors.Join(err, <-done)
 }
 
-// Close releases the token cache.
-func (a *App) Close() { a.closeCache() }
+// watchAdapter gives the server the broker's watchers as Subscriptions.
+type watchAdapter struct{ *broker.Broker }
+
+// Watch implements server.Broker.
+func (w watchAdapter) Watch(ctx context.Context, req broker.Request) (server.Subscription, error) {
+	sub, err := w.Broker.Watch(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return sub, nil
+}
 
 // Run serves cfg until ctx ends. cfg must be valid and its secrets loaded.
 // In -dev mode Run first starts the embedded token endpoint, adds provider
 // "dev" and client "demo" to cfg, and writes ready-to-paste grpcurl
 // commands to out.
 func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, out io.Writer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
-	if cfg.Dev {
-		if err := startDevIssuer(ctx, g, &cfg, logger); err != nil {
+	err := func() error {
+		if cfg.Dev {
+			if err := startDevIssuer(ctx, g, &cfg, logger); err != nil {
+				return err
+			}
+		}
+		a, err := New(cfg, logger)
+		if err != nil {
 			return err
 		}
-	}
-	a, err := New(cfg, logger)
+		l, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			a.cache.Close()
+			return fmt.Errorf("listen: %w", err)
+		}
+		logger.Info("tokenbroker listening", "addr", l.Addr().String(), "providers", len(cfg.Providers), "clients", len(cfg.Clients), "passthrough", cfg.Passthrough)
+		if cfg.Dev {
+			printDevBanner(out, l.Addr().String())
+		}
+		g.Go(func() error { return a.Serve(ctx, l) })
+		return nil
+	}()
 	if err != nil {
-		return err
+		cancel() // stops the dev token endpoint, if it started
+		return errors.Join(err, g.Wait())
 	}
-	defer a.Close()
-	l, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	logger.Info("tokenbroker listening", "addr", l.Addr().String(), "providers", len(cfg.Providers), "clients", len(cfg.Clients), "passthrough", cfg.Passthrough)
-	if cfg.Dev {
-		printDevBanner(out, l.Addr().String())
-	}
-	g.Go(func() error { return a.Serve(ctx, l) })
 	return g.Wait()
 }
 
 // newBroker builds the token cache, one upstream client per provider and
-// the broker. The returned function closes the cache.
-func newBroker(cfg config.Config, logger *slog.Logger) (*broker.Broker, func(), error) {
+// the broker.
+func newBroker(cfg config.Config, logger *slog.Logger) (*broker.Broker, *tokencache.Cache, error) {
 	providers := make(map[string]broker.Fetcher, len(cfg.Providers))
 	for _, p := range cfg.Providers {
 		c, err := upstream.New(upstream.Provider{
@@ -145,12 +178,22 @@ func newBroker(cfg config.Config, logger *slog.Logger) (*broker.Broker, func(), 
 		cache.Close()
 		return nil, nil, err
 	}
-	return b, cache.Close, nil
+	return b, cache, nil
 }
 
 // startDevIssuer starts the embedded token endpoint on a loopback port and
 // configures provider "dev" and client "demo" (with a random secret) for it.
 func startDevIssuer(ctx context.Context, g *errgroup.Group, cfg *config.Config, logger *slog.Logger) error {
+	for _, p := range cfg.Providers {
+		if p.Name == DevProvider {
+			return fmt.Errorf("-dev: providers: %q is reserved for the embedded token endpoint", DevProvider)
+		}
+	}
+	for _, c := range cfg.Clients {
+		if c.Name == DevClient {
+			return fmt.Errorf("-dev: clients: %q is reserved for the embedded token endpoint's client", DevClient)
+		}
+	}
 	sec := rand.Text()
 	issuer, err := devissuer.New(devissuer.Config{
 		Lifetime: time.Duration(cfg.DevLifetime),

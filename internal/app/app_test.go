@@ -70,7 +70,6 @@ func startStack(t *testing.T) *stack {
 		if err := <-done; err != nil {
 			t.Errorf("Serve: %v", err)
 		}
-		a.Close()
 	})
 	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

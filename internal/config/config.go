@@ -31,6 +31,11 @@ const (
 // MinCacheMaxCost is the smallest cache.max_cost Validate accepts.
 const MinCacheMaxCost = 64 * KiB
 
+// MaxCacheMaxCost is the largest cache.max_cost Validate accepts: millions
+// of tokens, far beyond any fleet's need, and a bound on the cache's own
+// bookkeeping.
+const MaxCacheMaxCost = 16 * GiB
+
 // MaxSecretSize is the largest client secret file LoadSecrets reads.
 const MaxSecretSize = 512
 
@@ -62,14 +67,17 @@ type Config struct {
 // Cache tunes the token cache and when tokens are refreshed.
 type Cache struct {
 	// MaxCost bounds the memory the cached tokens may use. Default 64MiB,
-	// at least MinCacheMaxCost (64KiB).
+	// at least MinCacheMaxCost (64KiB), at most MaxCacheMaxCost (16GiB).
 	MaxCost ByteSize `yaml:"max_cost"`
 	// RefreshFraction is the fraction of a token's lifetime after which it
-	// is refreshed. Default 0.75; must be in (0, 1).
+	// is refreshed at the latest, so a subscriber's token always keeps at
+	// least 1 − RefreshFraction of its life. Default 0.75; must be in
+	// (0, 1).
 	RefreshFraction float64 `yaml:"refresh_fraction"`
-	// RefreshJitter is the random spread added to RefreshFraction, so that
-	// tokens issued together are not refreshed together. Default 0.05; must
-	// be in [0, 0.5), and RefreshFraction±RefreshJitter must stay in (0, 1).
+	// RefreshJitter spreads refresh points uniformly over the
+	// RefreshJitter × lifetime before RefreshFraction, so that tokens issued
+	// together are not refreshed together. Default 0.05; must be in
+	// [0, 0.5), and RefreshFraction − RefreshJitter must stay above 0.
 	RefreshJitter float64 `yaml:"refresh_jitter"`
 	// MinRemaining is the least remaining life of a token served to a
 	// caller. Default 30s; must be >= 0.
@@ -143,6 +151,26 @@ type Server struct {
 	KeepaliveMinTime Duration `yaml:"keepalive_min_time"`
 	// Reflection enables the gRPC server reflection service. Default true.
 	Reflection bool `yaml:"reflection"`
+	// MaxConnectionAge is how long a client connection may live before the
+	// server asks the client to reconnect, so that long-lived WatchToken
+	// subscribers spread over the replicas (gRPC adds ±10% jitter).
+	// Default 30m; must be >= 1s.
+	MaxConnectionAge Duration `yaml:"max_connection_age"`
+	// MaxConnectionAgeGrace is how long calls may go on once a connection
+	// reached MaxConnectionAge, before it is closed; watch streams still
+	// open then end with UNAVAILABLE and are reopened by their clients.
+	// Default 1m; must be > 0.
+	MaxConnectionAgeGrace Duration `yaml:"max_connection_age_grace"`
+	// MaxWatchesPerCaller is the most concurrent WatchToken streams one
+	// caller (for now: one peer IP address) may hold. Default 1000; must
+	// be >= 1.
+	MaxWatchesPerCaller int `yaml:"max_watches_per_caller"`
+	// WatchOpensPerSecond is the sustained rate at which one caller may
+	// open WatchToken streams. Default 50; must be finite and > 0.
+	WatchOpensPerSecond float64 `yaml:"watch_opens_per_second"`
+	// WatchOpenBurst is how many WatchToken streams one caller may open at
+	// once above WatchOpensPerSecond. Default 100; must be >= 1.
+	WatchOpenBurst int `yaml:"watch_open_burst"`
 }
 
 // Log configures logging.
@@ -169,10 +197,15 @@ func Default() Config {
 		},
 		Passthrough: false,
 		Server: Server{
-			MaxConcurrentStreams: 1000,
-			ShutdownTimeout:      Duration(10 * time.Second),
-			KeepaliveMinTime:     Duration(30 * time.Second),
-			Reflection:           true,
+			MaxConcurrentStreams:  1000,
+			ShutdownTimeout:       Duration(10 * time.Second),
+			KeepaliveMinTime:      Duration(30 * time.Second),
+			Reflection:            true,
+			MaxConnectionAge:      Duration(30 * time.Minute),
+			MaxConnectionAgeGrace: Duration(time.Minute),
+			MaxWatchesPerCaller:   1000,
+			WatchOpensPerSecond:   50,
+			WatchOpenBurst:        100,
 		},
 		Log:         Log{Level: "info", Format: "json"},
 		DevLifetime: Duration(5 * time.Minute),

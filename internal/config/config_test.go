@@ -35,10 +35,15 @@ func TestDefault(t *testing.T) {
 			FetchTimeout:    Duration(30 * time.Second),
 		},
 		Server: Server{
-			MaxConcurrentStreams: 1000,
-			ShutdownTimeout:      Duration(10 * time.Second),
-			KeepaliveMinTime:     Duration(30 * time.Second),
-			Reflection:           true,
+			MaxConcurrentStreams:  1000,
+			ShutdownTimeout:       Duration(10 * time.Second),
+			KeepaliveMinTime:      Duration(30 * time.Second),
+			Reflection:            true,
+			MaxConnectionAge:      Duration(30 * time.Minute),
+			MaxConnectionAgeGrace: Duration(time.Minute),
+			MaxWatchesPerCaller:   1000,
+			WatchOpensPerSecond:   50,
+			WatchOpenBurst:        100,
 		},
 		Log:         Log{Level: "info", Format: "json"},
 		DevLifetime: Duration(5 * time.Minute),
@@ -344,5 +349,46 @@ func TestLoadFileProblems(t *testing.T) {
 	big := writeFile(t, "big.yaml", "# "+strings.Repeat("x", maxFileSize)+"\n")
 	if _, err := Load(big); err == nil || !strings.Contains(err.Error(), "larger than") {
 		t.Errorf("Load(big) error = %v; want a size error", err)
+	}
+}
+
+// TestLoadServerWatchKeys checks the server keys of WatchToken: they load
+// with their units and a wrong type names the key.
+func TestLoadServerWatchKeys(t *testing.T) {
+	content := `
+server:
+  max_connection_age: 10m
+  max_connection_age_grace: 30s
+  max_watches_per_caller: 5
+  watch_opens_per_second: 0.5
+  watch_open_burst: 7
+`
+	c, err := Load(writeFile(t, "c.yaml", content))
+	if err != nil {
+		t.Fatalf("Load = %v", err)
+	}
+	want := Default().Server
+	want.MaxConnectionAge = Duration(10 * time.Minute)
+	want.MaxConnectionAgeGrace = Duration(30 * time.Second)
+	want.MaxWatchesPerCaller = 5
+	want.WatchOpensPerSecond = 0.5
+	want.WatchOpenBurst = 7
+	if c.Server != want {
+		t.Errorf("server = %+v, want %+v", c.Server, want)
+	}
+
+	bad := "server:\n  max_watches_per_caller: many\n  watch_opens_per_second: fast\n  max_connection_age: 30\n"
+	_, err = Load(writeFile(t, "c.yaml", bad))
+	if err == nil {
+		t.Fatal("Load(bad) error = nil, want one")
+	}
+	for _, w := range []string{
+		"c.yaml:2: server.max_watches_per_caller: must be an integer",
+		"c.yaml:3: server.watch_opens_per_second: must be a number",
+		`c.yaml:4: server.max_connection_age: invalid duration "30"`,
+	} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("got error:\n%s\nwant it to contain %q", err, w)
+		}
 	}
 }

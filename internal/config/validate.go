@@ -29,13 +29,12 @@ func (c *Config) Validate() error {
 		v.add("listen", "%s", err)
 	}
 
-	if c.Dev && c.DevLifetime < Duration(time.Second) {
-		v.add("-dev-lifetime", "must be at least 1s, got %s", c.DevLifetime)
-	}
-
 	cc := c.Cache
-	if cc.MaxCost < MinCacheMaxCost {
-		v.add("cache.max_cost", "must be at least %s, got %s", MinCacheMaxCost, cc.MaxCost)
+	if c.Dev && (c.DevLifetime < Duration(time.Second) || c.DevLifetime <= cc.MinRemaining) {
+		v.add("-dev-lifetime", "must be at least 1s and longer than cache.min_remaining (%s), got %s", cc.MinRemaining, c.DevLifetime)
+	}
+	if cc.MaxCost < MinCacheMaxCost || cc.MaxCost > MaxCacheMaxCost {
+		v.add("cache.max_cost", "must be between %s and %s, got %s", MinCacheMaxCost, MaxCacheMaxCost, cc.MaxCost)
 	}
 	if !(cc.RefreshFraction > 0 && cc.RefreshFraction < 1) {
 		v.add("cache.refresh_fraction", "must be in (0, 1), got %v", cc.RefreshFraction)
@@ -43,8 +42,8 @@ func (c *Config) Validate() error {
 	if !(cc.RefreshJitter >= 0 && cc.RefreshJitter < 0.5) {
 		v.add("cache.refresh_jitter", "must be in [0, 0.5), got %v", cc.RefreshJitter)
 	} else if cc.RefreshFraction > 0 && cc.RefreshFraction < 1 &&
-		!(cc.RefreshFraction-cc.RefreshJitter > 0 && cc.RefreshFraction+cc.RefreshJitter < 1) {
-		v.add("cache.refresh_jitter", "refresh_fraction ± refresh_jitter must stay in (0, 1), got %v ± %v", cc.RefreshFraction, cc.RefreshJitter)
+		!(cc.RefreshFraction-cc.RefreshJitter > 0) {
+		v.add("cache.refresh_jitter", "refresh_fraction - refresh_jitter must stay above 0, got %v - %v", cc.RefreshFraction, cc.RefreshJitter)
 	}
 	if cc.MinRemaining < 0 {
 		v.add("cache.min_remaining", "must be >= 0, got %s", cc.MinRemaining)
@@ -140,6 +139,21 @@ func (c *Config) Validate() error {
 	}
 	if c.Server.KeepaliveMinTime < 0 {
 		v.add("server.keepalive_min_time", "must be >= 0, got %s", c.Server.KeepaliveMinTime)
+	}
+	if c.Server.MaxConnectionAge < Duration(time.Second) {
+		v.add("server.max_connection_age", "must be at least 1s, got %s", c.Server.MaxConnectionAge)
+	}
+	if c.Server.MaxConnectionAgeGrace <= 0 {
+		v.add("server.max_connection_age_grace", "must be > 0, got %s", c.Server.MaxConnectionAgeGrace)
+	}
+	if c.Server.MaxWatchesPerCaller < 1 {
+		v.add("server.max_watches_per_caller", "must be >= 1, got %d", c.Server.MaxWatchesPerCaller)
+	}
+	if r := c.Server.WatchOpensPerSecond; !(r > 0 && !math.IsInf(r, 1)) {
+		v.add("server.watch_opens_per_second", "must be a finite number > 0 (stream opens per second), got %v", r)
+	}
+	if c.Server.WatchOpenBurst < 1 {
+		v.add("server.watch_open_burst", "must be >= 1, got %d", c.Server.WatchOpenBurst)
 	}
 
 	return errors.Join(v.errs...)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -63,13 +65,57 @@ func waitForLeaks(d time.Duration) string {
 	}
 }
 
-// stubBroker is a Broker whose behaviour is a function field.
+// stubBroker is a Broker whose behaviour is in function fields. A nil
+// field fails the call with an error the server maps to Internal.
 type stubBroker struct {
 	getToken func(ctx context.Context, req broker.Request) (broker.Token, error)
+	watch    func(ctx context.Context, req broker.Request) (Subscription, error)
 }
 
 func (b *stubBroker) GetToken(ctx context.Context, req broker.Request) (broker.Token, error) {
+	if b.getToken == nil {
+		return broker.Token{}, errors.New("stub: no getToken")
+	}
 	return b.getToken(ctx, req)
+}
+
+func (b *stubBroker) Watch(ctx context.Context, req broker.Request) (Subscription, error) {
+	if b.watch == nil {
+		return nil, errors.New("stub: no watch")
+	}
+	return b.watch(ctx, req)
+}
+
+// fakeSub is a Subscription whose events the test sends on events.
+type fakeSub struct {
+	initial broker.Token
+	events  chan broker.Event
+	closed  chan struct{}
+	closes  atomic.Int32
+}
+
+// newFakeSub returns a subscription that starts with initial.
+func newFakeSub(initial broker.Token) *fakeSub {
+	return &fakeSub{initial: initial, events: make(chan broker.Event), closed: make(chan struct{})}
+}
+
+func (s *fakeSub) Initial() broker.Token       { return s.initial }
+func (s *fakeSub) Events() <-chan broker.Event { return s.events }
+
+func (s *fakeSub) Close() {
+	if s.closes.Add(1) == 1 {
+		close(s.closed)
+	}
+}
+
+// send hands ev to the handler, failing the test after rpcTimeout.
+func (s *fakeSub) send(t *testing.T, ev broker.Event) {
+	t.Helper()
+	select {
+	case s.events <- ev:
+	case <-time.After(rpcTimeout):
+		t.Fatalf("timed out handing a %v event to the handler", ev.Kind)
+	}
 }
 
 // okBroker returns a broker that answers every request with tok.

@@ -3,8 +3,15 @@
 // converts it to the broker's types, calls the Broker, and maps the
 // broker's error to a status with one table (StatusFromError).
 //
+// WatchToken streams a key's tokens: the current one at once, then every
+// replacement the broker pushes, until the caller goes away or the server
+// shuts down. Each caller (by default, the peer's IP address) may hold a
+// bounded number of concurrent watch streams and open them at a bounded
+// rate.
+//
 // The server also sets the transport limits (64 KiB messages, a cap on
-// concurrent streams, keepalive enforcement), recovers panics as
+// concurrent streams, keepalive enforcement, a maximum connection age so
+// long-lived subscribers rebalance across replicas), recovers panics as
 // codes.Internal, logs one line per call (method, code, duration and key
 // id; never a payload, a secret, a token or an error text), serves the
 // standard health service and, optionally, reflection.
@@ -15,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"runtime/debug"
 	"time"
@@ -43,6 +51,27 @@ const (
 	DefaultKeepaliveMinTime = 30 * time.Second
 	// DefaultShutdownTimeout bounds the graceful part of a shutdown.
 	DefaultShutdownTimeout = 10 * time.Second
+	// DefaultMaxConnectionAge is how long a connection may live before the
+	// server asks the client to reconnect (GOAWAY), so that long-lived
+	// subscribers spread over replicas added since. gRPC adds ±10% jitter.
+	DefaultMaxConnectionAge = 30 * time.Minute
+	// DefaultMaxConnectionAgeGrace is how long calls may go on after
+	// DefaultMaxConnectionAge before the connection is closed. Watch
+	// streams never end by themselves; they end with codes.Unavailable
+	// then, and the client opens them again on a new connection.
+	DefaultMaxConnectionAgeGrace = time.Minute
+	// DefaultMaxWatchesPerCaller is the most concurrent WatchToken streams
+	// one caller identity may hold.
+	DefaultMaxWatchesPerCaller = 1000
+	// DefaultWatchOpensPerSecond is the sustained rate at which one caller
+	// identity may open WatchToken streams. With DefaultWatchOpenBurst it
+	// lets a client that reconnects open 100 streams at once, and a
+	// caller that lost all 1,000 of its streams reopen them within 20 s,
+	// while a client in a tight reconnect loop is slowed down.
+	DefaultWatchOpensPerSecond = 50
+	// DefaultWatchOpenBurst is how many WatchToken streams one caller
+	// identity may open at once, above DefaultWatchOpensPerSecond.
+	DefaultWatchOpenBurst = 100
 	// MaxRecvMsgSize is the largest request message accepted, in bytes.
 	// Larger ones fail with codes.ResourceExhausted.
 	MaxRecvMsgSize = 64 << 10
@@ -57,6 +86,24 @@ type Broker interface {
 	// GetToken returns a token for req, or an error that StatusFromError
 	// maps to a status.
 	GetToken(ctx context.Context, req broker.Request) (broker.Token, error)
+	// Watch subscribes to the token of req.Selector (req.MinTTL is zero).
+	// It returns once the first token is known, or with an error that
+	// StatusFromError maps to a status. ctx bounds the wait for the first
+	// token; the subscription lives until Close.
+	Watch(ctx context.Context, req broker.Request) (Subscription, error)
+}
+
+// Subscription is a watch of one key's token, as returned by
+// Broker.Watch.
+type Subscription interface {
+	// Initial returns the token the watch started with.
+	Initial() broker.Token
+	// Events delivers what happens to the token after Initial. The
+	// channel is never closed; the server reads it until the stream ends.
+	Events() <-chan broker.Event
+	// Close ends the watch and releases its resources. The server calls
+	// it exactly once, when the stream ends.
+	Close()
 }
 
 // Config configures a Server.
@@ -77,8 +124,32 @@ type Config struct {
 	Reflection bool
 	// ShutdownTimeout bounds how long Serve waits for calls in progress
 	// once its context is done, before closing every connection. Zero
-	// means DefaultShutdownTimeout.
+	// means DefaultShutdownTimeout. WatchToken streams do not count
+	// against it: they are ended at once.
 	ShutdownTimeout time.Duration
+	// MaxConnectionAge is how long a connection may live before the
+	// server asks the client to reconnect. Zero means
+	// DefaultMaxConnectionAge.
+	MaxConnectionAge time.Duration
+	// MaxConnectionAgeGrace is how long calls may go on once a
+	// connection reached MaxConnectionAge, before it is closed. Zero means
+	// DefaultMaxConnectionAgeGrace.
+	MaxConnectionAgeGrace time.Duration
+	// MaxWatchesPerCaller is the most concurrent WatchToken streams one
+	// caller identity may hold; more get codes.ResourceExhausted. Zero
+	// means DefaultMaxWatchesPerCaller.
+	MaxWatchesPerCaller int
+	// WatchOpensPerSecond is the sustained rate at which one caller
+	// identity may open WatchToken streams (a token bucket); faster opens
+	// get codes.ResourceExhausted. Zero means DefaultWatchOpensPerSecond.
+	WatchOpensPerSecond float64
+	// WatchOpenBurst is how many WatchToken streams one caller identity
+	// may open at once above WatchOpensPerSecond. Zero means
+	// DefaultWatchOpenBurst.
+	WatchOpenBurst int
+	// Identity names the caller of a stream for the per-caller limits.
+	// Nil means PeerIdentity.
+	Identity IdentityFunc
 }
 
 // Server is the broker's gRPC server: the TokenBrokerService, the health
@@ -88,19 +159,40 @@ type Server struct {
 	health          *health.Server
 	logger          *slog.Logger
 	shutdownTimeout time.Duration
+	// stopping is cancelled when shutdown begins; WatchToken handlers
+	// watch its Done channel and end their streams.
+	stopping context.Context
+	stop     context.CancelFunc
 }
 
-// New returns a Server for cfg. It fails when cfg.Broker is nil or a
-// duration is negative; the error names the field.
+// New returns a Server for cfg. It fails when cfg.Broker is nil, a
+// duration or a limit is negative, or WatchOpensPerSecond is not a finite
+// number; the error names the field.
 func New(cfg Config) (*Server, error) {
 	if cfg.Broker == nil {
 		return nil, errors.New("server: Broker is required")
 	}
-	if cfg.KeepaliveMinTime < 0 {
-		return nil, errors.New("server: KeepaliveMinTime must not be negative")
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"KeepaliveMinTime", cfg.KeepaliveMinTime},
+		{"ShutdownTimeout", cfg.ShutdownTimeout},
+		{"MaxConnectionAge", cfg.MaxConnectionAge},
+		{"MaxConnectionAgeGrace", cfg.MaxConnectionAgeGrace},
+	} {
+		if d.v < 0 {
+			return nil, fmt.Errorf("server: %s must not be negative", d.name)
+		}
 	}
-	if cfg.ShutdownTimeout < 0 {
-		return nil, errors.New("server: ShutdownTimeout must not be negative")
+	if cfg.MaxWatchesPerCaller < 0 {
+		return nil, errors.New("server: MaxWatchesPerCaller must not be negative")
+	}
+	if cfg.WatchOpenBurst < 0 {
+		return nil, errors.New("server: WatchOpenBurst must not be negative")
+	}
+	if r := cfg.WatchOpensPerSecond; r < 0 || math.IsNaN(r) || math.IsInf(r, 0) {
+		return nil, errors.New("server: WatchOpensPerSecond must be a finite number >= 0")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -114,6 +206,24 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = DefaultShutdownTimeout
 	}
+	if cfg.MaxConnectionAge == 0 {
+		cfg.MaxConnectionAge = DefaultMaxConnectionAge
+	}
+	if cfg.MaxConnectionAgeGrace == 0 {
+		cfg.MaxConnectionAgeGrace = DefaultMaxConnectionAgeGrace
+	}
+	if cfg.MaxWatchesPerCaller == 0 {
+		cfg.MaxWatchesPerCaller = DefaultMaxWatchesPerCaller
+	}
+	if cfg.WatchOpensPerSecond == 0 {
+		cfg.WatchOpensPerSecond = DefaultWatchOpensPerSecond
+	}
+	if cfg.WatchOpenBurst == 0 {
+		cfg.WatchOpenBurst = DefaultWatchOpenBurst
+	}
+	if cfg.Identity == nil {
+		cfg.Identity = PeerIdentity
+	}
 
 	logger := callLogger(cfg.Logger)
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
@@ -125,7 +235,11 @@ func New(cfg Config) (*Server, error) {
 			MinTime:             cfg.KeepaliveMinTime,
 			PermitWithoutStream: true,
 		}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:                  keepaliveTime,
+			MaxConnectionAge:      cfg.MaxConnectionAge,
+			MaxConnectionAgeGrace: cfg.MaxConnectionAgeGrace,
+		}),
 		// Logging is outside recovery, so a recovered panic is logged
 		// with the code the caller sees.
 		grpc.ChainUnaryInterceptor(
@@ -138,7 +252,14 @@ func New(cfg Config) (*Server, error) {
 		),
 	)
 
-	tokenbrokerv1.RegisterTokenBrokerServiceServer(gs, &handler{broker: cfg.Broker})
+	stopping, stop := context.WithCancel(context.Background())
+	tokenbrokerv1.RegisterTokenBrokerServiceServer(gs, &handler{
+		broker:   cfg.Broker,
+		logger:   cfg.Logger,
+		identity: cfg.Identity,
+		limits:   newCallerLimits(cfg.MaxWatchesPerCaller, cfg.WatchOpensPerSecond, cfg.WatchOpenBurst),
+		stopping: stopping,
+	})
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(tokenbrokerv1.TokenBrokerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
@@ -146,7 +267,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Reflection {
 		reflection.Register(gs)
 	}
-	return &Server{grpc: gs, health: hs, logger: cfg.Logger, shutdownTimeout: cfg.ShutdownTimeout}, nil
+	return &Server{
+		grpc:            gs,
+		health:          hs,
+		logger:          cfg.Logger,
+		shutdownTimeout: cfg.ShutdownTimeout,
+		stopping:        stopping,
+		stop:            stop,
+	}, nil
 }
 
 // GRPCServer returns the underlying *grpc.Server, for tests that serve it
@@ -154,10 +282,12 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) GRPCServer() *grpc.Server { return s.grpc }
 
 // Serve serves on l until ctx is done, then shuts down: the health service
-// turns NOT_SERVING, calls in progress get ShutdownTimeout to finish
-// (GracefulStop), and after that every connection is closed (Stop). It
-// returns nil after such a shutdown, or the error that ended serving early
-// (the listener failed). l is closed either way. Call Serve once.
+// turns NOT_SERVING, every WatchToken stream ends at once with
+// codes.Unavailable "server shutting down", other calls in progress get
+// ShutdownTimeout to finish (GracefulStop), and after that every
+// connection is closed (Stop). It returns nil after such a shutdown, or
+// the error that ended serving early (the listener failed). l is closed
+// either way. Call Serve once.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	served := make(chan error, 1)
 	go func() { served <- s.grpc.Serve(l) }()
@@ -166,6 +296,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	case err := <-served:
 		// The listener failed (or someone stopped the *grpc.Server).
 		s.health.Shutdown()
+		s.stop()
 		s.grpc.Stop()
 		if err == nil {
 			return nil
@@ -176,6 +307,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 
 	s.logger.Info("grpc server shutting down", "timeout", s.shutdownTimeout)
 	s.health.Shutdown()
+	// Watch streams never end by themselves: end them first, or
+	// GracefulStop would wait for them until the deadline.
+	s.stop()
 	stopped := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
@@ -200,7 +334,13 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 type handler struct {
 	tokenbrokerv1.UnimplementedTokenBrokerServiceServer
 
-	broker Broker
+	broker   Broker
+	logger   *slog.Logger
+	identity IdentityFunc
+	limits   *callerLimits
+	// stopping is cancelled when the server shuts down; its Done channel
+	// ends every WatchToken stream.
+	stopping context.Context
 }
 
 // GetToken validates the request, asks the broker for the token and maps
@@ -212,6 +352,9 @@ func (h *handler) GetToken(ctx context.Context, in *tokenbrokerv1.GetTokenReques
 	}
 	tok, err := h.broker.GetToken(ctx, req)
 	if err != nil {
+		if id := broker.KeyIDOf(err); id != "" {
+			logging.AddFields(ctx, logging.Fields{logKeyID, id})
+		}
 		return nil, StatusFromError(err, req.Selector.Credentials != nil).Err()
 	}
 	// AddFields, not InjectFields: the logging interceptor reads the fields

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"math"
 	"net"
 	"slices"
 	"strings"
@@ -32,6 +33,13 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"no broker", Config{}, "Broker is required"},
 		{"negative keepalive", Config{Broker: b, KeepaliveMinTime: -time.Second}, "KeepaliveMinTime must not be negative"},
 		{"negative shutdown timeout", Config{Broker: b, ShutdownTimeout: -time.Second}, "ShutdownTimeout must not be negative"},
+		{"negative max connection age", Config{Broker: b, MaxConnectionAge: -time.Second}, "MaxConnectionAge must not be negative"},
+		{"negative max connection age grace", Config{Broker: b, MaxConnectionAgeGrace: -time.Second}, "MaxConnectionAgeGrace must not be negative"},
+		{"negative max watches", Config{Broker: b, MaxWatchesPerCaller: -1}, "MaxWatchesPerCaller must not be negative"},
+		{"negative open burst", Config{Broker: b, WatchOpenBurst: -1}, "WatchOpenBurst must not be negative"},
+		{"negative open rate", Config{Broker: b, WatchOpensPerSecond: -1}, "WatchOpensPerSecond must be a finite number >= 0"},
+		{"NaN open rate", Config{Broker: b, WatchOpensPerSecond: math.NaN()}, "WatchOpensPerSecond must be a finite number >= 0"},
+		{"infinite open rate", Config{Broker: b, WatchOpensPerSecond: math.Inf(1)}, "WatchOpensPerSecond must be a finite number >= 0"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := New(tt.cfg)

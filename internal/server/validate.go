@@ -65,6 +65,46 @@ const (
 // by its API path (for example "selector.scopes[3]"); the value itself is
 // never part of the error.
 //
+// The rules are those of toSelector, plus: min_ttl, when set, is a valid
+// duration in [0, 24h].
+//
+// toBrokerRequest never panics, whatever the input (a nil request is
+// reported as a missing selector).
+func toBrokerRequest(in *tokenbrokerv1.GetTokenRequest) (broker.Request, error) {
+	sel, err := toSelector(in.GetSelector())
+	if err != nil {
+		return broker.Request{}, err
+	}
+	out := broker.Request{Selector: sel}
+	if d := in.GetMinTtl(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return broker.Request{}, invalid(fieldMinTTL, ruleDuration)
+		}
+		ttl := d.AsDuration()
+		if ttl < 0 || ttl > MaxMinTTL {
+			return broker.Request{}, invalid(fieldMinTTL, ruleMinTTLRange)
+		}
+		out.MinTTL = ttl
+	}
+	return out, nil
+}
+
+// toWatchRequest checks a WatchTokenRequest with the selector rules of
+// GetToken (see toSelector) and converts it to a broker.Request. Errors
+// are as for toBrokerRequest; a nil request is reported as a missing
+// selector.
+func toWatchRequest(in *tokenbrokerv1.WatchTokenRequest) (broker.Request, error) {
+	sel, err := toSelector(in.GetSelector())
+	if err != nil {
+		return broker.Request{}, err
+	}
+	return broker.Request{Selector: sel}, nil
+}
+
+// toSelector checks every rule of a TokenSelector and converts it. The
+// first broken rule is returned as a *broker.FieldError (see
+// toBrokerRequest).
+//
 // The rules:
 //   - selector is required, with exactly one credentials form;
 //   - selector.client, and client_credentials.provider and .client_id, are
@@ -77,65 +117,49 @@ const (
 //     scope-token characters (%x21 / %x23-5B / %x5D-7E);
 //   - audience and resource are at most 1024 bytes of printable ASCII;
 //     a resource, when set, is an absolute URI without a fragment
-//     (RFC 8707 section 2);
-//   - min_ttl, when set, is a valid duration in [0, 24h].
-//
-// toBrokerRequest never panics, whatever the input (a nil request is
-// reported as a missing selector).
-func toBrokerRequest(in *tokenbrokerv1.GetTokenRequest) (broker.Request, error) {
-	sel := in.GetSelector()
+//     (RFC 8707 section 2).
+func toSelector(sel *tokenbrokerv1.TokenSelector) (broker.Selector, error) {
 	if sel == nil {
-		return broker.Request{}, invalid(fieldSelector, ruleRequired)
+		return broker.Selector{}, invalid(fieldSelector, ruleRequired)
 	}
-	var out broker.Request
+	var out broker.Selector
 	switch c := sel.GetCredentials().(type) {
 	case *tokenbrokerv1.TokenSelector_Client:
 		if err := checkName(fieldClient, c.Client); err != nil {
-			return broker.Request{}, err
+			return broker.Selector{}, err
 		}
-		out.Selector.Client = c.Client
+		out.Client = c.Client
 	case *tokenbrokerv1.TokenSelector_ClientCredentials:
 		creds, err := toCredentials(c.ClientCredentials)
 		if err != nil {
-			return broker.Request{}, err
+			return broker.Selector{}, err
 		}
-		out.Selector.Credentials = creds
+		out.Credentials = creds
 	default:
-		return broker.Request{}, invalid(fieldCredentials, ruleOneCreds)
+		return broker.Selector{}, invalid(fieldCredentials, ruleOneCreds)
 	}
 
 	scopes := sel.GetScopes()
 	if len(scopes) > MaxScopes {
-		return broker.Request{}, invalid(fieldScopes, ruleTooManyScope)
+		return broker.Selector{}, invalid(fieldScopes, ruleTooManyScope)
 	}
 	for i, s := range scopes {
 		if err := checkScope(i, s); err != nil {
-			return broker.Request{}, err
+			return broker.Selector{}, err
 		}
 	}
 	if len(scopes) > 0 {
-		out.Selector.Scopes = append([]string(nil), scopes...)
+		out.Scopes = append([]string(nil), scopes...)
 	}
 
 	if err := checkPrintable(fieldAudience, sel.GetAudience(), 0, MaxAudienceBytes); err != nil {
-		return broker.Request{}, err
+		return broker.Selector{}, err
 	}
-	out.Selector.Audience = sel.GetAudience()
+	out.Audience = sel.GetAudience()
 	if err := checkResource(sel.GetResource()); err != nil {
-		return broker.Request{}, err
+		return broker.Selector{}, err
 	}
-	out.Selector.Resource = sel.GetResource()
-
-	if d := in.GetMinTtl(); d != nil {
-		if err := d.CheckValid(); err != nil {
-			return broker.Request{}, invalid(fieldMinTTL, ruleDuration)
-		}
-		ttl := d.AsDuration()
-		if ttl < 0 || ttl > MaxMinTTL {
-			return broker.Request{}, invalid(fieldMinTTL, ruleMinTTLRange)
-		}
-		out.MinTTL = ttl
-	}
+	out.Resource = sel.GetResource()
 	return out, nil
 }
 

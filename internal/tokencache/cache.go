@@ -59,8 +59,9 @@ func New(maxCost int64) (*Cache, error) {
 		return nil, errors.New("tokencache: max cost must be positive")
 	}
 	// ristretto wants about ten counters per item it may hold; the smallest
-	// plausible record is about 0.5 KiB.
-	counters := max(maxCost/512*10, 1000)
+	// plausible record is about 0.5 KiB. The cap bounds the admission
+	// policy's own memory (about 32 MiB) for very large caches.
+	counters := min(max(maxCost/512*10, 1000), 1<<24)
 	rc, err := ristretto.NewCache(&ristretto.Config[string, *Record]{
 		NumCounters: counters,
 		MaxCost:     maxCost,
