@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http/httptest"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -32,10 +33,19 @@ const (
 // over HTTP and the broker's gRPC server on loopback TCP.
 type stack struct {
 	issuer *devissuer.Issuer
+	addr   string
 	client tokenbrokerv1.TokenBrokerServiceClient
+	stop   func() // shuts the broker down and waits for Serve to return
 }
 
 func startStack(t *testing.T) *stack {
+	t.Helper()
+	return startStackWith(t, nil)
+}
+
+// startStackWith lets the test adjust the configuration and the token
+// endpoint before the broker starts.
+func startStackWith(t *testing.T, adjust func(*config.Config, *devissuer.Issuer)) *stack {
 	t.Helper()
 	issuer, err := devissuer.New(devissuer.Config{Lifetime: time.Hour, Clients: []devissuer.Client{
 		{ID: heldID, Secret: heldSecret, Scopes: []string{"api/read", "api/write"}},
@@ -53,6 +63,9 @@ func startStack(t *testing.T) *stack {
 	cfg.Providers = []config.Provider{p}
 	cfg.Clients = []config.Client{{Name: "held", Provider: "test", ClientID: heldID, Secret: secret.String(heldSecret)}}
 	cfg.Passthrough = true
+	if adjust != nil {
+		adjust(&cfg, issuer)
+	}
 	logger := slog.New(slog.NewJSONHandler(io.Discard, nil))
 	a, err := New(cfg, logger)
 	if err != nil {
@@ -65,18 +78,30 @@ func startStack(t *testing.T) *stack {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Serve(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	var once sync.Once
+	s := &stack{issuer: issuer, addr: l.Addr().String()}
+	s.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		})
+	}
+	t.Cleanup(s.stop)
+	s.client = s.dial(t)
+	return s
+}
+
+// dial opens a new client connection to the broker.
+func (s *stack) dial(t *testing.T) tokenbrokerv1.TokenBrokerServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &stack{issuer: issuer, client: tokenbrokerv1.NewTokenBrokerServiceClient(conn)}
+	return tokenbrokerv1.NewTokenBrokerServiceClient(conn)
 }
 
 func heldSelector(scopes ...string) *tokenbrokerv1.TokenSelector {
@@ -161,5 +186,124 @@ func TestWrongSecretNeverGetsTheCachedToken(t *testing.T) {
 	s2.issuer.AddClient(devissuer.Client{ID: heldID, Secret: "rotated", Scopes: []string{"api/read"}})
 	if _, err := s2.client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Selector: heldSelector("api/read")}); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("broker-held invalid_client: got %v, want FailedPrecondition", err)
+	}
+}
+
+// TestTenThousandWatchersOverGRPC: 10,000 WatchToken streams over loopback
+// TCP for one key cost one upstream request per refresh, and every stream
+// receives every new token - also while one more stream never reads.
+// Tokens live 6 s here, refreshed at half-life, so the test takes about
+// 7 s of real time; the timing rule itself is tested on a fake clock in
+// internal/broker.
+func TestTenThousandWatchersOverGRPC(t *testing.T) {
+	if testing.Short() {
+		t.Skip("10,000 streams")
+	}
+	const n, conns, refreshes = 10_000, 10, 2
+	s := startStackWith(t, func(cfg *config.Config, issuer *devissuer.Issuer) {
+		issuer.SetLifetime(6 * time.Second)
+		cfg.Cache.RefreshFraction, cfg.Cache.RefreshJitter = 0.5, 0
+		cfg.Cache.MinRemaining = config.Duration(time.Second)
+		cfg.Server.MaxWatchesPerCaller = 2 * n
+		cfg.Server.WatchOpensPerSecond, cfg.Server.WatchOpenBurst = 1e6, 2*n
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// server.max_concurrent_streams (1,000) applies per connection.
+	clients := make([]tokenbrokerv1.TokenBrokerServiceClient, conns)
+	for i := range clients {
+		clients[i] = s.dial(t)
+	}
+	req := &tokenbrokerv1.WatchTokenRequest{Selector: heldSelector("api/read")}
+
+	// One stream, on a connection of its own, that is never read.
+	if _, err := s.dial(t).WatchToken(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	seqs := make([][]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			stream, err := clients[i%conns].WatchToken(ctx, req)
+			if err != nil {
+				t.Errorf("stream %d: %v", i, err)
+				return
+			}
+			for len(seqs[i]) < 1+refreshes {
+				msg, err := stream.Recv()
+				if err != nil {
+					t.Errorf("stream %d: %v", i, err)
+					return
+				}
+				want := tokenbrokerv1.WatchTokenResponse_EVENT_REFRESHED
+				if len(seqs[i]) == 0 {
+					want = tokenbrokerv1.WatchTokenResponse_EVENT_INITIAL
+				}
+				if msg.GetEvent() != want {
+					t.Errorf("stream %d message %d: got %v, want %v", i, len(seqs[i]), msg.GetEvent(), want)
+				}
+				seqs[i] = append(seqs[i], msg.GetToken().GetAccessToken())
+			}
+		})
+	}
+	wg.Wait()
+	// The next refresh is 3 s after the last one: the count is settled.
+	if got := s.issuer.Requests(); got != 1+refreshes {
+		t.Errorf("got %d upstream requests, want %d (one per token)", got, 1+refreshes)
+	}
+	for i, seq := range seqs {
+		if len(seq) != 1+refreshes || seq[0] == seq[1] || seq[1] == seq[2] {
+			t.Fatalf("stream %d saw %d tokens, want %d distinct in turn", i, len(seq), 1+refreshes)
+		}
+		for j := range seq {
+			if seq[j] != seqs[0][j] {
+				t.Fatalf("stream %d token %d differs from stream 0's", i, j)
+			}
+		}
+	}
+}
+
+// TestShutdownEndsWatchesAndLeaksNothing: shutting down ends every watch
+// stream with Unavailable "server shutting down", and once the broker and
+// its clients are gone no goroutine is left behind.
+func TestShutdownEndsWatchesAndLeaksNothing(t *testing.T) {
+	before := runtime.NumGoroutine()
+	const n = 100
+	errs := make(chan error, n)
+	t.Run("serve", func(t *testing.T) {
+		s := startStack(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := s.client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Selector: heldSelector("api/read")}); err != nil {
+			t.Fatal(err)
+		}
+		for range n {
+			stream, err := s.client.WatchToken(ctx, &tokenbrokerv1.WatchTokenRequest{Selector: heldSelector("api/read")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := stream.Recv(); err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				_, err := stream.Recv()
+				errs <- err
+			}()
+		}
+		s.stop()
+		for range n {
+			err := <-errs
+			if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != "server shutting down" {
+				t.Errorf("watch stream ended with %v, want Unavailable \"server shutting down\"", err)
+			}
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if after := runtime.NumGoroutine(); after > before {
+		buf := make([]byte, 1<<20)
+		t.Errorf("goroutines: %d before, %d after shutdown\n%s", before, after, buf[:runtime.Stack(buf, true)])
 	}
 }
