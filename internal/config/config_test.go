@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -390,5 +391,22 @@ server:
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("got error:\n%s\nwant it to contain %q", err, w)
 		}
+	}
+}
+
+// TestReadmeShowsTheExample: the README's configuration reference is the
+// example file, verbatim, so the documentation cannot drift from what the
+// tests load and validate.
+func TestReadmeShowsTheExample(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	example, err := os.ReadFile("testdata/example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(readme, append([]byte("```yaml\n"), example...)) {
+		t.Error("README.md does not contain testdata/example.yaml verbatim in a yaml block; copy it over")
 	}
 }
