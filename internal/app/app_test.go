@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"runtime"
 	"sync"
@@ -305,5 +306,28 @@ func TestShutdownEndsWatchesAndLeaksNothing(t *testing.T) {
 	if after := runtime.NumGoroutine(); after > before {
 		buf := make([]byte, 1<<20)
 		t.Errorf("goroutines: %d before, %d after shutdown\n%s", before, after, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// TestCallerDeadlineThroughTheBroker: a caller whose deadline passes while
+// the token endpoint hangs gets DeadlineExceeded.
+func TestCallerDeadlineThroughTheBroker(t *testing.T) {
+	release := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer hang.Close()
+	defer close(release)
+	s := startStackWith(t, func(cfg *config.Config, _ *devissuer.Issuer) {
+		cfg.Providers[0].TokenURL = hang.URL + "/oauth2/token"
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := s.client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Selector: heldSelector("api/read")})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("got %v, want DeadlineExceeded", err)
 	}
 }

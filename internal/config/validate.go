@@ -79,6 +79,8 @@ func (c *Config) Validate() error {
 		}
 		if p.Timeout <= 0 {
 			v.add(key+".timeout", "must be > 0, got %s", p.Timeout)
+		} else if cc.FetchTimeout > 0 && p.Timeout > cc.FetchTimeout {
+			v.add(key+".timeout", "must not exceed cache.fetch_timeout (%s), which bounds a whole fetch, got %s", cc.FetchTimeout, p.Timeout)
 		}
 		if !(p.RateLimit > 0 && !math.IsInf(p.RateLimit, 1)) {
 			v.add(key+".rate_limit", "must be a finite number > 0 (requests per second), got %v", p.RateLimit)

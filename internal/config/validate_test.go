@@ -96,6 +96,7 @@ func TestValidateRules(t *testing.T) {
 		{"listen empty port", func(c *Config) { c.Listen = "127.0.0.1:" }, "listen: port must be a number"},
 
 		{"max_cost small", func(c *Config) { c.Cache.MaxCost = 64*KiB - 1 }, "cache.max_cost: must be between 64KiB and 16GiB, got 65535B"},
+		{"provider timeout beyond fetch_timeout", func(c *Config) { c.Providers[0].Timeout = Duration(31 * time.Second) }, "providers[0].timeout: must not exceed cache.fetch_timeout (30s)"},
 		{"max_cost large", func(c *Config) { c.Cache.MaxCost = 16*GiB + 1 }, "cache.max_cost: must be between 64KiB and 16GiB"},
 		{"dev lifetime at min_remaining", func(c *Config) { c.Dev, c.DevLifetime = true, Duration(30*time.Second) }, "-dev-lifetime: must be at least 1s and longer than cache.min_remaining (30s), got 30s"},
 		{"refresh_fraction 0", func(c *Config) { c.Cache.RefreshFraction = 0 }, "cache.refresh_fraction: must be in (0, 1), got 0"},

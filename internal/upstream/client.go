@@ -317,12 +317,14 @@ func (c *Client) fits(ctx context.Context, d time.Duration) bool {
 }
 
 // retryDelay is the wait before retry number n (from 0) after failure last:
-// the endpoint's Retry-After when it sent one, else full jitter.
+// full jitter, or the endpoint's Retry-After when it sent a longer one (a
+// Retry-After of 0 does not turn retries into a tight loop).
 func (c *Client) retryDelay(n int, last *Error) time.Duration {
+	d := time.Duration(c.jitter(int64(c.backoffCeiling(n)) + 1))
 	if last.retryAfterSet {
-		return last.RetryAfter
+		d = max(d, last.RetryAfter)
 	}
-	return time.Duration(c.jitter(int64(c.backoffCeiling(n)) + 1))
+	return d
 }
 
 // backoffCeiling is min(MaxBackoff, BaseBackoff * 2^n).
