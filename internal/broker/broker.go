@@ -6,10 +6,11 @@
 //
 // The serving rule: a cached token is served while it is before its refresh
 // point and has at least max(min_remaining, min_ttl) of life left. Past the
-// refresh point the next caller fetches a new token (coalesced), unless a
-// refresh is already under way or being retried; when the fetch fails and
-// the old token still has enough life, the old token is served and the
-// failure logged. A token with less than min_remaining left is never served.
+// refresh point the next caller fetches a new token (coalesced); when Run
+// is running, the fetch happens in the background instead and callers get
+// the old token meanwhile. When a fetch fails and the old token still has
+// enough life, the old token is served and the failure logged. A token with
+// less than min_remaining left is never served.
 //
 // State lives in two places. The token cache (ristretto) is a bounded,
 // lossy value store. A plain map of entries holds the keys that are in
@@ -101,7 +102,7 @@ type Config struct {
 // callers need them.
 type Broker struct {
 	cfg     Config
-	hmacKey []byte
+	keyer   *keyer
 	flights singleflight.Group
 
 	// mu guards entries, the schedule, running and every entry's fields
@@ -183,7 +184,7 @@ func New(cfg Config) (*Broker, error) {
 	life, stop := context.WithCancel(context.Background())
 	return &Broker{
 		cfg:      cfg,
-		hmacKey:  key,
+		keyer:    newKeyer(key),
 		entries:  make(map[string]*entry),
 		wake:     make(chan struct{}, 1),
 		life:     life,
@@ -230,7 +231,7 @@ func (b *Broker) resolve(sel Selector) (target, error) {
 	}
 	req.Scopes = normalizeScopes(sel.Scopes)
 	req.Audience, req.Resource = sel.Audience, sel.Resource
-	key := deriveKey(b.hmacKey, provider, req)
+	key := b.keyer.derive(provider, req)
 	return target{fetcher: f, req: req, key: key, keyID: keyID(key)}, nil
 }
 
@@ -263,9 +264,10 @@ func (b *Broker) get(ctx context.Context, t target, need time.Duration) (*tokenc
 			// until their refresh point: serving it would take one
 			// upstream request per call.
 			return nil, ErrTokenTooShort
-		case servable && b.refreshPending(t.key):
-			// Past the refresh point, but the refresh is under way or
-			// waiting for its retry: the old token serves meanwhile.
+		case servable && b.refreshInBackground(t, cached):
+			// Past the refresh point: the refresher replaces the token
+			// (or is already at it, or waits to retry), and the old one
+			// serves meanwhile, without making this caller wait.
 			b.touch(t, cached)
 			return cached, nil
 		}

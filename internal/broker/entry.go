@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"errors"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +39,8 @@ type entry struct {
 func (b *Broker) entryLocked(t target) *entry {
 	e := b.entries[t.key]
 	if e == nil {
+		// The entry outlives the request: it must not share its slices.
+		t.req.Scopes = slices.Clone(t.req.Scopes)
 		e = &entry{t: t, index: -1, watchers: make(map[*Watcher]struct{})}
 		b.entries[t.key] = e
 	}
@@ -66,14 +69,35 @@ func (b *Broker) touch(t target, rec *tokencache.Record) {
 	}
 }
 
-// refreshPending reports whether the background refresher is already
-// taking care of key: a fetch is in flight, or a failed one will be
-// retried.
-func (b *Broker) refreshPending(key string) bool {
+// refreshInBackground makes sure the refresher replaces t's token, which
+// is past its refresh point: it reports false when Run is not running or
+// background refreshes of the key are stopped, and the caller must fetch
+// itself.
+func (b *Broker) refreshInBackground(t target, rec *tokencache.Record) bool {
 	b.mu.RLock()
-	defer b.mu.RUnlock()
-	e := b.entries[key]
-	return b.running && e != nil && (e.refreshing || e.failures > 0 && !e.stopped)
+	e := b.entries[t.key]
+	pending := b.running && e != nil && (e.refreshing || e.failures > 0 && !e.stopped)
+	b.mu.RUnlock()
+	if pending {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.running {
+		return false
+	}
+	e = b.entryLocked(t)
+	if e.stopped {
+		return false
+	}
+	if e.current == nil {
+		e.current = rec
+	}
+	if !e.refreshing && e.failures == 0 {
+		e.used.Store(true) // before the scheduler can find the entry idle
+		b.scheduleLocked(e, time.Now())
+	}
+	return true
 }
 
 // setRefreshing marks t's key as being fetched.

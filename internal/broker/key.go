@@ -4,34 +4,66 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"hash"
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
-// deriveKey computes the cache key of a request: HMAC-SHA256 over the
+// keyer derives cache keys. Its HMAC states and scratch buffers are pooled:
+// key derivation is on every GetToken's path.
+type keyer struct {
+	pool sync.Pool // *keyState
+}
+
+type keyState struct {
+	mac hash.Hash
+	buf []byte
+	sum []byte
+}
+
+func newKeyer(hmacKey []byte) *keyer {
+	k := &keyer{}
+	k.pool.New = func() any {
+		return &keyState{mac: hmac.New(sha256.New, hmacKey), buf: make([]byte, 0, 512), sum: make([]byte, 0, sha256.Size)}
+	}
+	return k
+}
+
+// derive computes the cache key of a request: HMAC-SHA256 over the
 // provider, client id, client secret, the number of scopes, each scope
 // (sorted, de-duplicated), audience and resource, each field followed by a
 // NUL byte so that no two different requests share an encoding. Scopes,
 // names and ids never contain NUL (the API rejects it). r.Scopes must be
 // normalised already.
-func deriveKey(hmacKey []byte, provider string, r upstream.Request) string {
-	m := hmac.New(sha256.New, hmacKey)
+func (k *keyer) derive(provider string, r upstream.Request) string {
+	st := k.pool.Get().(*keyState)
+	defer k.pool.Put(st)
+	b := st.buf[:0]
 	field := func(s string) {
-		m.Write([]byte(s))
-		m.Write([]byte{0})
+		b = append(b, s...)
+		b = append(b, 0)
 	}
 	field(provider)
 	field(r.ClientID)
 	field(r.ClientSecret.Reveal())
-	field(strconv.Itoa(len(r.Scopes)))
+	b = strconv.AppendInt(b, int64(len(r.Scopes)), 10)
+	b = append(b, 0)
 	for _, s := range r.Scopes {
 		field(s)
 	}
 	field(r.Audience)
 	field(r.Resource)
-	return string(m.Sum(nil))
+	st.mac.Reset()
+	st.mac.Write(b)
+	st.sum = st.mac.Sum(st.sum[:0])
+	clear(b) // the secret does not linger in the pool
+	if cap(b) <= 4096 {
+		st.buf = b[:0]
+	}
+	return string(st.sum)
 }
 
 // keyID is the non-secret identifier of a key shown to operators and
@@ -41,10 +73,18 @@ func keyID(key string) string {
 	return hex.EncodeToString([]byte(key[:8]))
 }
 
-// normalizeScopes returns a sorted copy of scopes without duplicates.
+// normalizeScopes returns scopes sorted and without duplicates, copying
+// only when they are not so already.
 func normalizeScopes(scopes []string) []string {
 	if len(scopes) == 0 {
 		return nil
+	}
+	ordered := true
+	for i := 1; i < len(scopes) && ordered; i++ {
+		ordered = scopes[i-1] < scopes[i]
+	}
+	if ordered {
+		return scopes
 	}
 	out := slices.Clone(scopes)
 	slices.Sort(out)
