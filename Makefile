@@ -70,7 +70,8 @@ test: build lint generate-check ## Everything: build, lint, generated-code check
 FUZZ_TARGETS := \
 	./internal/upstream:FuzzParseTokenResponse \
 	./internal/server:FuzzToBrokerRequest \
-	./internal/config:FuzzLoad
+	./internal/config:FuzzLoad \
+	./internal/access:FuzzPolicyAuthorize
 
 .PHONY: fuzz
 fuzz: check-go ## Run every fuzz target briefly (FUZZTIME=5s each).

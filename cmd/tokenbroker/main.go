@@ -47,11 +47,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := cfg.LoadSecrets(getenv); err != nil {
 		return err
 	}
+	sealing, hmacKey, err := cfg.LoadKeys(getenv)
+	if err != nil {
+		return err
+	}
 	logger, err := newLogger(cfg.Log, stderr)
 	if err != nil {
 		return err
 	}
-	return app.Run(ctx, cfg, logger, stdout)
+	return app.Run(ctx, cfg, app.Keys{Sealing: sealing, HMAC: hmacKey}, logger, stdout)
 }
 
 // newLogger builds the process logger from the log settings.

@@ -7,15 +7,20 @@ package app
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
+	"github.com/tokenbroker/tokenbroker/internal/access"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/devissuer"
@@ -41,16 +46,42 @@ type App struct {
 	server *server.Server
 }
 
+// Keys is the key material the configuration points at, loaded by the
+// caller (config.LoadKeys). Nil fields mean random per-process keys.
+type Keys struct {
+	// Sealing is the text of the sealing keys ("ID:BASE64" lines, the
+	// first one current).
+	Sealing []byte
+	// HMAC keys the cache-key HMAC.
+	HMAC []byte
+}
+
 // New builds the broker and its server from cfg, which must be valid and
 // have its secrets loaded.
-func New(cfg config.Config, logger *slog.Logger) (*App, error) {
-	b, cache, err := newBroker(cfg, logger)
+func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
+	guard, err := newAuthenticator(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var tlsConfig *tls.Config
+	if cfg.TLS.Enabled() {
+		if tlsConfig, _, err = access.ServerTLSConfig(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.ClientCAFile, clientAuth(cfg.TLS.ClientAuth)); err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
+	}
+	b, cache, err := newBroker(cfg, keys, logger)
 	if err != nil {
 		return nil, err
 	}
 	srv, err := server.New(server.Config{
 		Broker:                watchAdapter{b},
+		Admin:                 b,
+		SeparateAdmin:         cfg.Admin.Listen != "",
 		Logger:                logger,
+		TLS:                   tlsConfig,
+		UnaryInterceptors:     []grpc.UnaryServerInterceptor{guard.UnaryServerInterceptor()},
+		StreamInterceptors:    []grpc.StreamServerInterceptor{guard.StreamServerInterceptor()},
+		Authorize:             authorize(guard),
 		MaxConcurrentStreams:  cfg.Server.MaxConcurrentStreams,
 		KeepaliveMinTime:      time.Duration(cfg.Server.KeepaliveMinTime),
 		Reflection:            cfg.Server.Reflection,
@@ -68,16 +99,71 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 	return &App{broker: b, cache: cache, server: srv}, nil
 }
 
-// Serve runs the refresh scheduler and serves gRPC on l until ctx ends;
-// then it shuts the server down gracefully, stops the scheduler, waits for
-// the fetches in flight and closes the cache. An App serves once.
-func (a *App) Serve(ctx context.Context, l net.Listener) error {
+// newAuthenticator builds caller authentication and policy from cfg. In
+// -dev mode every caller is accepted, as "anonymous", and is an admin.
+func newAuthenticator(cfg config.Config) (*access.Authenticator, error) {
+	keys := make([]access.APIKey, len(cfg.Auth.APIKeys))
+	for i, k := range cfg.Auth.APIKeys {
+		sum, err := access.ParseSHA256Hex(k.SHA256)
+		if err != nil {
+			return nil, fmt.Errorf("auth.api_keys[%d].sha256: %w", i, err)
+		}
+		keys[i] = access.APIKey{Identity: k.Identity, SHA256: sum}
+	}
+	rules := make([]access.Rule, len(cfg.Policy))
+	for i, r := range cfg.Policy {
+		rules[i] = access.Rule{Identity: r.Identity, Clients: r.Clients, Scopes: r.Scopes, Passthrough: r.Passthrough}
+	}
+	policy, err := access.NewPolicy(rules)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	return access.New(access.Config{
+		APIKeys:              keys,
+		AllowUnauthenticated: cfg.Auth.AllowUnauthenticated || cfg.Dev,
+		AdminIdentities:      cfg.Admin.Identities,
+		AdminOpen:            cfg.Dev,
+		Policy:               policy,
+	})
+}
+
+// authorize applies the policy to GetToken and WatchToken selectors.
+func authorize(guard *access.Authenticator) func(context.Context, broker.Selector) error {
+	return func(ctx context.Context, sel broker.Selector) error {
+		if err := guard.Authorize(ctx, sel); err != nil {
+			return fmt.Errorf("%w: %w", server.ErrPermissionDenied, err)
+		}
+		return nil
+	}
+}
+
+// clientAuth maps tls.client_auth to the TLS library's setting.
+func clientAuth(s string) tls.ClientAuthType {
+	switch s {
+	case config.ClientAuthRequest:
+		return tls.VerifyClientCertIfGiven
+	case config.ClientAuthRequire:
+		return tls.RequireAndVerifyClientCert
+	}
+	return tls.NoClientCert
+}
+
+// Serve runs the refresh scheduler and serves gRPC on l (and AdminService
+// on adminL, when admin.listen is set) until ctx ends; then it shuts the
+// servers down gracefully, stops the scheduler, waits for the fetches in
+// flight and closes the cache. An App serves once.
+func (a *App) Serve(ctx context.Context, l, adminL net.Listener) error {
 	defer a.cache.Close()
 	defer a.broker.Close()
 	rctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.broker.Run(rctx) }()
-	err := a.server.Serve(ctx, l)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.server.Serve(gctx, l) })
+	if adminL != nil {
+		g.Go(func() error { return a.server.ServeAdmin(gctx, adminL) })
+	}
+	err := g.Wait()
 	stop()
 	return errors.Join(err, <-done)
 }
@@ -98,7 +184,7 @@ func (w watchAdapter) Watch(ctx context.Context, req broker.Request) (server.Sub
 // In -dev mode Run first starts the embedded token endpoint, adds provider
 // "dev" and client "demo" to cfg, and writes ready-to-paste grpcurl
 // commands to out.
-func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, out io.Writer) error {
+func Run(ctx context.Context, cfg config.Config, keys Keys, logger *slog.Logger, out io.Writer) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
@@ -108,7 +194,7 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, out io.Wri
 				return err
 			}
 		}
-		a, err := New(cfg, logger)
+		a, err := New(cfg, keys, logger)
 		if err != nil {
 			return err
 		}
@@ -117,11 +203,20 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, out io.Wri
 			a.cache.Close()
 			return fmt.Errorf("listen: %w", err)
 		}
-		logger.Info("tokenbroker listening", "addr", l.Addr().String(), "providers", len(cfg.Providers), "clients", len(cfg.Clients), "passthrough", cfg.Passthrough)
+		var adminL net.Listener
+		if cfg.Admin.Listen != "" {
+			if adminL, err = listenAdmin(cfg.Admin.Listen); err != nil {
+				l.Close()
+				a.cache.Close()
+				return fmt.Errorf("admin.listen: %w", err)
+			}
+			logger.Info("admin service listening", "addr", cfg.Admin.Listen)
+		}
+		logger.Info("tokenbroker listening", "addr", l.Addr().String(), "tls", cfg.TLS.Enabled(), "providers", len(cfg.Providers), "clients", len(cfg.Clients), "passthrough", cfg.Passthrough)
 		if cfg.Dev {
 			printDevBanner(out, l.Addr().String())
 		}
-		g.Go(func() error { return a.Serve(ctx, l) })
+		g.Go(func() error { return a.Serve(ctx, l, adminL) })
 		return nil
 	}()
 	if err != nil {
@@ -131,9 +226,41 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, out io.Wri
 	return g.Wait()
 }
 
+// listenAdmin opens admin.listen: "unix:/path" or host:port.
+func listenAdmin(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		// A socket left behind by an earlier run would block the listen.
+		if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			_ = os.Remove(path)
+		}
+		return net.Listen("unix", path)
+	}
+	return net.Listen("tcp", addr)
+}
+
+// newKeyring builds the sealing keyring from the configured key text, or
+// a random one.
+func newKeyring(text []byte) (*tokencache.Keyring, error) {
+	if text == nil {
+		return tokencache.RandomKeyring(), nil
+	}
+	keys, current, err := tokencache.ParseKeys(text)
+	if err != nil {
+		return nil, fmt.Errorf("sealing: %w", err)
+	}
+	kr, err := tokencache.NewKeyring(keys, current)
+	for _, k := range keys {
+		clear(k.Secret)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sealing: %w", err)
+	}
+	return kr, nil
+}
+
 // newBroker builds the token cache, one upstream client per provider and
 // the broker.
-func newBroker(cfg config.Config, logger *slog.Logger) (*broker.Broker, *tokencache.Cache, error) {
+func newBroker(cfg config.Config, keys Keys, logger *slog.Logger) (*broker.Broker, *tokencache.Cache, error) {
 	providers := make(map[string]broker.Fetcher, len(cfg.Providers))
 	for _, p := range cfg.Providers {
 		c, err := upstream.New(upstream.Provider{
@@ -154,7 +281,11 @@ func newBroker(cfg config.Config, logger *slog.Logger) (*broker.Broker, *tokenca
 	for _, c := range cfg.Clients {
 		clients[c.Name] = broker.Client{Provider: c.Provider, ClientID: c.ClientID, ClientSecret: c.Secret}
 	}
-	cache, err := tokencache.New(int64(cfg.Cache.MaxCost))
+	kr, err := newKeyring(keys.Sealing)
+	if err != nil {
+		return nil, nil, err
+	}
+	cache, err := tokencache.New(int64(cfg.Cache.MaxCost), kr)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -172,6 +303,7 @@ func newBroker(cfg config.Config, logger *slog.Logger) (*broker.Broker, *tokenca
 		MinRemaining:    minRemaining,
 		NegativeTTL:     time.Duration(cfg.Cache.NegativeTTL),
 		FetchTimeout:    time.Duration(cfg.Cache.FetchTimeout),
+		HMACKey:         keys.HMAC,
 		Logger:          logger,
 	})
 	if err != nil {

@@ -74,11 +74,13 @@ func startStackHandler(t *testing.T, adjust func(*config.Config, *devissuer.Issu
 	cfg.Providers = []config.Provider{p}
 	cfg.Clients = []config.Client{{Name: "held", Provider: "test", ClientID: heldID, Secret: secret.String(heldSecret)}}
 	cfg.Passthrough = true
+	cfg.Auth.AllowUnauthenticated = true
+	cfg.Admin.Identities = []string{"*"}
 	if adjust != nil {
 		adjust(&cfg, issuer)
 	}
 	logger := slog.New(slog.NewJSONHandler(io.Discard, nil))
-	a, err := New(cfg, logger)
+	a, err := New(cfg, Keys{}, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +90,7 @@ func startStackHandler(t *testing.T, adjust func(*config.Config, *devissuer.Issu
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, l) }()
+	go func() { done <- a.Serve(ctx, l, nil) }()
 	var once sync.Once
 	s := &stack{issuer: issuer, addr: l.Addr().String()}
 	s.stop = func() {
@@ -284,6 +286,9 @@ func TestTenThousandWatchersOverGRPC(t *testing.T) {
 				m, err := stream.Recv()
 				if err != nil {
 					t.Errorf("stream %d: %v", i, err)
+					if k == 0 {
+						opened.Done()
+					}
 					break
 				}
 				inbox[i] <- msg{m.GetEvent(), m.GetToken().GetAccessToken()}

@@ -407,6 +407,7 @@ func startFanoutBroker(b *testing.B, n int) fanoutSource {
 	b.Helper()
 	issuer, tokenURL := fanoutIssuer(b)
 	cfg := config.Default()
+	cfg.Auth.AllowUnauthenticated = true
 	p := config.DefaultProvider()
 	p.Name, p.TokenURL, p.RateLimit, p.Burst = "test", tokenURL, 1000, 100
 	cfg.Providers = []config.Provider{p}
@@ -415,7 +416,7 @@ func startFanoutBroker(b *testing.B, n int) fanoutSource {
 	cfg.Cache.MinRemaining = config.Duration(time.Second)
 	cfg.Server.MaxWatchesPerCaller = 2 * n
 	cfg.Server.WatchOpensPerSecond, cfg.Server.WatchOpenBurst = 1e6, 2*n
-	a, err := New(cfg, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	a, err := New(cfg, Keys{}, slog.New(slog.NewJSONHandler(io.Discard, nil)))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -425,7 +426,7 @@ func startFanoutBroker(b *testing.B, n int) fanoutSource {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- a.Serve(ctx, l) }()
+	go func() { served <- a.Serve(ctx, l, nil) }()
 	b.Cleanup(func() {
 		cancel()
 		if err := <-served; err != nil {

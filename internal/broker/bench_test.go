@@ -38,7 +38,7 @@ func (f *benchFetcher) Fetch(_ context.Context, r upstream.Request) (upstream.To
 // cleanup unless the caller closes it).
 func newBenchBroker(tb testing.TB, f Fetcher, maxCost int64, cfg Config) (*Broker, *tokencache.Cache) {
 	tb.Helper()
-	cache, err := tokencache.New(maxCost)
+	cache, err := tokencache.New(maxCost, tokencache.RandomKeyring())
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -125,6 +125,9 @@ type Broker struct {
 	// deterministic.
 	randN func(n int64) int64
 
+	stats      counters
+	byUpstream map[string]*upstreamCounters // by provider name; fixed at New
+
 	negMu    sync.Mutex
 	negative map[string]rejection // key → remembered non-retryable failure
 }
@@ -133,6 +136,7 @@ type Broker struct {
 type rejection struct {
 	err   error
 	until time.Time
+	t     target // for invalidation
 }
 
 // maxRejections bounds the negative cache; past it, expired entries are
@@ -182,24 +186,30 @@ func New(cfg Config) (*Broker, error) {
 		_, _ = rand.Read(key) // never fails (crypto/rand panics on failure).
 	}
 	life, stop := context.WithCancel(context.Background())
+	byUpstream := make(map[string]*upstreamCounters, len(cfg.Providers))
+	for name := range cfg.Providers {
+		byUpstream[name] = new(upstreamCounters)
+	}
 	return &Broker{
-		cfg:      cfg,
-		keyer:    newKeyer(key),
-		entries:  make(map[string]*entry),
-		wake:     make(chan struct{}, 1),
-		life:     life,
-		stop:     stop,
-		randN:    mathrand.Int64N,
-		negative: make(map[string]rejection),
+		byUpstream: byUpstream,
+		cfg:        cfg,
+		keyer:      newKeyer(key),
+		entries:    make(map[string]*entry),
+		wake:       make(chan struct{}, 1),
+		life:       life,
+		stop:       stop,
+		randN:      mathrand.Int64N,
+		negative:   make(map[string]rejection),
 	}, nil
 }
 
 // target is a request resolved against the configuration.
 type target struct {
-	fetcher Fetcher
-	req     upstream.Request
-	key     string // the cache key (raw HMAC bytes)
-	keyID   string
+	fetcher  Fetcher
+	provider string
+	req      upstream.Request
+	key      string // the cache key (raw HMAC bytes)
+	keyID    string
 }
 
 // resolve finds the fetcher and credentials a selector names.
@@ -232,7 +242,7 @@ func (b *Broker) resolve(sel Selector) (target, error) {
 	req.Scopes = normalizeScopes(sel.Scopes)
 	req.Audience, req.Resource = sel.Audience, sel.Resource
 	key := b.keyer.derive(provider, req)
-	return target{fetcher: f, req: req, key: key, keyID: keyID(key)}, nil
+	return target{fetcher: f, provider: provider, req: req, key: key, keyID: keyID(key)}, nil
 }
 
 // GetToken returns a token for req under the serving rule.
@@ -257,7 +267,7 @@ func (b *Broker) get(ctx context.Context, t target, need time.Duration) (*tokenc
 	if hit {
 		switch {
 		case servable && now.Before(cached.RefreshAt):
-			b.touch(t, cached)
+			b.hit(t, cached, now)
 			return cached, nil
 		case now.Before(cached.RefreshAt) && need > time.Duration(b.cfg.RefreshFraction*float64(cached.ExpiresAt.Sub(cached.IssuedAt))):
 			// The caller wants more life than tokens of this key keep
@@ -268,24 +278,25 @@ func (b *Broker) get(ctx context.Context, t target, need time.Duration) (*tokenc
 			// Past the refresh point: the refresher replaces the token
 			// (or is already at it, or waits to retry), and the old one
 			// serves meanwhile, without making this caller wait.
-			b.touch(t, cached)
+			b.hit(t, cached, now)
 			return cached, nil
 		}
 	}
 	if err := b.holdOff(t.key, now); err != nil {
 		if servable {
-			b.touch(t, cached)
+			b.hit(t, cached, now)
 			return cached, nil
 		}
 		return nil, err
 	}
+	b.stats.misses.Add(1)
 	fresh, err := b.fetch(ctx, t, need)
 	now = time.Now()
 	if err != nil {
 		if hit && cached.ExpiresAt.Sub(now) >= need {
 			b.cfg.Logger.Warn("token refresh failed; serving the cached token",
 				"key_id", t.keyID, "expires_in", cached.ExpiresAt.Sub(now).Round(time.Second), "error", err)
-			b.touch(t, cached)
+			b.touch(t, cached, now)
 			return cached, nil
 		}
 		return nil, err
@@ -293,7 +304,7 @@ func (b *Broker) get(ctx context.Context, t target, need time.Duration) (*tokenc
 	if fresh.ExpiresAt.Sub(now) < need {
 		return nil, ErrTokenTooShort
 	}
-	b.touch(t, fresh)
+	b.touch(t, fresh, now)
 	return fresh, nil
 }
 
@@ -302,21 +313,34 @@ func (b *Broker) get(ctx context.Context, t target, need time.Duration) (*tokenc
 // runs on its own deadline: ctx ending only stops this caller's wait. A
 // flight that finds a servable token installed since its caller looked
 // (by the flight that just ended) returns that token instead.
+//
+// An invalidation during the flight fences its result off: the callers then
+// start a new flight (a few times at most).
 func (b *Broker) fetch(ctx context.Context, t target, need time.Duration) (*tokencache.Record, error) {
-	ch := b.flights.DoChan(t.key, func() (any, error) {
-		if rec := b.current(t.key, need); rec != nil {
-			return rec, nil
+	for attempt := 0; ; attempt++ {
+		led := false
+		ch := b.flights.DoChan(t.key, func() (any, error) {
+			led = true
+			if rec := b.current(t.key, need); rec != nil {
+				return rec, nil
+			}
+			return b.fetchAndInstall(context.WithoutCancel(ctx), t)
+		})
+		select {
+		case res := <-ch:
+			if !led {
+				b.stats.coalesced.Add(1)
+			}
+			if errors.Is(res.Err, errFenced) && attempt < 3 {
+				continue
+			}
+			if res.Err != nil {
+				return nil, res.Err
+			}
+			return res.Val.(*tokencache.Record), nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
-		return b.fetchAndInstall(context.WithoutCancel(ctx), t)
-	})
-	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return nil, res.Err
-		}
-		return res.Val.(*tokencache.Record), nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
 	}
 }
 
@@ -334,11 +358,12 @@ func (b *Broker) fetchAndInstall(ctx context.Context, t target) (rec *tokencache
 		if p := recover(); p != nil {
 			b.cfg.Logger.Error("panic in token fetch", "key_id", t.keyID, "panic_type", fmt.Sprintf("%T", p), "stack", string(debug.Stack()))
 			rec, err = nil, errInternal
-			b.failed(t, err)
+			b.failed(t, nil, 0, err)
 		}
 	}()
-	b.setRefreshing(t)
+	e, gen := b.setRefreshing(t)
 	tok, err := t.fetcher.Fetch(ctx, t.req)
+	b.countUpstream(t.provider, err)
 	if err == nil {
 		rec = b.record(tok)
 		if rec.ExpiresAt.Sub(time.Now()) < b.cfg.MinRemaining {
@@ -349,15 +374,13 @@ func (b *Broker) fetchAndInstall(ctx context.Context, t target) (rec *tokencache
 		}
 	}
 	if err != nil {
-		b.remember(t.key, err)
-		b.failed(t, err)
+		b.remember(t, err)
+		b.failed(t, e, gen, err)
 		return nil, err
 	}
-	// The record stays servable until min_remaining before expiry. The
-	// result reaches this flight's callers whether or not the cache admits
-	// it.
-	b.cfg.Cache.Set(t.key, rec, time.Until(rec.ExpiresAt)-b.cfg.MinRemaining)
-	b.install(t, rec)
+	if !b.install(t, rec, e, gen) {
+		return nil, errFenced
+	}
 	return rec, nil
 }
 
@@ -385,7 +408,7 @@ func (b *Broker) record(tok upstream.Token) *tokencache.Record {
 }
 
 // remember files a non-retryable upstream rejection for NegativeTTL.
-func (b *Broker) remember(key string, err error) {
+func (b *Broker) remember(t target, err error) {
 	if b.cfg.NegativeTTL <= 0 || retryable(err) {
 		return
 	}
@@ -400,7 +423,7 @@ func (b *Broker) remember(key string, err error) {
 		}
 	}
 	if len(b.negative) < maxRejections {
-		b.negative[key] = rejection{err: err, until: now.Add(b.cfg.NegativeTTL)}
+		b.negative[t.key] = rejection{err: err, until: now.Add(b.cfg.NegativeTTL), t: t}
 	}
 }
 
@@ -457,3 +480,7 @@ func toToken(r *tokencache.Record, keyID string) Token {
 		KeyID:       keyID,
 	}
 }
+
+// errFenced: an invalidation happened while the fetch was in flight, so
+// its result was not installed.
+var errFenced = errors.New("fetch fenced off by an invalidation")

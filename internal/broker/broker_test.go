@@ -38,7 +38,7 @@ func lifetimeFetcher(d time.Duration) *stubFetcher {
 
 func newCache(t *testing.T, maxCost int64) *tokencache.Cache {
 	t.Helper()
-	c, err := tokencache.New(maxCost)
+	c, err := tokencache.New(maxCost, tokencache.RandomKeyring())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,10 @@ type entry struct {
 	// token is installed: a key is refreshed only if it was used within
 	// its current lifetime or has watchers.
 	used atomic.Bool
+	// hits and lastUsed (Unix nanoseconds) describe the entry to
+	// operators.
+	hits     atomic.Int64
+	lastUsed atomic.Int64
 
 	current  *tokencache.Record // the latest token, possibly no longer servable
 	watchers map[*Watcher]struct{}
@@ -33,6 +37,9 @@ type entry struct {
 	lastErr     error     // the last fetch's failure
 	unavailable bool      // watchers were told EventUnavailable since the last token
 	stopped     bool      // a non-retryable failure stopped background refreshes
+
+	gen         uint64 // bumped by every invalidation; fences off older fetches
+	invalidated bool   // the next token installed is pushed as EventInvalidated
 }
 
 // entryLocked returns t's entry, creating it. b.mu must be held.
@@ -47,9 +54,15 @@ func (b *Broker) entryLocked(t target) *entry {
 	return e
 }
 
-// touch marks t's key as used by a caller that was served rec, creating
-// its entry (and so its refresh schedule) when the key has none.
-func (b *Broker) touch(t target, rec *tokencache.Record) {
+// hit counts a call served from the cache and touches its key.
+func (b *Broker) hit(t target, rec *tokencache.Record, now time.Time) {
+	b.stats.hits.Add(1)
+	b.touch(t, rec, now)
+}
+
+// touch marks t's key as used at now by a caller that was served rec,
+// creating its entry (and so its refresh schedule) when the key has none.
+func (b *Broker) touch(t target, rec *tokencache.Record, now time.Time) {
 	b.mu.RLock()
 	e := b.entries[t.key]
 	b.mu.RUnlock()
@@ -67,6 +80,8 @@ func (b *Broker) touch(t target, rec *tokencache.Record) {
 	if !e.used.Load() {
 		e.used.Store(true)
 	}
+	e.hits.Add(1)
+	e.lastUsed.Store(now.UnixNano())
 }
 
 // refreshInBackground makes sure the refresher replaces t's token, which
@@ -100,27 +115,51 @@ func (b *Broker) refreshInBackground(t target, rec *tokencache.Record) bool {
 	return true
 }
 
-// setRefreshing marks t's key as being fetched.
-func (b *Broker) setRefreshing(t target) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.entryLocked(t).refreshing = true
-}
-
-// install makes rec the key's current token, pushes it to the key's
-// watchers and schedules its refresh.
-func (b *Broker) install(t target, rec *tokencache.Record) {
+// setRefreshing marks t's key as being fetched, and returns its entry and
+// generation so that the fetch's result can be fenced off by an
+// invalidation.
+func (b *Broker) setRefreshing(t target) (*entry, uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	e := b.entryLocked(t)
+	e.refreshing = true
+	return e, e.gen
+}
+
+// fencedLocked reports whether an invalidation happened since the fetch
+// that saw entry e at generation gen began. b.mu must be held.
+func (b *Broker) fencedLocked(key string, e *entry, gen uint64) bool {
+	return b.entries[key] != e || e.gen != gen
+}
+
+// install makes rec the key's current token, files it in the cache,
+// pushes it to the key's watchers and schedules its refresh - unless the
+// fetch was fenced off by an invalidation, in which case it reports false
+// and changes nothing.
+func (b *Broker) install(t target, rec *tokencache.Record, e *entry, gen uint64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.fencedLocked(t.key, e, gen) {
+		return false
+	}
+	// Filed under the lock, so an invalidation cannot slip in between the
+	// fence check and the cache. The record stays servable until
+	// min_remaining before expiry; this flight's callers get it whether or
+	// not the cache admits it.
+	b.cfg.Cache.Set(t.key, rec, time.Until(rec.ExpiresAt)-b.cfg.MinRemaining)
 	prev := e.current
 	e.current = rec
 	e.refreshing, e.failures, e.lastErr, e.unavailable, e.stopped = false, 0, nil, false, false
 	e.used.Store(false)
+	kind := EventRefreshed
+	if e.invalidated {
+		kind, e.invalidated = EventInvalidated, false
+	}
 	if prev != rec {
-		b.notifyLocked(e, Event{Kind: EventRefreshed, Token: toToken(rec, t.keyID)})
+		b.notifyLocked(e, Event{Kind: kind, Token: toToken(rec, t.keyID)})
 	}
 	b.scheduleLocked(e, rec.RefreshAt)
+	return true
 }
 
 // failed records a failed fetch of t's key. A retryable failure is retried
@@ -129,11 +168,14 @@ func (b *Broker) install(t target, rec *tokencache.Record) {
 // current token may no longer be served. A non-retryable failure tells the
 // watchers at once and stops background refreshes until a caller asks
 // again.
-func (b *Broker) failed(t target, err error) {
+//
+// e and gen are the entry and generation the fetch began with (nil for
+// none known); a fetch fenced off by an invalidation records nothing.
+func (b *Broker) failed(t target, fe *entry, gen uint64, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	e := b.entries[t.key]
-	if e == nil {
+	if e == nil || fe != nil && b.fencedLocked(t.key, fe, gen) {
 		return
 	}
 	e.refreshing, e.lastErr = false, err
@@ -245,8 +287,14 @@ func (b *Broker) dueLocked(e *entry, now time.Time) {
 		b.unavailableLocked(e, e.lastErr)
 	}
 	if len(e.watchers) == 0 && !e.used.Load() {
-		// Idle: refreshing it would spend quota nobody needs.
-		if !e.refreshing {
+		// Idle: refreshing it would spend quota nobody needs. The entry
+		// stays (listed, and open to invalidation) while its token may
+		// still be served from the cache.
+		switch {
+		case e.refreshing:
+		case e.current != nil && now.Before(b.unservableAt(e.current)):
+			b.scheduleLocked(e, b.unservableAt(e.current))
+		default:
 			delete(b.entries, e.t.key)
 		}
 		return
@@ -258,6 +306,13 @@ func (b *Broker) dueLocked(e *entry, now time.Time) {
 		b.scheduleLocked(e, e.retryAt)
 		return
 	}
+	b.stats.refreshes.Add(1)
+	b.startFetchLocked(e)
+}
+
+// startFetchLocked fetches e's key in the background, joining a flight
+// already under way. b.mu must be held.
+func (b *Broker) startFetchLocked(e *entry) {
 	e.refreshing = true
 	t := e.t
 	b.inflight.Add(1)

@@ -5,10 +5,12 @@
 //
 // The order of precedence is defaults < file < environment < flags. Parse
 // builds a Config that way; Load reads only a file. Neither validates nor
-// reads client secrets: the caller adds what it must (for example the
-// providers of -dev mode), then calls Validate and LoadSecrets.
+// reads client secrets or keys: the caller adds what it must (for example
+// the providers of -dev mode), then calls Validate, LoadSecrets and
+// LoadKeys. Validate never reads a file.
 //
-// testdata/example.yaml is the reference file: every key, with its default.
+// testdata/example.yaml is the reference file: every key, with its default
+// or, for the security sections, an example that validates.
 package config
 
 import (
@@ -39,6 +41,36 @@ const MaxCacheMaxCost = 16 * GiB
 // MaxSecretSize is the largest client secret file LoadSecrets reads.
 const MaxSecretSize = 512
 
+// MaxKeyFileSize is the largest sealing.keys_file or cache.hmac_key_file
+// LoadKeys reads.
+const MaxKeyFileSize = 64 * 1024
+
+// MinHMACKeySize is the least number of bytes the cache HMAC key must
+// decode to.
+const MinHMACKeySize = 32
+
+// Values of TLS.ClientAuth: whether the gRPC listener asks callers for a
+// certificate.
+const (
+	// ClientAuthNone asks for no client certificate.
+	ClientAuthNone = "none"
+	// ClientAuthRequest asks for one and verifies it against
+	// tls.client_ca_file when presented; callers without one still connect.
+	ClientAuthRequest = "request"
+	// ClientAuthRequire refuses callers without a certificate that verifies
+	// against tls.client_ca_file.
+	ClientAuthRequire = "require"
+)
+
+// AnonymousIdentity is the identity of a caller that presented neither a
+// client certificate nor an API key, when auth.allow_unauthenticated lets it
+// in. No API key may carry this identity.
+const AnonymousIdentity = "anonymous"
+
+// MaxIdentityLength is the longest identity (or identity pattern) Validate
+// accepts, in bytes: the SPIFFE ID limit.
+const MaxIdentityLength = 2048
+
 // Config is the broker's whole configuration.
 type Config struct {
 	// Listen is the gRPC listen address, host:port. Default "127.0.0.1:7443".
@@ -56,6 +88,24 @@ type Config struct {
 	Server Server `yaml:"server"`
 	// Log configures logging.
 	Log Log `yaml:"log"`
+	// TLS configures TLS (and mTLS) for the gRPC listener. Without a
+	// cert_file the listener speaks plaintext (the default).
+	TLS TLS `yaml:"tls"`
+	// Auth configures how callers without a client certificate are
+	// authenticated.
+	Auth Auth `yaml:"auth"`
+	// InsecureAllowRemote allows plaintext (no tls) on a listen or
+	// admin.listen address that is not loopback. Default false: such a
+	// configuration is refused.
+	InsecureAllowRemote bool `yaml:"insecure_allow_remote"`
+	// Policy grants identities the use of broker-held clients, scopes and
+	// passthrough. Empty (the default): every authenticated identity may use
+	// everything. Otherwise whatever no rule grants is denied.
+	Policy []PolicyRule `yaml:"policy"`
+	// Admin configures who may call AdminService, and where.
+	Admin Admin `yaml:"admin"`
+	// Sealing configures the keys that seal cached tokens (AES-256-GCM).
+	Sealing Sealing `yaml:"sealing"`
 	// Dev runs the broker in development mode (an embedded token endpoint).
 	// It is set by the -dev flag only, never by the file.
 	Dev bool `yaml:"-"`
@@ -88,6 +138,18 @@ type Cache struct {
 	// FetchTimeout is the deadline of one shared upstream fetch, retries
 	// included. Default 30s; must be > 0.
 	FetchTimeout Duration `yaml:"fetch_timeout"`
+	// HMACKeyFile is a file holding the key of the HMAC that derives cache
+	// keys, in base64 (standard or URL-safe alphabet, padding optional,
+	// surrounding white space ignored), decoding to at least MinHMACKeySize
+	// bytes. Replicas that share a cache tier need the same key. At most
+	// one of HMACKeyFile and HMACKeyEnv may be set; with neither (the
+	// default) a random key is made per process. Load resolves a relative
+	// path against the directory of the configuration file; LoadKeys reads
+	// it.
+	HMACKeyFile string `yaml:"hmac_key_file"`
+	// HMACKeyEnv is the name of an environment variable holding the HMAC
+	// key, written as for HMACKeyFile. Default "".
+	HMACKeyEnv string `yaml:"hmac_key_env"`
 }
 
 // Provider is a token endpoint. A key the file omits takes its value from
@@ -182,8 +244,110 @@ type Log struct {
 	Format string `yaml:"format"`
 }
 
+// TLS configures TLS for the gRPC listener (and admin.listen). It is on when
+// CertFile is set. Load resolves relative paths against the directory of the
+// configuration file; Validate does not read the files.
+type TLS struct {
+	// CertFile is the server's PEM certificate chain; the listener reloads
+	// it when the file changes. Default "" (plaintext). CertFile and KeyFile
+	// must be set together.
+	CertFile string `yaml:"cert_file"`
+	// KeyFile is the PEM private key of CertFile. Default "".
+	KeyFile string `yaml:"key_file"`
+	// ClientCAFile is a PEM bundle of the CAs that client certificates must
+	// chain to (mTLS). Default ""; needs CertFile.
+	ClientCAFile string `yaml:"client_ca_file"`
+	// ClientAuth is whether callers are asked for a certificate:
+	// ClientAuthNone (default), ClientAuthRequest (verified when presented)
+	// or ClientAuthRequire. The last two need ClientCAFile. A caller's
+	// identity is its certificate's URI SAN (a SPIFFE ID), else its first
+	// DNS SAN.
+	ClientAuth string `yaml:"client_auth"`
+}
+
+// Enabled reports whether the listener serves TLS (CertFile is set).
+func (t TLS) Enabled() bool { return t.CertFile != "" }
+
+// Auth configures the authentication of callers that do not present a
+// client certificate.
+type Auth struct {
+	// APIKeys are the bearer keys callers may present as "authorization:
+	// Bearer <key>" metadata. The file holds only their SHA-256 digests.
+	// Default none.
+	APIKeys []APIKey `yaml:"api_keys"`
+	// AllowUnauthenticated accepts callers with neither a certificate nor
+	// an API key, under the identity AnonymousIdentity. Default false.
+	// Unless it is set (or in -dev mode), Validate demands a way to
+	// authenticate callers: tls.client_auth: require or auth.api_keys.
+	AllowUnauthenticated bool `yaml:"allow_unauthenticated"`
+}
+
+// APIKey is one bearer API key, known by its digest.
+type APIKey struct {
+	// Identity is the identity of callers presenting the key: 1-2048
+	// printable ASCII characters without spaces or '*', not
+	// AnonymousIdentity; unique among the keys.
+	Identity string `yaml:"identity"`
+	// SHA256 is the SHA-256 digest of the key, as 64 hexadecimal
+	// characters (either case); unique among the keys.
+	SHA256 string `yaml:"sha256"`
+}
+
+// PolicyRule grants an identity, or a set of identities, the use of
+// broker-held clients, scopes and passthrough. Rules add up: a caller may do
+// what any rule matching its identity grants.
+type PolicyRule struct {
+	// Identity is the identity the rule applies to: an exact identity, a
+	// prefix ending in "/*" (matching every identity that starts with what
+	// precedes the '*'), or "*" (every authenticated identity). 1-2048
+	// printable ASCII characters without spaces; '*' only as described.
+	Identity string `yaml:"identity"`
+	// Clients are the broker-held clients the identity may use: names of
+	// configured clients, or "*" for all of them. Default none.
+	Clients []string `yaml:"clients"`
+	// Scopes are the scopes the identity may ask for (the scopes of a
+	// request must be a subset): scope tokens (printable ASCII without
+	// spaces, '"' or '\'), or "*" for any scope. Default none.
+	Scopes []string `yaml:"scopes"`
+	// Passthrough lets the identity present its own client credentials
+	// (it has effect only with the top-level passthrough on). Default
+	// false.
+	Passthrough bool `yaml:"passthrough"`
+}
+
+// Admin configures AdminService.
+type Admin struct {
+	// Identities may call AdminService; each entry follows the rule of
+	// PolicyRule.Identity. Default none: no caller may (in -dev mode the
+	// service is open).
+	Identities []string `yaml:"identities"`
+	// Listen is an optional separate listener for AdminService, which is
+	// then not served on the main listener: "unix:/absolute/path" (a unix
+	// socket, at most 107 bytes of path) or host:port (plaintext on a
+	// non-loopback host needs insecure_allow_remote, as for listen; it
+	// must differ from listen). Default "": the main listener.
+	Listen string `yaml:"listen"`
+}
+
+// Sealing configures the AES-256-GCM keys that seal cached tokens. The key
+// text holds one key a line, "ID:BASE64", each key 32 bytes; the first is
+// the current key (it seals), every one unseals, so keys rotate by adding a
+// new first line and removing the old key once its tokens expired. At most
+// one of KeysFile and KeysEnv may be set; with neither (the default) a
+// random key is made per process. LoadKeys reads the text.
+type Sealing struct {
+	// KeysFile is a file holding the key text. Load resolves a relative
+	// path against the directory of the configuration file. Default "".
+	KeysFile string `yaml:"keys_file"`
+	// KeysEnv is the name of an environment variable holding the key text.
+	// Default "".
+	KeysEnv string `yaml:"keys_env"`
+}
+
 // Default returns the configuration used when nothing overrides it. It has
-// no providers and no clients.
+// no providers and no clients, and no way to authenticate callers, so it
+// validates only in -dev mode (Dev set) until the file or the caller adds
+// one.
 func Default() Config {
 	return Config{
 		Listen: "127.0.0.1:7443",
@@ -208,6 +372,7 @@ func Default() Config {
 			WatchOpenBurst:        100,
 		},
 		Log:         Log{Level: "info", Format: "json"},
+		TLS:         TLS{ClientAuth: ClientAuthNone},
 		DevLifetime: Duration(5 * time.Minute),
 	}
 }

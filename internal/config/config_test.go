@@ -47,13 +47,31 @@ func TestDefault(t *testing.T) {
 			WatchOpenBurst:        100,
 		},
 		Log:         Log{Level: "info", Format: "json"},
+		TLS:         TLS{ClientAuth: "none"},
 		DevLifetime: Duration(5 * time.Minute),
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Default() = %+v\nwant %+v", c, want)
 	}
-	if err := c.Validate(); err != nil {
-		t.Fatalf("Default().Validate() = %v, want nil", err)
+	// The defaults are plaintext on loopback, no API keys, no client
+	// certificates, no policy, no admin identities and random keys: enough
+	// for -dev mode, but with no way to authenticate callers otherwise.
+	if c.TLS.Enabled() || c.Auth.AllowUnauthenticated || c.InsecureAllowRemote || c.Dev {
+		t.Fatalf("Default() = %+v, want plaintext, authentication demanded, loopback only, not -dev", c)
+	}
+	got := problems(c.Validate())
+	if want := "auth.allow_unauthenticated: no way to authenticate callers"; len(got) != 1 || !strings.HasPrefix(got[0], want) {
+		t.Fatalf("Default().Validate() problems = %q, want exactly one starting with %q", got, want)
+	}
+	dev := Default()
+	dev.Dev = true
+	if err := dev.Validate(); err != nil {
+		t.Fatalf("Default() with Dev: Validate() = %v, want nil", err)
+	}
+	open := Default()
+	open.Auth.AllowUnauthenticated = true
+	if err := open.Validate(); err != nil {
+		t.Fatalf("Default() with allow_unauthenticated: Validate() = %v, want nil", err)
 	}
 
 	p := DefaultProvider()
@@ -81,11 +99,37 @@ func TestExampleFile(t *testing.T) {
 		t.Fatalf("Validate() = %v, want nil", err)
 	}
 
-	// Everything but the lists is at its default.
+	// Everything but the lists and the examples of tls, auth, policy and
+	// admin is at its default.
 	rest := c
-	rest.Providers, rest.Clients = nil, nil
+	rest.Providers, rest.Clients, rest.Policy = nil, nil, nil
+	rest.TLS, rest.Auth.APIKeys, rest.Admin.Identities = Default().TLS, nil, nil
 	if want := Default(); !reflect.DeepEqual(rest, want) {
-		t.Errorf("example file without lists = %+v\nwant Default() = %+v", rest, want)
+		t.Errorf("example file without lists and examples = %+v\nwant Default() = %+v", rest, want)
+	}
+	wantTLS := TLS{
+		CertFile:     "/etc/tokenbroker/tls/server.crt",
+		KeyFile:      "/etc/tokenbroker/tls/server.key",
+		ClientCAFile: "/etc/tokenbroker/tls/clients-ca.pem",
+		ClientAuth:   ClientAuthRequest,
+	}
+	if c.TLS != wantTLS {
+		t.Errorf("tls = %+v, want %+v", c.TLS, wantTLS)
+	}
+	wantKeys := []APIKey{{Identity: "batch-jobs", SHA256: "e6ac99ddc88285dd6c1603ff66bd0746a27b955c19ddd1250af8ac4b3ee9e0a2"}}
+	if !reflect.DeepEqual(c.Auth.APIKeys, wantKeys) {
+		t.Errorf("auth.api_keys = %+v, want %+v", c.Auth.APIKeys, wantKeys)
+	}
+	wantPolicy := []PolicyRule{
+		{Identity: "spiffe://prod/ns/payments/sa/worker", Clients: []string{"orders"}, Scopes: []string{"orders/read"}},
+		{Identity: "spiffe://prod/ns/billing/*", Clients: []string{"billing"}, Scopes: []string{"*"}},
+		{Identity: "batch-jobs", Clients: []string{"orders", "billing"}, Scopes: []string{"orders/read", "billing/read"}},
+	}
+	if !reflect.DeepEqual(c.Policy, wantPolicy) {
+		t.Errorf("policy = %+v\nwant %+v", c.Policy, wantPolicy)
+	}
+	if want := []string{"spiffe://prod/ns/ops/sa/admin"}; !reflect.DeepEqual(c.Admin.Identities, want) {
+		t.Errorf("admin.identities = %q, want %q", c.Admin.Identities, want)
 	}
 
 	// Both providers are at the defaults: the first spells them out, the
@@ -114,14 +158,26 @@ func TestExampleFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	var raw struct {
-		Top       map[string]any   `yaml:",inline"`
 		Cache     map[string]any   `yaml:"cache"`
 		Providers []map[string]any `yaml:"providers"`
 		Clients   []map[string]any `yaml:"clients"`
 		Server    map[string]any   `yaml:"server"`
 		Log       map[string]any   `yaml:"log"`
+		TLS       map[string]any   `yaml:"tls"`
+		Auth      map[string]any   `yaml:"auth"`
+		Policy    []map[string]any `yaml:"policy"`
+		Admin     map[string]any   `yaml:"admin"`
+		Sealing   map[string]any   `yaml:"sealing"`
+	}
+	var rawKeys struct {
+		Auth struct {
+			APIKeys []map[string]any `yaml:"api_keys"`
+		} `yaml:"auth"`
 	}
 	if err := yaml.Unmarshal(data, &raw); err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(data, &rawKeys); err != nil {
 		t.Fatal(err)
 	}
 	clientKeys := map[string]any{}
@@ -140,6 +196,12 @@ func TestExampleFile(t *testing.T) {
 		{"clients", Client{}, clientKeys},
 		{"server", Server{}, raw.Server},
 		{"log", Log{}, raw.Log},
+		{"tls", TLS{}, raw.TLS},
+		{"auth", Auth{}, raw.Auth},
+		{"auth.api_keys[0]", APIKey{}, first(rawKeys.Auth.APIKeys)},
+		{"policy[0]", PolicyRule{}, first(raw.Policy)},
+		{"admin", Admin{}, raw.Admin},
+		{"sealing", Sealing{}, raw.Sealing},
 	}
 	for _, s := range sections {
 		for _, k := range yamlKeys(reflect.TypeOf(s.typ)) {
@@ -148,11 +210,23 @@ func TestExampleFile(t *testing.T) {
 			}
 		}
 	}
-	for _, k := range []string{"listen", "passthrough"} {
-		if _, ok := raw.Top[k]; !ok {
+	var top map[string]any
+	if err := yaml.Unmarshal(data, &top); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range yamlKeys(reflect.TypeOf(Config{})) {
+		if _, ok := top[k]; !ok {
 			t.Errorf("%s: top-level key %q is missing", path, k)
 		}
 	}
+}
+
+// first returns the first map of list, nil if there is none.
+func first(list []map[string]any) map[string]any {
+	if len(list) == 0 {
+		return nil
+	}
+	return list[0]
 }
 
 func TestLoadEmptyAndNull(t *testing.T) {

@@ -129,7 +129,8 @@ Environment (flags override it; it overrides the file):
   %s	log level
   %s	log format
 
-Precedence: defaults < file < environment < flags. Client secrets are read
-from the files or environment variables each client names.
+Precedence: defaults < file < environment < flags. Client secrets, sealing
+keys and the cache HMAC key are read from the files or environment
+variables the configuration names.
 `, EnvConfig, EnvListen, EnvLogLevel, EnvLogFormat)
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net"
 	"os"
 	"reflect"
 	"strings"
@@ -30,6 +31,16 @@ func FuzzLoad(f *testing.F) {
 		"---\n---\n",
 		"cache:\n  max_cost: 18446744073709551615\n",
 		"\xef\xbb\xbflisten: ':1'\n",
+		"auth: {allow_unauthenticated: true}\n",
+		"tls: {cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem, client_auth: require}\nlisten: ':443'\n",
+		"tls: {cert_file: c.pem, client_auth: request}\n",
+		"auth:\n  api_keys:\n    - {identity: batch-jobs, sha256: " + digestA + "}\n    - {identity: cron, sha256: " + digestB + "}\n",
+		"auth:\n  api_keys: [{identity: anonymous, sha256: 00}]\n  allow_unauthenticated: yes\n",
+		"listen: '0.0.0.0:1'\ninsecure_allow_remote: true\nauth: {allow_unauthenticated: true}\nadmin: {listen: '[::]:2'}\n",
+		"auth: {allow_unauthenticated: true}\npolicy:\n  - {identity: 'spiffe://a/*', clients: ['*'], scopes: ['*', a/b], passthrough: true}\n  - {identity: '*'}\n  - identity: a*b\n",
+		"auth: {allow_unauthenticated: true}\nadmin: {identities: ['*', 'x/*', ''], listen: 'unix:/run/a.sock'}\n",
+		"auth: {allow_unauthenticated: true}\nsealing: {keys_file: k, keys_env: K}\ncache: {hmac_key_file: h, hmac_key_env: ''}\n",
+		"policy: [{identity: x, clients: [orders]}]\nclients: [{name: orders, provider: p, client_id: i, client_secret_env: E}]\nproviders: [{name: p, token_url: 'https://p/t'}]\nauth: {allow_unauthenticated: true}\n",
 	} {
 		f.Add([]byte(seed))
 	}
@@ -72,6 +83,24 @@ func normalized(c Config) Config {
 	if len(c.Clients) == 0 {
 		c.Clients = nil
 	}
+	if len(c.Auth.APIKeys) == 0 {
+		c.Auth.APIKeys = nil
+	}
+	if len(c.Admin.Identities) == 0 {
+		c.Admin.Identities = nil
+	}
+	if len(c.Policy) == 0 {
+		c.Policy = nil
+	}
+	for i := range c.Policy {
+		r := &c.Policy[i]
+		if len(r.Clients) == 0 {
+			r.Clients = nil
+		}
+		if len(r.Scopes) == 0 {
+			r.Scopes = nil
+		}
+	}
 	return c
 }
 
@@ -99,6 +128,70 @@ func checkSane(t *testing.T, c Config) {
 	}
 	if c.Server.MaxConcurrentStreams < 1 || c.Server.ShutdownTimeout <= 0 || c.Dev {
 		t.Fatalf("valid config has insane server settings: %+v (dev %v)", c.Server, c.Dev)
+	}
+	checkSaneSecurity(t, c)
+}
+
+// checkSaneSecurity checks the security invariants of a valid config,
+// independently of Validate's code.
+func checkSaneSecurity(t *testing.T, c Config) {
+	t.Helper()
+	tl := c.TLS
+	if (tl.CertFile == "") != (tl.KeyFile == "") || (tl.ClientCAFile != "" && tl.CertFile == "") ||
+		(tl.ClientAuth != "none" && tl.ClientCAFile == "") {
+		t.Fatalf("valid config has insane tls settings: %+v", tl)
+	}
+	if tl.CertFile == "" && !c.InsecureAllowRemote {
+		for _, addr := range []string{c.Listen, c.Admin.Listen} {
+			if addr == "" || strings.HasPrefix(addr, "unix:") {
+				continue
+			}
+			host, _, err := net.SplitHostPort(addr)
+			if ip := net.ParseIP(host); err != nil || (!strings.EqualFold(host, "localhost") && (ip == nil || !ip.IsLoopback())) {
+				t.Fatalf("valid config serves plaintext on %q", addr)
+			}
+		}
+	}
+	if len(c.Auth.APIKeys) == 0 && tl.ClientAuth != "require" && !c.Auth.AllowUnauthenticated {
+		t.Fatalf("valid config has no way to authenticate callers: %+v %+v", tl, c.Auth)
+	}
+	ids := map[string]bool{}
+	for _, k := range c.Auth.APIKeys {
+		if k.Identity == "" || k.Identity == "anonymous" || ids[k.Identity] || len(k.SHA256) != 64 || strings.ContainsAny(k.Identity, "* ") {
+			t.Fatalf("valid config has an insane API key: %+v", k)
+		}
+		ids[k.Identity] = true
+	}
+	clients := map[string]bool{"*": true}
+	for _, cl := range c.Clients {
+		clients[cl.Name] = true
+	}
+	pattern := func(p string) bool {
+		i := strings.Index(p, "*")
+		return p != "" && (i < 0 || p == "*" || (i == len(p)-1 && strings.HasSuffix(p, "/*")))
+	}
+	for _, r := range c.Policy {
+		if !pattern(r.Identity) {
+			t.Fatalf("valid config has an insane policy identity %q", r.Identity)
+		}
+		for _, name := range r.Clients {
+			if !clients[name] {
+				t.Fatalf("valid config's policy names an unknown client %q", name)
+			}
+		}
+		for _, s := range r.Scopes {
+			if s == "" || strings.ContainsAny(s, " \"\\") {
+				t.Fatalf("valid config's policy has an insane scope %q", s)
+			}
+		}
+	}
+	for _, id := range c.Admin.Identities {
+		if !pattern(id) {
+			t.Fatalf("valid config has an insane admin identity %q", id)
+		}
+	}
+	if (c.Sealing.KeysFile != "" && c.Sealing.KeysEnv != "") || (c.Cache.HMACKeyFile != "" && c.Cache.HMACKeyEnv != "") {
+		t.Fatalf("valid config names key material twice: %+v %+v", c.Sealing, c.Cache)
 	}
 }
 

@@ -22,8 +22,10 @@ const maxFileSize = 1 << 20
 // omits, or sets to null, keep their defaults; a provider's omitted keys
 // take theirs from DefaultProvider. Unknown keys, values of the wrong type
 // and files holding more than one YAML document are errors; each error
-// names the file, the line and, where it can tell, the key. A relative
-// clients[].client_secret_file is resolved against the file's directory.
+// names the file, the line and, where it can tell, the key. A relative path
+// in clients[].client_secret_file, tls.cert_file, tls.key_file,
+// tls.client_ca_file, sealing.keys_file or cache.hmac_key_file is resolved
+// against the file's directory.
 //
 // Load does not validate the result.
 func Load(path string) (Config, error) {
@@ -75,9 +77,13 @@ func loadBytes(data []byte, name string) (Config, error) {
 		return Config{}, fileError(name, err, &doc)
 	}
 	base := filepath.Dir(name)
+	paths := []*string{&cfg.TLS.CertFile, &cfg.TLS.KeyFile, &cfg.TLS.ClientCAFile, &cfg.Sealing.KeysFile, &cfg.Cache.HMACKeyFile}
 	for i := range cfg.Clients {
-		if p := cfg.Clients[i].ClientSecretFile; p != "" && !filepath.IsAbs(p) {
-			cfg.Clients[i].ClientSecretFile = filepath.Join(base, p)
+		paths = append(paths, &cfg.Clients[i].ClientSecretFile)
+	}
+	for _, p := range paths {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
 		}
 	}
 	return cfg, nil
@@ -144,7 +150,7 @@ func yamlKeys(t reflect.Type) []string {
 // to the keys valid there, for "unknown key" errors.
 var sectionKeys = func() map[string][]string {
 	m := map[string][]string{}
-	for _, v := range []any{Config{}, Cache{}, Provider{}, Client{}, Server{}, Log{}} {
+	for _, v := range []any{Config{}, Cache{}, Provider{}, Client{}, Server{}, Log{}, TLS{}, Auth{}, APIKey{}, PolicyRule{}, Admin{}, Sealing{}} {
 		t := reflect.TypeOf(v)
 		m[t.String()] = yamlKeys(t)
 	}
@@ -153,19 +159,28 @@ var sectionKeys = func() map[string][]string {
 
 // typeRules turns the decoder's "cannot unmarshal ... into T" into a rule.
 var typeRules = map[string]string{
-	"float64":           "must be a number",
-	"int":               "must be an integer",
-	"uint32":            "must be an integer from 0 to 4294967295",
-	"bool":              "must be true or false",
-	"string":            "must be a string",
-	"config.Config":     "must be a mapping of keys to values",
-	"config.Cache":      "must be a mapping of keys to values",
-	"config.Provider":   "must be a mapping of keys to values",
-	"config.Client":     "must be a mapping of keys to values",
-	"config.Server":     "must be a mapping of keys to values",
-	"config.Log":        "must be a mapping of keys to values",
-	"[]config.Provider": "must be a list",
-	"[]config.Client":   "must be a list",
+	"float64":             "must be a number",
+	"int":                 "must be an integer",
+	"uint32":              "must be an integer from 0 to 4294967295",
+	"bool":                "must be true or false",
+	"string":              "must be a string",
+	"config.Config":       "must be a mapping of keys to values",
+	"config.Cache":        "must be a mapping of keys to values",
+	"config.Provider":     "must be a mapping of keys to values",
+	"config.Client":       "must be a mapping of keys to values",
+	"config.Server":       "must be a mapping of keys to values",
+	"config.Log":          "must be a mapping of keys to values",
+	"config.TLS":          "must be a mapping of keys to values",
+	"config.Auth":         "must be a mapping of keys to values",
+	"config.APIKey":       "must be a mapping of keys to values",
+	"config.PolicyRule":   "must be a mapping of keys to values",
+	"config.Admin":        "must be a mapping of keys to values",
+	"config.Sealing":      "must be a mapping of keys to values",
+	"[]config.Provider":   "must be a list",
+	"[]config.Client":     "must be a list",
+	"[]config.APIKey":     "must be a list",
+	"[]config.PolicyRule": "must be a list",
+	"[]string":            "must be a list",
 }
 
 var (

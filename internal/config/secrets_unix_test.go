@@ -22,3 +22,17 @@ func TestLoadSecretsFIFO(t *testing.T) {
 		t.Fatalf("LoadSecrets() = %v, want an error containing %q", err, want)
 	}
 }
+
+// TestLoadKeysFIFO checks that LoadKeys refuses a named pipe too.
+func TestLoadKeysFIFO(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	for _, c := range []Config{{Sealing: Sealing{KeysFile: fifo}}, {Cache: Cache{HMACKeyFile: fifo}}} {
+		_, _, err := c.LoadKeys(nil)
+		if want := "\"" + fifo + "\" is not a regular file"; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("LoadKeys() = %v, want an error containing %q", err, want)
+		}
+	}
+}

@@ -22,6 +22,14 @@ const nameRule = "must be 1-63 characters of a-z, 0-9, '_' and '-', starting wit
 // errors.Join, or nil. Each problem reads "key.path: rule", for example
 // "providers[1].token_url: must be an absolute https URL (http is allowed
 // only for loopback hosts)". Values that may be secret are never quoted.
+//
+// Besides each key's own rule, Validate enforces two rules of safety:
+// without tls, listen and a TCP admin.listen must be loopback addresses
+// unless insecure_allow_remote is set; and callers must have a way to
+// authenticate (tls.client_auth: require or auth.api_keys) unless
+// auth.allow_unauthenticated is set or Dev is. In -dev mode policy may also
+// name the client "demo", which -dev adds after Validate. Validate reads no
+// file.
 func (c *Config) Validate() error {
 	var v validator
 
@@ -94,7 +102,9 @@ func (c *Config) Validate() error {
 	}
 
 	clients := make(map[string]int, len(c.Clients))
+	clientNames := make(map[string]bool, len(c.Clients))
 	for i, cl := range c.Clients {
+		clientNames[cl.Name] = true
 		key := fmt.Sprintf("clients[%d]", i)
 		switch first, dup := clients[cl.Name]; {
 		case !nameRE.MatchString(cl.Name):
@@ -157,6 +167,8 @@ func (c *Config) Validate() error {
 	if c.Server.WatchOpenBurst < 1 {
 		v.add("server.watch_open_burst", "must be >= 1, got %d", c.Server.WatchOpenBurst)
 	}
+
+	c.validateSecurity(&v, clientNames)
 
 	return errors.Join(v.errs...)
 }

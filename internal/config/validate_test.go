@@ -8,8 +8,14 @@ import (
 	"time"
 )
 
-// validConfig returns a valid configuration with two providers and two
-// clients, for tests to break one rule at a time.
+// digestA and digestB are well-formed API key digests.
+const (
+	digestA = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	digestB = "FEDCBA9876543210FEDCBA9876543210FEDCBA9876543210FEDCBA9876543210"
+)
+
+// validConfig returns a valid configuration with two providers, two
+// clients and one API key, for tests to break one rule at a time.
 func validConfig() Config {
 	c := Default()
 	p0 := DefaultProvider()
@@ -21,7 +27,13 @@ func validConfig() Config {
 		{Name: "orders", Provider: "cognito", ClientID: "abc123", ClientSecretFile: "/run/secrets/orders"},
 		{Name: "billing", Provider: "local", ClientID: "def456", ClientSecretEnv: "BILLING_SECRET"},
 	}
+	c.Auth.APIKeys = []APIKey{{Identity: "batch-jobs", SHA256: digestA}}
 	return c
+}
+
+// withTLS sets a complete mTLS configuration on c.
+func withTLS(c *Config) {
+	c.TLS = TLS{CertFile: "/tls/cert.pem", KeyFile: "/tls/key.pem", ClientCAFile: "/tls/ca.pem", ClientAuth: ClientAuthRequire}
 }
 
 // problems splits a Validate error into its single problems.
@@ -47,7 +59,7 @@ func TestValidateValid(t *testing.T) {
 	}
 	// Edge values that are allowed.
 	for _, mod := range []func(*Config){
-		func(c *Config) { c.Listen = ":0" },
+		func(c *Config) { c.Listen = ":0"; c.InsecureAllowRemote = true },
 		func(c *Config) { c.Listen = "[::1]:65535" },
 		func(c *Config) { c.Listen = "localhost:7443" },
 		func(c *Config) { c.Cache.MaxCost = 64 * KiB },
@@ -71,6 +83,58 @@ func TestValidateValid(t *testing.T) {
 		func(c *Config) { c.Log = Log{Level: "debug", Format: "text"} },
 		func(c *Config) { c.Log.Level = "warn" },
 		func(c *Config) { c.Log.Level = "error" },
+
+		// Listeners and transport security.
+		func(c *Config) { c.Listen = "127.0.0.1:7443" },
+		func(c *Config) { c.Listen = "127.200.0.1:1" },
+		func(c *Config) { c.Listen = "[::1]:7443"; c.Admin.Listen = "localhost:7444" },
+		func(c *Config) { c.Listen = ":7443"; c.InsecureAllowRemote = true },
+		func(c *Config) {
+			c.Listen = "10.0.0.1:7443"
+			c.InsecureAllowRemote = true
+			c.Admin.Listen = "0.0.0.0:9000"
+		},
+		func(c *Config) { withTLS(c); c.Listen = ":7443"; c.Admin.Listen = ":7444" },
+		func(c *Config) { withTLS(c); c.Auth.APIKeys = nil },
+		func(c *Config) { withTLS(c); c.TLS.ClientAuth = ClientAuthRequest },
+		func(c *Config) {
+			c.TLS = TLS{CertFile: "cert.pem", KeyFile: "key.pem", ClientAuth: ClientAuthNone}
+			c.Listen = "192.0.2.1:443"
+		},
+		func(c *Config) {
+			c.TLS = TLS{CertFile: "c", KeyFile: "k", ClientCAFile: "ca", ClientAuth: ClientAuthNone}
+		},
+		func(c *Config) { c.Admin.Listen = "unix:/run/tokenbroker/admin.sock" },
+		func(c *Config) { c.Admin.Listen = "unix:/" + strings.Repeat("a", 106) },
+		func(c *Config) {
+			c.Admin.Listen = "unix:/run/admin.sock"
+			c.Listen = ":7443"
+			c.InsecureAllowRemote = true
+		},
+
+		// Authentication.
+		func(c *Config) { c.Auth.APIKeys = nil; c.Auth.AllowUnauthenticated = true },
+		func(c *Config) { c.Auth.APIKeys = nil; c.Dev = true },
+		func(c *Config) {
+			c.Auth.APIKeys = append(c.Auth.APIKeys, APIKey{Identity: "spiffe://x/y", SHA256: digestB})
+		},
+		func(c *Config) { c.Auth.APIKeys[0].Identity = strings.Repeat("~", MaxIdentityLength) },
+
+		// Policy and admin.
+		func(c *Config) {
+			c.Policy = []PolicyRule{
+				{Identity: "spiffe://prod/ns/payments/sa/worker", Clients: []string{"orders"}, Scopes: []string{"payments/read", "a:b"}},
+				{Identity: "spiffe://prod/ns/ops/*", Clients: []string{"*"}, Scopes: []string{"*"}, Passthrough: true},
+				{Identity: "*"},
+				{Identity: "anonymous", Clients: []string{"billing", "orders"}},
+			}
+			c.Admin.Identities = []string{"spiffe://prod/ns/ops/sa/admin", "spiffe://prod/ns/sre/*", "*"}
+		},
+		func(c *Config) { c.Dev = true; c.Policy = []PolicyRule{{Identity: "*", Clients: []string{"demo"}}} },
+
+		// Key material.
+		func(c *Config) { c.Sealing.KeysFile, c.Cache.HMACKeyEnv = "/keys/sealing", "HMAC_KEY" },
+		func(c *Config) { c.Sealing.KeysEnv, c.Cache.HMACKeyFile = "SEALING_KEYS", "hmac.key" },
 	} {
 		c := validConfig()
 		mod(&c)
@@ -170,6 +234,75 @@ func TestValidateRules(t *testing.T) {
 		{"watch_opens_per_second NaN", func(c *Config) { c.Server.WatchOpensPerSecond = math.NaN() }, "server.watch_opens_per_second: must be a finite number > 0"},
 		{"watch_opens_per_second Inf", func(c *Config) { c.Server.WatchOpensPerSecond = math.Inf(1) }, "server.watch_opens_per_second: must be a finite number > 0"},
 		{"watch_open_burst 0", func(c *Config) { c.Server.WatchOpenBurst = 0 }, "server.watch_open_burst: must be >= 1, got 0"},
+
+		{"tls cert without key", func(c *Config) { withTLS(c); c.TLS.KeyFile = "" }, "tls.key_file: must be set when tls.cert_file is"},
+		{"tls key without cert", func(c *Config) { c.TLS.KeyFile = "/tls/key.pem" }, "tls.cert_file: must be set when tls.key_file is"},
+		{"tls client CA without cert", func(c *Config) { c.TLS.ClientCAFile = "/tls/ca.pem" }, "tls.client_ca_file: requires tls.cert_file"},
+		{"tls client_auth unknown", func(c *Config) { withTLS(c); c.TLS.ClientAuth = "optional" }, `tls.client_auth: must be none, request or require, got "optional"`},
+		{"tls client_auth empty", func(c *Config) { c.TLS.ClientAuth = "" }, `tls.client_auth: must be none, request or require, got ""`},
+		{"tls client_auth case", func(c *Config) { withTLS(c); c.TLS.ClientAuth = "REQUIRE" }, "tls.client_auth: must be none, request or require"},
+		{"tls require without CA", func(c *Config) { withTLS(c); c.TLS.ClientCAFile = "" }, "tls.client_auth: require needs tls.client_ca_file"},
+		{"tls request without CA", func(c *Config) { withTLS(c); c.TLS.ClientCAFile, c.TLS.ClientAuth = "", ClientAuthRequest }, "tls.client_auth: request needs tls.client_ca_file"},
+
+		{"plaintext on all interfaces", func(c *Config) { c.Listen = ":7443" }, "listen: plaintext on a non-loopback address; configure tls or set insecure_allow_remote: true"},
+		{"plaintext on 0.0.0.0", func(c *Config) { c.Listen = "0.0.0.0:7443" }, "listen: plaintext on a non-loopback address"},
+		{"plaintext on a private address", func(c *Config) { c.Listen = "10.1.2.3:7443" }, "listen: plaintext on a non-loopback address"},
+		{"plaintext on a host name", func(c *Config) { c.Listen = "broker.internal:7443" }, "listen: plaintext on a non-loopback address"},
+		{"plaintext on a localhost lookalike", func(c *Config) { c.Listen = "localhost.evil.example:7443" }, "listen: plaintext on a non-loopback address"},
+		{"plaintext admin listener remote", func(c *Config) { c.Admin.Listen = ":9000" }, "admin.listen: plaintext on a non-loopback address; configure tls or set insecure_allow_remote: true"},
+		{"admin listen bad", func(c *Config) { c.Admin.Listen = "admin.sock" }, `admin.listen: must be "unix:/absolute/path" or host:port, got "admin.sock"`},
+		{"admin listen bad port", func(c *Config) { c.Admin.Listen = "127.0.0.1:x" }, `admin.listen: port must be a number from 0 to 65535, got "x"`},
+		{"admin listen relative unix", func(c *Config) { c.Admin.Listen = "unix:run/admin.sock" }, `admin.listen: must be "unix:" and an absolute path, or host:port, got "unix:run/admin.sock"`},
+		{"admin listen empty unix", func(c *Config) { c.Admin.Listen = "unix:" }, `admin.listen: must be "unix:" and an absolute path`},
+		{"admin listen long unix", func(c *Config) { c.Admin.Listen = "unix:/" + strings.Repeat("a", 107) }, "admin.listen: unix socket path must be at most 107 bytes, got 108"},
+		{"admin listen NUL", func(c *Config) { c.Admin.Listen = "unix:/a\x00b" }, "admin.listen: unix socket path must not contain a NUL byte"},
+		{"admin listen is listen", func(c *Config) { c.Admin.Listen = c.Listen }, "admin.listen: must differ from listen"},
+
+		{"no way to authenticate", func(c *Config) { c.Auth.APIKeys = nil }, "auth.allow_unauthenticated: no way to authenticate callers: configure tls.client_auth: require, auth.api_keys, or set auth.allow_unauthenticated: true"},
+		{"client_auth request does not authenticate", func(c *Config) { withTLS(c); c.TLS.ClientAuth = ClientAuthRequest; c.Auth.APIKeys = nil }, "auth.allow_unauthenticated: no way to authenticate callers"},
+		{"api key identity empty", func(c *Config) { c.Auth.APIKeys[0].Identity = "" }, `auth.api_keys[0].identity: must be 1-2048 printable ASCII characters without spaces or '*', got ""`},
+		{"api key identity space", func(c *Config) { c.Auth.APIKeys[0].Identity = "batch jobs" }, "auth.api_keys[0].identity: must be 1-2048 printable ASCII"},
+		{"api key identity control", func(c *Config) { c.Auth.APIKeys[0].Identity = "batch\tjobs" }, "auth.api_keys[0].identity: must be 1-2048 printable ASCII"},
+		{"api key identity non-ASCII", func(c *Config) { c.Auth.APIKeys[0].Identity = "bätch" }, "auth.api_keys[0].identity: must be 1-2048 printable ASCII"},
+		{"api key identity star", func(c *Config) { c.Auth.APIKeys[0].Identity = "jobs/*" }, "auth.api_keys[0].identity: must be 1-2048 printable ASCII characters without spaces or '*'"},
+		{"api key identity too long", func(c *Config) { c.Auth.APIKeys[0].Identity = strings.Repeat("a", MaxIdentityLength+1) }, "auth.api_keys[0].identity: must be 1-2048"},
+		{"api key identity anonymous", func(c *Config) { c.Auth.APIKeys[0].Identity = AnonymousIdentity }, `auth.api_keys[0].identity: "anonymous" is reserved for unauthenticated callers`},
+		{"api key identity duplicate", func(c *Config) {
+			c.Auth.APIKeys = append(c.Auth.APIKeys, APIKey{Identity: "batch-jobs", SHA256: digestB})
+		}, `auth.api_keys[1].identity: "batch-jobs" is already the identity of auth.api_keys[0]`},
+		{"api key digest short", func(c *Config) { c.Auth.APIKeys[0].SHA256 = digestA[:63] }, "auth.api_keys[0].sha256: must be 64 hexadecimal characters (the SHA-256 digest of the key), got 63 characters"},
+		{"api key digest empty", func(c *Config) { c.Auth.APIKeys[0].SHA256 = "" }, "auth.api_keys[0].sha256: must be 64 hexadecimal characters (the SHA-256 digest of the key), got 0 characters"},
+		{"api key digest long", func(c *Config) { c.Auth.APIKeys[0].SHA256 = digestA + "0" }, "auth.api_keys[0].sha256: must be 64 hexadecimal characters (the SHA-256 digest of the key), got 65 characters"},
+		{"api key digest not hex", func(c *Config) { c.Auth.APIKeys[0].SHA256 = "hunter2" + digestA[7:] }, "auth.api_keys[0].sha256: must be 64 hexadecimal characters (the SHA-256 digest of the key), got a character that is not hexadecimal"},
+		{"api key digest is a key", func(c *Config) { c.Auth.APIKeys[0].SHA256 = "hunter2hunter2" }, "auth.api_keys[0].sha256: must be 64 hexadecimal characters"},
+		{"api key digest duplicate", func(c *Config) {
+			c.Auth.APIKeys = append(c.Auth.APIKeys, APIKey{Identity: "other", SHA256: strings.ToUpper(digestA)})
+		}, "auth.api_keys[1].sha256: is the same digest as auth.api_keys[0].sha256"},
+
+		{"policy identity empty", func(c *Config) { c.Policy = []PolicyRule{{Identity: ""}} }, `policy[0].identity: must be an identity (1-2048 printable ASCII characters without spaces), a prefix ending in "/*", or "*", got ""`},
+		{"policy identity inner star", func(c *Config) { c.Policy = []PolicyRule{{Identity: "spiffe://prod/*/sa/x"}} }, `policy[0].identity: must be an identity`},
+		{"policy identity trailing star without slash", func(c *Config) { c.Policy = []PolicyRule{{Identity: "spiffe://prod/ns*"}} }, `policy[0].identity: must be an identity`},
+		{"policy identity two stars", func(c *Config) { c.Policy = []PolicyRule{{Identity: "a/*/*"}} }, `policy[0].identity: must be an identity`},
+		{"policy identity double star", func(c *Config) { c.Policy = []PolicyRule{{Identity: "**"}} }, `policy[0].identity: must be an identity`},
+		{"policy identity space", func(c *Config) { c.Policy = []PolicyRule{{Identity: "a b"}} }, `policy[0].identity: must be an identity`},
+		{"policy identity too long", func(c *Config) { c.Policy = []PolicyRule{{Identity: strings.Repeat("a", 2047) + "/*"}} }, `policy[0].identity: must be an identity`},
+		{"policy client unknown", func(c *Config) {
+			c.Policy = []PolicyRule{{Identity: "*", Clients: []string{"orders", "payments"}}}
+		}, `policy[0].clients[1]: "payments" is not a configured client`},
+		{"policy client empty", func(c *Config) { c.Policy = []PolicyRule{{Identity: "*", Clients: []string{""}}} }, `policy[0].clients[0]: must name a configured client or be "*"`},
+		{"policy client demo without dev", func(c *Config) { c.Policy = []PolicyRule{{Identity: "*", Clients: []string{"demo"}}} }, `policy[0].clients[0]: "demo" is not a configured client`},
+		{"policy scope empty", func(c *Config) { c.Policy = []PolicyRule{{Identity: "*", Scopes: []string{""}}} }, `policy[0].scopes[0]: must be a scope (printable ASCII without spaces, '"' or '\') or "*", got ""`},
+		{"policy scope space", func(c *Config) { c.Policy = []PolicyRule{{Identity: "*", Scopes: []string{"a", "a b"}}} }, `policy[0].scopes[1]: must be a scope`},
+		{"policy scope quote", func(c *Config) { c.Policy = []PolicyRule{{Identity: "*", Scopes: []string{`a"b`}}} }, `policy[0].scopes[0]: must be a scope`},
+		{"policy scope backslash", func(c *Config) { c.Policy = []PolicyRule{{Identity: "*", Scopes: []string{`a\b`}}} }, `policy[0].scopes[0]: must be a scope`},
+		{"policy second rule", func(c *Config) {
+			c.Policy = []PolicyRule{{Identity: "*"}, {Identity: "x*"}}
+		}, `policy[1].identity: must be an identity`},
+		{"admin identity empty", func(c *Config) { c.Admin.Identities = []string{"spiffe://a/b", ""} }, `admin.identities[1]: must be an identity (1-2048 printable ASCII characters without spaces), a prefix ending in "/*", or "*", got ""`},
+		{"admin identity inner star", func(c *Config) { c.Admin.Identities = []string{"spiffe://*/admin"} }, `admin.identities[0]: must be an identity`},
+
+		{"sealing both", func(c *Config) { c.Sealing = Sealing{KeysFile: "/k", KeysEnv: "K"} }, "sealing: at most one of keys_file and keys_env may be set, got both"},
+		{"hmac key both", func(c *Config) { c.Cache.HMACKeyFile, c.Cache.HMACKeyEnv = "/k", "K" }, "cache: at most one of hmac_key_file and hmac_key_env may be set, got both"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -193,8 +326,13 @@ func TestValidateReportsEverything(t *testing.T) {
 	c.Providers[0].Burst = 0
 	c.Clients[1].Provider = "missing"
 	c.Log.Format = "xml"
+	c.TLS.ClientAuth = "maybe"
+	c.Auth.APIKeys[0].SHA256 = "x"
+	c.Policy = []PolicyRule{{Identity: "*", Clients: []string{"nope"}}}
+	c.Sealing = Sealing{KeysFile: "f", KeysEnv: "e"}
 	got := problems(c.Validate())
-	want := []string{"listen: ", "cache.fetch_timeout: ", "providers[0].burst: ", "clients[1].provider: ", "log.format: "}
+	want := []string{"listen: ", "cache.fetch_timeout: ", "providers[0].burst: ", "clients[1].provider: ", "log.format: ",
+		"tls.client_auth: ", "auth.api_keys[0].sha256: ", "policy[0].clients[0]: ", "sealing: "}
 	if len(got) != len(want) {
 		t.Fatalf("Validate() problems = %q, want %d of them", got, len(want))
 	}

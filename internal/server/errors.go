@@ -14,6 +14,15 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
+// ErrPermissionDenied is the kind of an error from Config.Authorize that
+// denies a request. Authorize returns an error for which
+// errors.Is(err, ErrPermissionDenied) holds (it wraps this sentinel, or
+// its own sentinel wraps it); the caller gets codes.PermissionDenied with
+// that error's own message, which must therefore name only what the caller
+// may know (the client or scope refused), never a secret or the policy's
+// source.
+var ErrPermissionDenied = errors.New("permission denied")
+
 // DefaultRetryDelay is the RetryInfo delay sent with ResourceExhausted when
 // the upstream error does not say how long to wait.
 const DefaultRetryDelay = time.Second
@@ -35,6 +44,8 @@ type statusRow struct {
 	message, passthroughMessage string
 	// upstream marks rows for upstream.Err* kinds.
 	upstream bool
+	// ownMessage makes the error's own text (sanitised) the message.
+	ownMessage bool
 }
 
 // statusTable maps domain errors to gRPC statuses: the first row whose kind
@@ -48,13 +59,18 @@ type statusRow struct {
 //   - upstream.ErrRejected (invalid_request, unsupported_grant_type, an
 //     unexpected HTTP status) is FailedPrecondition: the provider's setup
 //     does not accept this request, and retrying it unchanged will not help;
-//   - upstream.ErrThrottled is ResourceExhausted with errdetails.RetryInfo.
+//   - upstream.ErrThrottled is ResourceExhausted with errdetails.RetryInfo;
+//   - ErrPermissionDenied (a denial from Config.Authorize) comes first and
+//     keeps its own message, which names the client or scope refused;
+//   - broker.ErrBadPageToken (ListTokens) is InvalidArgument.
 var statusTable = []statusRow{
+	{kind: ErrPermissionDenied, code: codes.PermissionDenied, message: "permission denied", ownMessage: true},
 	{kind: broker.ErrInvalidArgument, code: codes.InvalidArgument, message: "invalid argument"},
 	{kind: broker.ErrUnknownProvider, code: codes.InvalidArgument, message: fieldProvider + ": unknown provider"},
 	{kind: broker.ErrUnknownClient, code: codes.NotFound, message: fieldClient + ": unknown client"},
 	{kind: broker.ErrPassthroughDisabled, code: codes.PermissionDenied, message: "pass-through credentials are not accepted"},
 	{kind: broker.ErrTokenTooShort, code: codes.FailedPrecondition, message: "the provider issues tokens with less life than min_ttl"},
+	{kind: broker.ErrBadPageToken, code: codes.InvalidArgument, message: fieldPageToken + ": " + broker.ErrBadPageToken.Error()},
 	{
 		kind: upstream.ErrInvalidClient, upstream: true,
 		code:               codes.FailedPrecondition,
@@ -84,8 +100,10 @@ type retryDelayer interface {
 // (status.FromContextError, with a generic message), and anything else is
 // codes.Internal "internal error". A message never contains the text of an
 // unknown error, a secret or a token: it is the table's fixed text, a
-// *broker.FieldError's "<field>: <rule>", or for upstream failures the
-// upstream error's own sanitised text. A nil error gives an OK status.
+// *broker.FieldError's "<field>: <rule>", for upstream failures the
+// upstream error's own sanitised text, or for ErrPermissionDenied the
+// denial's own sanitised text (Config.Authorize vouches for it). A nil
+// error gives an OK status.
 func StatusFromError(err error, passthrough bool) *status.Status {
 	if err == nil {
 		return status.New(codes.OK, "")
@@ -97,6 +115,12 @@ func StatusFromError(err error, passthrough bool) *status.Status {
 		code, msg := row.code, row.message
 		if passthrough && row.passthroughCode != codes.OK {
 			code, msg = row.passthroughCode, row.passthroughMessage
+		}
+		if row.ownMessage {
+			if own := sanitize(err.Error()); own != "" {
+				msg = own
+			}
+			return status.New(code, msg)
 		}
 		if !row.upstream {
 			var fe *broker.FieldError

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/test/bufconn"
 
@@ -163,6 +164,7 @@ type testServer struct {
 	srv    *Server
 	conn   *grpc.ClientConn
 	client tokenbrokerv1.TokenBrokerServiceClient
+	admin  tokenbrokerv1.AdminServiceClient
 	logs   *syncBuffer
 	cancel context.CancelFunc
 	done   chan error
@@ -198,6 +200,7 @@ func startServer(t *testing.T, cfg Config) *testServer {
 	}
 	ts.conn = conn
 	ts.client = tokenbrokerv1.NewTokenBrokerServiceClient(conn)
+	ts.admin = tokenbrokerv1.NewAdminServiceClient(conn)
 	t.Cleanup(func() {
 		_ = conn.Close()
 		ts.stop(t)
@@ -230,4 +233,58 @@ func rpcContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// serving is a Serve or ServeAdmin call running in the background.
+type serving struct {
+	cancel context.CancelFunc
+	done   chan error
+	waited bool
+}
+
+// stop cancels the call's context and checks that it returns nil in time.
+// It may be called more than once.
+func (s *serving) stop(t *testing.T) {
+	t.Helper()
+	s.cancel()
+	if s.waited {
+		return
+	}
+	s.waited = true
+	select {
+	case err := <-s.done:
+		if err != nil {
+			t.Errorf("serve: got error %v, want nil", err)
+		}
+	case <-time.After(rpcTimeout + DefaultShutdownTimeout):
+		t.Errorf("serve did not return after its context was cancelled")
+	}
+}
+
+// serveBufconn runs serve (Serve or ServeAdmin of a Server) on a new
+// bufconn listener and returns the listener and the running call, which is
+// stopped at cleanup.
+func serveBufconn(t *testing.T, serve func(context.Context, net.Listener) error) (*bufconn.Listener, *serving) {
+	t.Helper()
+	lis := bufconn.Listen(1 << 20)
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &serving{cancel: cancel, done: make(chan error, 1)}
+	go func() { s.done <- serve(ctx, lis) }()
+	t.Cleanup(func() { s.stop(t) })
+	return lis, s
+}
+
+// dialBufconn connects to lis with creds; the connection is closed at
+// cleanup (before the server registered earlier is stopped).
+func dialBufconn(t *testing.T, lis *bufconn.Listener, creds credentials.TransportCredentials) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient("passthrough:///bufconn",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(creds),
+	)
+	if err != nil {
+		t.Fatalf("grpc.NewClient: got error %v, want nil", err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
 }

@@ -15,10 +15,20 @@
 // codes.Internal, logs one line per call (method, code, duration and key
 // id; never a payload, a secret, a token or an error text), serves the
 // standard health service and, optionally, reflection.
+//
+// The AdminService (invalidation, listing, statistics) is served when
+// Config.Admin is set: on the main server, or with Config.SeparateAdmin on
+// a second server of its own (ServeAdmin) with the same interceptors, TLS,
+// health and reflection. Authentication and policy plug in as hooks:
+// Config.UnaryInterceptors and Config.StreamInterceptors run after logging
+// and panic recovery on every call, health and reflection included, and
+// Config.Authorize decides, per GetToken and WatchToken, whether the
+// caller may have the selected token.
 package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,6 +41,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -150,13 +161,45 @@ type Config struct {
 	// Identity names the caller of a stream for the per-caller limits.
 	// Nil means PeerIdentity.
 	Identity IdentityFunc
+
+	// Admin serves the AdminService. Nil means the AdminService is not
+	// registered (its RPCs are codes.Unimplemented).
+	Admin AdminBroker
+	// SeparateAdmin serves the AdminService on a server of its own
+	// (ServeAdmin) instead of the main one (Serve), where it is then
+	// codes.Unimplemented. It requires Admin.
+	SeparateAdmin bool
+	// Authorize decides whether the caller (known from ctx, for example
+	// through an authentication interceptor) may have the token of sel.
+	// GetToken and WatchToken call it after validating the request and
+	// before asking the broker. A non-nil error refuses the call; it is
+	// mapped by StatusFromError, so an error for which
+	// errors.Is(err, ErrPermissionDenied) holds gives
+	// codes.PermissionDenied with the error's own message. Nil allows
+	// every request. It must be safe for concurrent use.
+	Authorize func(ctx context.Context, sel broker.Selector) error
+	// UnaryInterceptors and StreamInterceptors (authentication) run, in
+	// order, on every call of every service (health and reflection
+	// included, on the main and the admin server alike), after the
+	// logging and panic recovery interceptors: their rejections are
+	// logged and their panics recovered.
+	UnaryInterceptors []grpc.UnaryServerInterceptor
+	// StreamInterceptors: see UnaryInterceptors.
+	StreamInterceptors []grpc.StreamServerInterceptor
+	// TLS, when set, makes the servers speak TLS with this configuration
+	// (it may request and verify client certificates, or supply them per
+	// connection through GetConfigForClient or GetCertificate). Nil means
+	// plaintext.
+	TLS *tls.Config
 }
 
 // Server is the broker's gRPC server: the TokenBrokerService, the health
-// service and, when configured, reflection.
+// service and, when configured, the AdminService and reflection; with
+// Config.SeparateAdmin, also a second server for the AdminService.
 type Server struct {
-	grpc            *grpc.Server
-	health          *health.Server
+	main *grpcServer
+	// admin is nil unless Config.SeparateAdmin.
+	admin           *grpcServer
 	logger          *slog.Logger
 	shutdownTimeout time.Duration
 	// stopping is cancelled when shutdown begins; WatchToken handlers
@@ -194,6 +237,19 @@ func New(cfg Config) (*Server, error) {
 	if r := cfg.WatchOpensPerSecond; r < 0 || math.IsNaN(r) || math.IsInf(r, 0) {
 		return nil, errors.New("server: WatchOpensPerSecond must be a finite number >= 0")
 	}
+	if cfg.SeparateAdmin && cfg.Admin == nil {
+		return nil, errors.New("server: SeparateAdmin requires Admin")
+	}
+	for i, in := range cfg.UnaryInterceptors {
+		if in == nil {
+			return nil, fmt.Errorf("server: UnaryInterceptors[%d] is nil", i)
+		}
+	}
+	for i, in := range cfg.StreamInterceptors {
+		if in == nil {
+			return nil, fmt.Errorf("server: StreamInterceptors[%d] is nil", i)
+		}
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -228,7 +284,17 @@ func New(cfg Config) (*Server, error) {
 	logger := callLogger(cfg.Logger)
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
 	recoverOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(panicHandler(cfg.Logger))}
-	gs := grpc.NewServer(
+	// Logging is outside recovery, so a recovered panic is logged with the
+	// code the caller sees; the extra interceptors are inside both.
+	unary := append([]grpc.UnaryServerInterceptor{
+		logging.UnaryServerInterceptor(logger, logOpts...),
+		recovery.UnaryServerInterceptor(recoverOpts...),
+	}, cfg.UnaryInterceptors...)
+	stream := append([]grpc.StreamServerInterceptor{
+		logging.StreamServerInterceptor(logger, logOpts...),
+		recovery.StreamServerInterceptor(recoverOpts...),
+	}, cfg.StreamInterceptors...)
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
@@ -240,36 +306,44 @@ func New(cfg Config) (*Server, error) {
 			MaxConnectionAge:      cfg.MaxConnectionAge,
 			MaxConnectionAgeGrace: cfg.MaxConnectionAgeGrace,
 		}),
-		// Logging is outside recovery, so a recovered panic is logged
-		// with the code the caller sees.
-		grpc.ChainUnaryInterceptor(
-			logging.UnaryServerInterceptor(logger, logOpts...),
-			recovery.UnaryServerInterceptor(recoverOpts...),
-		),
-		grpc.ChainStreamInterceptor(
-			logging.StreamServerInterceptor(logger, logOpts...),
-			recovery.StreamServerInterceptor(recoverOpts...),
-		),
-	)
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+	}
 
 	stopping, stop := context.WithCancel(context.Background())
-	tokenbrokerv1.RegisterTokenBrokerServiceServer(gs, &handler{
-		broker:   cfg.Broker,
-		logger:   cfg.Logger,
-		identity: cfg.Identity,
-		limits:   newCallerLimits(cfg.MaxWatchesPerCaller, cfg.WatchOpensPerSecond, cfg.WatchOpenBurst),
-		stopping: stopping,
+	mainSrv := newGRPCServer("main", opts)
+	mainSrv.register(&tokenbrokerv1.TokenBrokerService_ServiceDesc, &handler{
+		broker:    cfg.Broker,
+		logger:    cfg.Logger,
+		identity:  cfg.Identity,
+		authorize: cfg.Authorize,
+		limits:    newCallerLimits(cfg.MaxWatchesPerCaller, cfg.WatchOpensPerSecond, cfg.WatchOpenBurst),
+		stopping:  stopping,
 	})
-	hs := health.NewServer()
-	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	hs.SetServingStatus(tokenbrokerv1.TokenBrokerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	healthpb.RegisterHealthServer(gs, hs)
-	if cfg.Reflection {
-		reflection.Register(gs)
+	var admin *grpcServer
+	if cfg.Admin != nil {
+		target := mainSrv
+		if cfg.SeparateAdmin {
+			admin = newGRPCServer("admin", opts)
+			target = admin
+		}
+		target.register(&tokenbrokerv1.AdminService_ServiceDesc, &adminHandler{admin: cfg.Admin})
+	}
+	for _, g := range []*grpcServer{mainSrv, admin} {
+		if g == nil {
+			continue
+		}
+		healthpb.RegisterHealthServer(g.grpc, g.health)
+		if cfg.Reflection {
+			reflection.Register(g.grpc)
+		}
 	}
 	return &Server{
-		grpc:            gs,
-		health:          hs,
+		main:            mainSrv,
+		admin:           admin,
 		logger:          cfg.Logger,
 		shutdownTimeout: cfg.ShutdownTimeout,
 		stopping:        stopping,
@@ -277,9 +351,32 @@ func New(cfg Config) (*Server, error) {
 	}, nil
 }
 
+// grpcServer is one *grpc.Server with its health service.
+type grpcServer struct {
+	// name tells the main and the admin server apart in logs.
+	name   string
+	grpc   *grpc.Server
+	health *health.Server
+}
+
+// newGRPCServer returns a server with opts whose health service reports
+// SERVING for "" and, as they are registered, for each service.
+func newGRPCServer(name string, opts []grpc.ServerOption) *grpcServer {
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	return &grpcServer{name: name, grpc: grpc.NewServer(opts...), health: hs}
+}
+
+// register registers impl for desc and marks the service SERVING.
+func (g *grpcServer) register(desc *grpc.ServiceDesc, impl any) {
+	g.grpc.RegisterService(desc, impl)
+	g.health.SetServingStatus(desc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+}
+
 // GRPCServer returns the underlying *grpc.Server, for tests that serve it
 // on their own listener (bufconn).
-func (s *Server) GRPCServer() *grpc.Server { return s.grpc }
+// It is the main server; see ServeAdmin for the admin one.
+func (s *Server) GRPCServer() *grpc.Server { return s.main.grpc }
 
 // Serve serves on l until ctx is done, then shuts down: the health service
 // turns NOT_SERVING, every WatchToken stream ends at once with
@@ -289,30 +386,52 @@ func (s *Server) GRPCServer() *grpc.Server { return s.grpc }
 // the error that ended serving early (the listener failed). l is closed
 // either way. Call Serve once.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	// Watch streams never end by themselves: end them first, or
+	// GracefulStop would wait for them until the deadline.
+	return s.serve(ctx, s.main, l, s.stop)
+}
+
+// ServeAdmin serves the AdminService, health and (when configured)
+// reflection on l, with the main server's interceptors and TLS, until ctx
+// is done; then it shuts down like Serve (health NOT_SERVING, calls in
+// progress get ShutdownTimeout, then every connection is closed). It
+// returns nil after such a shutdown, or the error that ended serving
+// early. It fails at once unless Config.SeparateAdmin was set. l is closed
+// either way. Call ServeAdmin once; it runs independently of Serve.
+func (s *Server) ServeAdmin(ctx context.Context, l net.Listener) error {
+	if s.admin == nil {
+		_ = l.Close()
+		return errors.New("server: ServeAdmin: Config.SeparateAdmin is not set")
+	}
+	return s.serve(ctx, s.admin, l, func() {})
+}
+
+// serve runs g on l until ctx is done or serving fails, then shuts g down:
+// health NOT_SERVING, beforeStop, GracefulStop bounded by
+// s.shutdownTimeout, Stop.
+func (s *Server) serve(ctx context.Context, g *grpcServer, l net.Listener, beforeStop func()) error {
 	served := make(chan error, 1)
-	go func() { served <- s.grpc.Serve(l) }()
+	go func() { served <- g.grpc.Serve(l) }()
 
 	select {
 	case err := <-served:
 		// The listener failed (or someone stopped the *grpc.Server).
-		s.health.Shutdown()
-		s.stop()
-		s.grpc.Stop()
+		g.health.Shutdown()
+		beforeStop()
+		g.grpc.Stop()
 		if err == nil {
 			return nil
 		}
-		return fmt.Errorf("server: serve: %w", err)
+		return fmt.Errorf("server: serve %s: %w", g.name, err)
 	case <-ctx.Done():
 	}
 
-	s.logger.Info("grpc server shutting down", "timeout", s.shutdownTimeout)
-	s.health.Shutdown()
-	// Watch streams never end by themselves: end them first, or
-	// GracefulStop would wait for them until the deadline.
-	s.stop()
+	s.logger.Info("grpc server shutting down", "server", g.name, "timeout", s.shutdownTimeout)
+	g.health.Shutdown()
+	beforeStop()
 	stopped := make(chan struct{})
 	go func() {
-		s.grpc.GracefulStop()
+		g.grpc.GracefulStop()
 		close(stopped)
 	}()
 	timer := time.NewTimer(s.shutdownTimeout)
@@ -320,12 +439,12 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	select {
 	case <-stopped:
 	case <-timer.C:
-		s.logger.Warn("grpc graceful stop timed out; closing connections", "timeout", s.shutdownTimeout)
-		s.grpc.Stop()
+		s.logger.Warn("grpc graceful stop timed out; closing connections", "server", g.name, "timeout", s.shutdownTimeout)
+		g.grpc.Stop()
 		<-stopped
 	}
 	if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-		return fmt.Errorf("server: serve: %w", err)
+		return fmt.Errorf("server: serve %s: %w", g.name, err)
 	}
 	return nil
 }
@@ -334,21 +453,25 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 type handler struct {
 	tokenbrokerv1.UnimplementedTokenBrokerServiceServer
 
-	broker   Broker
-	logger   *slog.Logger
-	identity IdentityFunc
-	limits   *callerLimits
+	broker    Broker
+	logger    *slog.Logger
+	identity  IdentityFunc
+	authorize func(ctx context.Context, sel broker.Selector) error
+	limits    *callerLimits
 	// stopping is cancelled when the server shuts down; its Done channel
 	// ends every WatchToken stream.
 	stopping context.Context
 }
 
-// GetToken validates the request, asks the broker for the token and maps
-// the result.
+// GetToken validates the request, checks that the caller may have the
+// token (Config.Authorize), asks the broker for it and maps the result.
 func (h *handler) GetToken(ctx context.Context, in *tokenbrokerv1.GetTokenRequest) (*tokenbrokerv1.GetTokenResponse, error) {
 	req, err := toBrokerRequest(in)
 	if err != nil {
 		return nil, StatusFromError(err, false).Err()
+	}
+	if err := h.authorized(ctx, req.Selector); err != nil {
+		return nil, err
 	}
 	tok, err := h.broker.GetToken(ctx, req)
 	if err != nil {
@@ -362,6 +485,18 @@ func (h *handler) GetToken(ctx context.Context, in *tokenbrokerv1.GetTokenReques
 	// to the field set it put there rather than to a derived context.
 	logging.AddFields(ctx, logging.Fields{logKeyID, tok.KeyID})
 	return &tokenbrokerv1.GetTokenResponse{Token: toProtoToken(tok)}, nil
+}
+
+// authorized runs the Authorize hook for sel and returns nil, or the
+// status error that refuses the call.
+func (h *handler) authorized(ctx context.Context, sel broker.Selector) error {
+	if h.authorize == nil {
+		return nil
+	}
+	if err := h.authorize(ctx, sel); err != nil {
+		return StatusFromError(err, sel.Credentials != nil).Err()
+	}
+	return nil
 }
 
 // toProtoToken converts a broker token to its API form. Zero times are

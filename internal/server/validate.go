@@ -140,13 +140,8 @@ func toSelector(sel *tokenbrokerv1.TokenSelector) (broker.Selector, error) {
 	}
 
 	scopes := sel.GetScopes()
-	if len(scopes) > MaxScopes {
-		return broker.Selector{}, invalid(fieldScopes, ruleTooManyScope)
-	}
-	for i, s := range scopes {
-		if err := checkScope(i, s); err != nil {
-			return broker.Selector{}, err
-		}
+	if err := checkScopes(fieldScopes, scopes); err != nil {
+		return broker.Selector{}, err
 	}
 	if len(scopes) > 0 {
 		out.Scopes = append([]string(nil), scopes...)
@@ -210,10 +205,23 @@ func checkPrintable(field, v string, min, max int) error {
 	return nil
 }
 
-// checkScope checks the i-th scope: 1-MaxScopeBytes bytes of scope-token
-// characters.
-func checkScope(i int, s string) error {
-	field := fieldScopes + "[" + strconv.Itoa(i) + "]"
+// checkScopes checks a scope list named field: at most MaxScopes entries,
+// each checked by checkScope as field[i].
+func checkScopes(field string, scopes []string) error {
+	if len(scopes) > MaxScopes {
+		return invalid(field, ruleTooManyScope)
+	}
+	for i, s := range scopes {
+		if err := checkScope(field+"["+strconv.Itoa(i)+"]", s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkScope checks one scope named field: 1-MaxScopeBytes bytes of
+// scope-token characters.
+func checkScope(field, s string) error {
 	switch {
 	case s == "":
 		return invalid(field, "must not be empty")

@@ -24,8 +24,9 @@ const msgNoToken = "no valid token can be held"
 // errShuttingDown is the cancellation cause of a watch ended by shutdown.
 var errShuttingDown = errors.New(MsgShuttingDown)
 
-// WatchToken validates the request with GetToken's selector rules, admits
-// the stream under the caller's limits, subscribes to the broker, sends
+// WatchToken validates the request with GetToken's selector rules, checks
+// that the caller may have the token (Config.Authorize), admits the stream
+// under the caller's limits, subscribes to the broker, sends
 // EVENT_INITIAL with the first token at once and then forwards every
 // broker event, until the caller goes away or the server shuts down. The
 // subscription is closed whatever ends the stream.
@@ -46,6 +47,11 @@ func (h *handler) WatchToken(in *tokenbrokerv1.WatchTokenRequest, stream grpc.Se
 	ctx := stream.Context()
 	if h.stopping.Err() != nil {
 		return shuttingDown()
+	}
+	// Authorize before the caller limits: a refused stream costs the
+	// caller none of its quota.
+	if err := h.authorized(ctx, req.Selector); err != nil {
+		return err
 	}
 	release, rejected := h.limits.acquire(h.callerID(ctx))
 	if rejected != nil {

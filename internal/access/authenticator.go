@@ -1,0 +1,208 @@
+package access
+
+import (
+	"context"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+)
+
+// Method prefixes the interceptors treat specially.
+const (
+	// AdminServicePrefix starts every AdminService method name.
+	AdminServicePrefix = "/tokenbroker.v1.AdminService/"
+	healthPrefix       = "/grpc.health.v1.Health/"
+	reflectionV1       = "/grpc.reflection.v1.ServerReflection/"
+	reflectionV1Alpha  = "/grpc.reflection.v1alpha.ServerReflection/"
+)
+
+// Messages of the statuses the interceptors return.
+const (
+	msgAuthRequired  = "authentication required: present a client certificate or an API key"
+	msgInvalidKey    = "invalid API key"
+	msgCertNoSAN     = "client certificate has no URI or DNS subject alternative name"
+	msgAdminDenied   = "admin access denied"
+	msgNoIdentity    = "caller identity unknown"
+	msgReservedIdent = `"anonymous" is reserved for unauthenticated callers`
+)
+
+// Config configures an Authenticator.
+type Config struct {
+	// APIKeys are the accepted bearer keys. Identities must be non-empty and
+	// digests distinct.
+	APIKeys []APIKey
+	// AllowUnauthenticated lets callers without a certificate or key in as
+	// Identity{Name: "anonymous", Source: "anonymous"}. A presented but
+	// invalid key is still refused.
+	AllowUnauthenticated bool
+	// AdminIdentities may call the AdminService: exact names, "prefix/*"
+	// patterns or "*" (every authenticated identity), as in policy rules.
+	AdminIdentities []string
+	// AdminOpen makes every caller that passes authentication an admin
+	// (for -dev). It overrides AdminIdentities.
+	AdminOpen bool
+	// Policy authorizes token requests (Authenticator.Authorize). Nil allows
+	// everything.
+	Policy *Policy
+}
+
+// Authenticator resolves callers' identities and guards the AdminService.
+// It is immutable and safe for concurrent use.
+type Authenticator struct {
+	keys                 keyTable
+	allowUnauthenticated bool
+	admins               []pattern
+	adminOpen            bool
+	policy               *Policy
+}
+
+// New checks cfg and returns an Authenticator. An error is a *ConfigError
+// naming the entry, such as "api_keys[1].identity" or
+// "admin_identities[0]".
+func New(cfg Config) (*Authenticator, error) {
+	keys := make(keyTable, 0, len(cfg.APIKeys))
+	for i, k := range cfg.APIKeys {
+		field := indexed("api_keys", i)
+		switch {
+		case k.Identity == "":
+			return nil, &ConfigError{Field: field + ".identity", Rule: "must not be empty"}
+		case strings.TrimSpace(k.Identity) != k.Identity:
+			return nil, &ConfigError{Field: field + ".identity", Rule: "must not have leading or trailing spaces"}
+		case k.Identity == AnonymousName:
+			return nil, &ConfigError{Field: field + ".identity", Rule: msgReservedIdent}
+		case k.SHA256 == [32]byte{}:
+			return nil, &ConfigError{Field: field + ".sha256", Rule: "must be set"}
+		}
+		for j := range i {
+			if cfg.APIKeys[j].SHA256 == k.SHA256 {
+				return nil, &ConfigError{Field: field + ".sha256", Rule: "must differ from " + indexed("api_keys", j) + ".sha256"}
+			}
+		}
+		keys = append(keys, k)
+	}
+	admins, err := parsePatterns("admin_identities", cfg.AdminIdentities)
+	if err != nil {
+		return nil, err
+	}
+	return &Authenticator{
+		keys:                 keys,
+		allowUnauthenticated: cfg.AllowUnauthenticated,
+		admins:               admins,
+		adminOpen:            cfg.AdminOpen,
+		policy:               cfg.Policy,
+	}, nil
+}
+
+// Authenticate returns the identity of the call in ctx. In order: a
+// verified client certificate's identity (any authorization metadata is
+// then ignored); else a valid bearer key's identity; else, when allowed, the
+// anonymous identity. Failures are Unauthenticated statuses whose messages
+// never contain the presented key.
+func (a *Authenticator) Authenticate(ctx context.Context) (Identity, error) {
+	id, cert := peerCertIdentity(ctx)
+	if cert == certOK {
+		return id, nil
+	}
+	key, present, err := bearerKey(ctx)
+	if err != nil {
+		return Identity{}, status.Error(codes.Unauthenticated, err.Error())
+	}
+	if present {
+		name, ok := a.keys.lookup(key)
+		if !ok {
+			return Identity{}, status.Error(codes.Unauthenticated, msgInvalidKey)
+		}
+		return Identity{Name: name, Source: SourceAPIKey}, nil
+	}
+	if cert == certNoSAN {
+		return Identity{}, status.Error(codes.Unauthenticated, msgCertNoSAN)
+	}
+	if a.allowUnauthenticated {
+		return Identity{Name: AnonymousName, Source: SourceAnonymous}, nil
+	}
+	return Identity{}, status.Error(codes.Unauthenticated, msgAuthRequired)
+}
+
+// IsAdmin reports whether id may call the AdminService.
+func (a *Authenticator) IsAdmin(id Identity) bool {
+	if id.Name == "" {
+		return false
+	}
+	return a.adminOpen || matchAny(a.admins, id.Name)
+}
+
+// Authorize applies the configured policy to the identity in ctx (see
+// Policy.Authorize). Without a policy it allows everything; with one, a
+// context without an identity is refused. Errors match ErrPermissionDenied.
+func (a *Authenticator) Authorize(ctx context.Context, sel broker.Selector) error {
+	if a.policy.Empty() {
+		return nil
+	}
+	id, ok := FromContext(ctx)
+	if !ok {
+		return denied(msgNoIdentity)
+	}
+	return a.policy.Authorize(id, sel)
+}
+
+// Policy returns the configured policy (nil when none).
+func (a *Authenticator) Policy() *Policy { return a.policy }
+
+// isOpen reports whether method is served without authentication.
+func isOpen(method string) bool {
+	return strings.HasPrefix(method, healthPrefix) ||
+		strings.HasPrefix(method, reflectionV1) ||
+		strings.HasPrefix(method, reflectionV1Alpha)
+}
+
+// check authenticates a call to method and returns ctx with its identity.
+func (a *Authenticator) check(ctx context.Context, method string) (context.Context, error) {
+	if isOpen(method) {
+		return ctx, nil
+	}
+	id, err := a.Authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if strings.HasPrefix(method, AdminServicePrefix) && !a.IsAdmin(id) {
+		return nil, status.Error(codes.PermissionDenied, msgAdminDenied)
+	}
+	return NewContext(ctx, id), nil
+}
+
+// UnaryServerInterceptor authenticates every unary call except health and
+// reflection, requires an admin identity for the AdminService, and passes
+// the handler a context holding the Identity (FromContext).
+func (a *Authenticator) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		ctx, err := a.check(ctx, info.FullMethod)
+		if err != nil {
+			return nil, err
+		}
+		return handler(ctx, req)
+	}
+}
+
+// StreamServerInterceptor is UnaryServerInterceptor for streams.
+func (a *Authenticator) StreamServerInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ctx, err := a.check(ss.Context(), info.FullMethod)
+		if err != nil {
+			return err
+		}
+		return handler(srv, &identityStream{ServerStream: ss, ctx: ctx})
+	}
+}
+
+// identityStream is a ServerStream whose context carries the identity.
+type identityStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+// Context returns the stream's context with the caller's identity.
+func (s *identityStream) Context() context.Context { return s.ctx }

@@ -1,0 +1,96 @@
+package access
+
+import (
+	"context"
+	"crypto/x509"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+)
+
+// Sources of an Identity.
+const (
+	// SourceMTLS: the identity is a SAN of a verified client certificate.
+	SourceMTLS = "mtls"
+	// SourceAPIKey: the identity is the name configured for a bearer API key.
+	SourceAPIKey = "api_key"
+	// SourceAnonymous: the caller did not authenticate and the configuration
+	// allows that.
+	SourceAnonymous = "anonymous"
+)
+
+// AnonymousName is the Name of unauthenticated callers' Identity.
+const AnonymousName = "anonymous"
+
+// Identity is who a caller is. It is not secret and may be logged.
+type Identity struct {
+	// Name is the identity: a certificate's URI SAN (a SPIFFE ID such as
+	// spiffe://prod/ns/payments/sa/worker) or DNS SAN, an API key's
+	// configured identity, or "anonymous".
+	Name string
+	// Source is how the caller proved it: SourceMTLS, SourceAPIKey or
+	// SourceAnonymous.
+	Source string
+}
+
+type identityKey struct{}
+
+// NewContext returns a copy of ctx that carries id.
+func NewContext(ctx context.Context, id Identity) context.Context {
+	return context.WithValue(ctx, identityKey{}, id)
+}
+
+// FromContext returns the identity the interceptors stored in ctx.
+func FromContext(ctx context.Context) (Identity, bool) {
+	id, ok := ctx.Value(identityKey{}).(Identity)
+	return id, ok
+}
+
+// certState says what the peer's TLS connection shows.
+type certState int
+
+const (
+	// noCert: no TLS, or no verified client certificate.
+	noCert certState = iota
+	// certNoSAN: a verified certificate without URI or DNS SANs.
+	certNoSAN
+	// certOK: a verified certificate with a usable SAN.
+	certOK
+)
+
+// peerCertIdentity returns the identity of the verified client certificate
+// of the call in ctx. Certificates the TLS stack did not verify against the
+// client CA (tls.RequestClientCert, tls.RequireAnyClientCert) are ignored.
+func peerCertIdentity(ctx context.Context) (Identity, certState) {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.AuthInfo == nil {
+		return Identity{}, noCert
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return Identity{}, noCert
+	}
+	name := certName(info.State.VerifiedChains[0][0])
+	if name == "" {
+		return Identity{}, certNoSAN
+	}
+	return Identity{Name: name, Source: SourceMTLS}, certOK
+}
+
+// certName returns the certificate's first URI SAN, else its first DNS SAN,
+// else "".
+func certName(c *x509.Certificate) string {
+	for _, u := range c.URIs {
+		if u != nil {
+			if s := u.String(); s != "" {
+				return s
+			}
+		}
+	}
+	for _, d := range c.DNSNames {
+		if d != "" {
+			return d
+		}
+	}
+	return ""
+}

@@ -1,0 +1,147 @@
+package access
+
+import (
+	"strings"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+)
+
+// Rule grants what one or more identities may do.
+type Rule struct {
+	// Identity is an identity name, a prefix ending in "/*" (matching every
+	// name that starts with the prefix and has something after its slash),
+	// or "*" for every authenticated identity (including "anonymous" when
+	// unauthenticated callers are allowed).
+	Identity string
+	// Clients are the broker-held clients the identity may use; "*" grants
+	// all of them.
+	Clients []string
+	// Scopes are the scopes the identity may request; "*" grants any scope,
+	// and is also what allows a request without scopes (the provider's
+	// default, possibly every scope of the client).
+	Scopes []string
+	// Passthrough allows the identity to present its own client
+	// credentials.
+	Passthrough bool
+}
+
+// rule is a checked Rule.
+type rule struct {
+	identity    pattern
+	clients     set
+	scopes      set
+	passthrough bool
+}
+
+// set is a list of names with an optional "*" wildcard.
+type set struct {
+	all   bool
+	names map[string]struct{}
+}
+
+func (s set) has(name string) bool {
+	if s.all {
+		return true
+	}
+	_, ok := s.names[name]
+	return ok
+}
+
+// Policy says which identities may use which clients and scopes. It is
+// immutable and safe for concurrent use. A nil Policy, or one without rules,
+// allows everything.
+type Policy struct {
+	rules []rule
+}
+
+// NewPolicy checks rules and returns them as a Policy. An error is a
+// *ConfigError naming the entry, such as "rules[1].identity" or
+// "rules[0].scopes[2]".
+func NewPolicy(rules []Rule) (*Policy, error) {
+	p := &Policy{rules: make([]rule, 0, len(rules))}
+	for i, r := range rules {
+		field := indexed("rules", i)
+		id, err := parsePattern(r.Identity)
+		if err != nil {
+			return nil, &ConfigError{Field: field + ".identity", Rule: err.Error()}
+		}
+		clients, err := newSet(field+".clients", r.Clients)
+		if err != nil {
+			return nil, err
+		}
+		scopes, err := newSet(field+".scopes", r.Scopes)
+		if err != nil {
+			return nil, err
+		}
+		p.rules = append(p.rules, rule{identity: id, clients: clients, scopes: scopes, passthrough: r.Passthrough})
+	}
+	return p, nil
+}
+
+func newSet(field string, list []string) (set, error) {
+	s := set{names: make(map[string]struct{}, len(list))}
+	for i, name := range list {
+		switch {
+		case name == "*":
+			s.all = true
+		case name == "":
+			return set{}, &ConfigError{Field: indexed(field, i), Rule: "must not be empty"}
+		case strings.TrimSpace(name) != name:
+			return set{}, &ConfigError{Field: indexed(field, i), Rule: "must not have leading or trailing spaces"}
+		case strings.Contains(name, "*"):
+			return set{}, &ConfigError{Field: indexed(field, i), Rule: `"*" is allowed only as the whole entry (meaning all)`}
+		default:
+			s.names[name] = struct{}{}
+		}
+	}
+	return s, nil
+}
+
+// Empty reports whether the policy has no rules, in which case it allows
+// everything.
+func (p *Policy) Empty() bool { return p == nil || len(p.rules) == 0 }
+
+// Authorize reports whether the policy lets id obtain a token for sel. The
+// grants of every rule whose identity pattern matches id are combined; the
+// request must be covered by them:
+//   - a broker-held client (sel.Client) must be granted by name or by "*";
+//   - pass-through credentials (sel.Credentials) need Passthrough;
+//   - every requested scope must be granted by name or by "*", and a request
+//     without scopes needs "*".
+//
+// A refusal is a *DeniedError (errors.Is(err, ErrPermissionDenied)) naming
+// the first client or scope refused. A nil or empty policy allows everything.
+func (p *Policy) Authorize(id Identity, sel broker.Selector) error {
+	if p.Empty() {
+		return nil
+	}
+	var matched []*rule
+	for i := range p.rules {
+		if p.rules[i].identity.matches(id.Name) {
+			matched = append(matched, &p.rules[i])
+		}
+	}
+	grants := func(ok func(r *rule) bool) bool {
+		for _, r := range matched {
+			if ok(r) {
+				return true
+			}
+		}
+		return false
+	}
+	if sel.Credentials != nil && !grants(func(r *rule) bool { return r.passthrough }) {
+		return denied("identity may not present its own credentials")
+	}
+	if sel.Client != "" && !grants(func(r *rule) bool { return r.clients.has(sel.Client) }) {
+		return denied("identity may not use client %q", sel.Client)
+	}
+	if len(sel.Scopes) == 0 && !grants(func(r *rule) bool { return r.scopes.all }) {
+		return denied("identity may not request the provider's default scopes; name the scopes")
+	}
+	for _, s := range sel.Scopes {
+		if !grants(func(r *rule) bool { return r.scopes.has(s) }) {
+			return denied("identity may not request scope %q", s)
+		}
+	}
+	return nil
+}

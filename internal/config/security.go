@@ -1,0 +1,200 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+)
+
+// plaintextRemote is the problem of a plaintext listener on a non-loopback
+// address.
+const plaintextRemote = "plaintext on a non-loopback address; configure tls or set insecure_allow_remote: true"
+
+// identityRule is how the rule of an identity pattern reads in an error.
+const identityRule = `must be an identity (1-2048 printable ASCII characters without spaces), a prefix ending in "/*", or "*"`
+
+// maxUnixPath is the longest unix socket path admin.listen may name (Linux
+// sun_path less its terminating NUL).
+const maxUnixPath = 107
+
+// validateSecurity checks the keys of caller identity, policy, admin and
+// key material, and the rules that tie them to listen. clients holds the
+// name of every configured client.
+func (c *Config) validateSecurity(v *validator, clients map[string]bool) {
+	t := c.TLS
+	switch {
+	case t.CertFile != "" && t.KeyFile == "":
+		v.add("tls.key_file", "must be set when tls.cert_file is")
+	case t.CertFile == "" && t.KeyFile != "":
+		v.add("tls.cert_file", "must be set when tls.key_file is")
+	}
+	if t.ClientCAFile != "" && t.CertFile == "" {
+		v.add("tls.client_ca_file", "requires tls.cert_file (client certificates need TLS)")
+	}
+	switch t.ClientAuth {
+	case ClientAuthNone:
+	case ClientAuthRequest, ClientAuthRequire:
+		if t.ClientCAFile == "" {
+			v.add("tls.client_auth", "%s needs tls.client_ca_file to verify client certificates", t.ClientAuth)
+		}
+	default:
+		v.add("tls.client_auth", "must be none, request or require, got %q", t.ClientAuth)
+	}
+
+	// Plaintext only on loopback, unless explicitly allowed.
+	plaintextOK := t.Enabled() || c.InsecureAllowRemote
+	if checkListen(c.Listen) == "" && !plaintextOK {
+		if host, _, _ := net.SplitHostPort(c.Listen); !isLoopback(host) {
+			v.add("listen", plaintextRemote)
+		}
+	}
+	if a := c.Admin.Listen; a != "" {
+		tcp, problem := checkAdminListen(a)
+		switch {
+		case problem != "":
+			v.add("admin.listen", "%s", problem)
+		case a == c.Listen:
+			v.add("admin.listen", "must differ from listen (leave it empty to serve AdminService on the main listener)")
+		case tcp && !plaintextOK:
+			if host, _, _ := net.SplitHostPort(a); !isLoopback(host) {
+				v.add("admin.listen", plaintextRemote)
+			}
+		}
+	}
+
+	keyIdentities := make(map[string]int, len(c.Auth.APIKeys))
+	digests := make(map[string]int, len(c.Auth.APIKeys))
+	for i, k := range c.Auth.APIKeys {
+		key := fmt.Sprintf("auth.api_keys[%d]", i)
+		first, dup := keyIdentities[k.Identity]
+		switch {
+		case !validIdentity(k.Identity) || strings.Contains(k.Identity, "*"):
+			v.add(key+".identity", "must be 1-2048 printable ASCII characters without spaces or '*', got %q", k.Identity)
+		case k.Identity == AnonymousIdentity:
+			v.add(key+".identity", "%q is reserved for unauthenticated callers", k.Identity)
+		case dup:
+			v.add(key+".identity", "%q is already the identity of auth.api_keys[%d]", k.Identity, first)
+		default:
+			keyIdentities[k.Identity] = i
+		}
+		// The digest is not quoted back: it is key material, if not the key.
+		switch d := strings.ToLower(k.SHA256); {
+		case len(d) != 64:
+			v.add(key+".sha256", "must be 64 hexadecimal characters (the SHA-256 digest of the key), got %d characters", len(d))
+		case strings.Trim(d, "0123456789abcdef") != "":
+			v.add(key+".sha256", "must be 64 hexadecimal characters (the SHA-256 digest of the key), got a character that is not hexadecimal")
+		default:
+			if first, dup := digests[d]; dup {
+				v.add(key+".sha256", "is the same digest as auth.api_keys[%d].sha256", first)
+			} else {
+				digests[d] = i
+			}
+		}
+	}
+	if !c.Dev && !c.Auth.AllowUnauthenticated && len(c.Auth.APIKeys) == 0 && t.ClientAuth != ClientAuthRequire {
+		v.add("auth.allow_unauthenticated", "no way to authenticate callers: configure tls.client_auth: require, auth.api_keys, or set auth.allow_unauthenticated: true")
+	}
+
+	for i, r := range c.Policy {
+		key := fmt.Sprintf("policy[%d]", i)
+		if !validIdentityPattern(r.Identity) {
+			v.add(key+".identity", identityRule+", got %q", r.Identity)
+		}
+		for j, name := range r.Clients {
+			switch {
+			case name == "*" || clients[name]:
+			case c.Dev && name == devClient:
+			case name == "":
+				v.add(fmt.Sprintf("%s.clients[%d]", key, j), `must name a configured client or be "*"`)
+			default:
+				v.add(fmt.Sprintf("%s.clients[%d]", key, j), "%q is not a configured client", name)
+			}
+		}
+		for j, s := range r.Scopes {
+			if s != "*" && !validScope(s) {
+				v.add(fmt.Sprintf("%s.scopes[%d]", key, j), `must be a scope (printable ASCII without spaces, '"' or '\') or "*", got %q`, s)
+			}
+		}
+	}
+	for i, id := range c.Admin.Identities {
+		if !validIdentityPattern(id) {
+			v.add(fmt.Sprintf("admin.identities[%d]", i), identityRule+", got %q", id)
+		}
+	}
+
+	if c.Sealing.KeysFile != "" && c.Sealing.KeysEnv != "" {
+		v.add("sealing", "at most one of keys_file and keys_env may be set, got both")
+	}
+	if c.Cache.HMACKeyFile != "" && c.Cache.HMACKeyEnv != "" {
+		v.add("cache", "at most one of hmac_key_file and hmac_key_env may be set, got both")
+	}
+}
+
+// devClient is the client -dev mode adds after Validate; policy may name it
+// in -dev mode.
+const devClient = "demo"
+
+// checkAdminListen returns whether addr is a TCP address and what is wrong
+// with it, "" if nothing.
+func checkAdminListen(addr string) (tcp bool, problem string) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		switch {
+		case !filepath.IsAbs(path):
+			return false, fmt.Sprintf(`must be "unix:" and an absolute path, or host:port, got %q`, addr)
+		case len(path) > maxUnixPath:
+			return false, fmt.Sprintf("unix socket path must be at most %d bytes, got %d", maxUnixPath, len(path))
+		case strings.ContainsRune(path, 0):
+			return false, "unix socket path must not contain a NUL byte"
+		}
+		return false, ""
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return true, fmt.Sprintf(`must be "unix:/absolute/path" or host:port, got %q`, addr)
+	}
+	if p := checkListen(addr); p != "" {
+		return true, p
+	}
+	return true, ""
+}
+
+// validIdentity reports whether id is 1-MaxIdentityLength printable ASCII
+// bytes without spaces.
+func validIdentity(id string) bool {
+	if len(id) < 1 || len(id) > MaxIdentityLength {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// validIdentityPattern reports whether p is an identity, a prefix ending in
+// "/*", or "*".
+func validIdentityPattern(p string) bool {
+	if p == "*" {
+		return true
+	}
+	if !validIdentity(p) {
+		return false
+	}
+	n := strings.Count(p, "*")
+	return n == 0 || (n == 1 && strings.HasSuffix(p, "/*"))
+}
+
+// validScope reports whether s is a scope token of RFC 6749 §3.3: one or
+// more of %x21 / %x23-5B / %x5D-7E.
+func validScope(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if b := s[i]; b <= ' ' || b > '~' || b == '"' || b == '\\' {
+			return false
+		}
+	}
+	return true
+}
