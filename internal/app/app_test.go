@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"crypto/sha256"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
@@ -399,5 +402,54 @@ func TestCallerDeadlineThroughTheBroker(t *testing.T) {
 	_, err := s.client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Selector: heldSelector("api/read")})
 	if status.Code(err) != codes.DeadlineExceeded {
 		t.Errorf("got %v, want DeadlineExceeded", err)
+	}
+}
+
+// TestPolicyAndAdminThroughTheApp: the app wires the policy and the admin
+// check into the server: an identity authenticated by API key gets only
+// what its rule grants, and only admins reach AdminService.
+func TestPolicyAndAdminThroughTheApp(t *testing.T) {
+	const workerKey, adminKey = "worker-key-value", "admin-key-value"
+	digest := func(k string) string { return fmt.Sprintf("%x", sha256.Sum256([]byte(k))) }
+	s := startStackWith(t, func(cfg *config.Config, _ *devissuer.Issuer) {
+		cfg.Auth.AllowUnauthenticated = false
+		cfg.Auth.APIKeys = []config.APIKey{{Identity: "worker", SHA256: digest(workerKey)}, {Identity: "ops", SHA256: digest(adminKey)}}
+		cfg.Policy = []config.PolicyRule{{Identity: "worker", Clients: []string{"held"}, Scopes: []string{"api/read"}}}
+		cfg.Admin.Identities = []string{"ops"}
+	})
+	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client, admin := tokenbrokerv1.NewTokenBrokerServiceClient(conn), tokenbrokerv1.NewAdminServiceClient(conn)
+	as := func(key string) context.Context {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		t.Cleanup(cancel)
+		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+	}
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		sel  *tokenbrokerv1.TokenSelector
+		want codes.Code
+	}{
+		{"granted", as(workerKey), heldSelector("api/read"), codes.OK},
+		{"scope not granted", as(workerKey), heldSelector("api/write"), codes.PermissionDenied},
+		{"passthrough not granted", as(workerKey), passSelector(passSecret, "api/read"), codes.PermissionDenied},
+		{"no rule for ops", as(adminKey), heldSelector("api/read"), codes.PermissionDenied},
+		{"bad key", as("nope"), heldSelector("api/read"), codes.Unauthenticated},
+	} {
+		_, err := client.GetToken(tc.ctx, &tokenbrokerv1.GetTokenRequest{Selector: tc.sel})
+		if got := status.Code(err); got != tc.want {
+			t.Errorf("%s: got %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	if _, err := admin.GetStats(as(workerKey), &tokenbrokerv1.GetStatsRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("admin as worker: got %v, want PermissionDenied", err)
+	}
+	stats, err := admin.GetStats(as(adminKey), &tokenbrokerv1.GetStatsRequest{})
+	if err != nil || stats.GetMisses() != 1 {
+		t.Errorf("admin as ops: got %v, %v; want stats with 1 miss", stats, err)
 	}
 }
