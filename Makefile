@@ -83,7 +83,7 @@ fuzz: check-go ## Run every fuzz target briefly (FUZZTIME=5s each).
 
 .PHONY: bench
 bench: check-go ## Run the benchmarks.
-	go test -run '^$$' -bench . -benchmem -count 1 ./...
+	go test -run '^$$' -bench . -benchmem -count 1 -timeout 20m ./...
 
 .PHONY: clean
 clean: ## Remove build output and installed tools.
