@@ -63,6 +63,7 @@ run: check-go ## Run the broker in -dev mode with its embedded token endpoint.
 
 .PHONY: test
 test: build lint generate-check ## Everything: build, lint, generated-code check, unit, integration, race and fuzz tests.
+	@command -v "$$(go env CC)" >/dev/null || { echo "error: the race detector needs a C compiler: apt-get install gcc" >&2; exit 1; }
 	go test -race -count=1 -timeout 10m ./...
 	$(MAKE) --no-print-directory fuzz
 
