@@ -82,6 +82,7 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 		UnaryInterceptors:     []grpc.UnaryServerInterceptor{guard.UnaryServerInterceptor()},
 		StreamInterceptors:    []grpc.StreamServerInterceptor{guard.StreamServerInterceptor()},
 		Authorize:             authorize(guard),
+		Identity:              callerIdentity,
 		MaxConcurrentStreams:  cfg.Server.MaxConcurrentStreams,
 		KeepaliveMinTime:      time.Duration(cfg.Server.KeepaliveMinTime),
 		Reflection:            cfg.Server.Reflection,
@@ -135,6 +136,15 @@ func authorize(guard *access.Authenticator) func(context.Context, broker.Selecto
 		}
 		return nil
 	}
+}
+
+// callerIdentity names a caller for the per-caller watch limits: its
+// authenticated identity, else (anonymous callers) its peer address.
+func callerIdentity(ctx context.Context) string {
+	if id, ok := access.FromContext(ctx); ok && id.Source != access.SourceAnonymous {
+		return id.Source + ":" + id.Name
+	}
+	return server.PeerIdentity(ctx)
 }
 
 // clientAuth maps tls.client_auth to the TLS library's setting.
