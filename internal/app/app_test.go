@@ -82,7 +82,16 @@ func startStackHandler(t *testing.T, adjust func(*config.Config, *devissuer.Issu
 	if adjust != nil {
 		adjust(&cfg, issuer)
 	}
-	logger := slog.New(slog.NewJSONHandler(io.Discard, nil))
+	addr, stop := serveApp(t, cfg, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	s := &stack{issuer: issuer, addr: addr, stop: stop}
+	s.client = s.dial(t)
+	return s
+}
+
+// serveApp serves cfg on a free loopback port until the test ends, or
+// until the returned stop function (which waits for Serve) is called.
+func serveApp(t *testing.T, cfg config.Config, logger *slog.Logger) (addr string, stop func()) {
+	t.Helper()
 	a, err := New(cfg, Keys{}, logger)
 	if err != nil {
 		t.Fatal(err)
@@ -95,8 +104,7 @@ func startStackHandler(t *testing.T, adjust func(*config.Config, *devissuer.Issu
 	done := make(chan error, 1)
 	go func() { done <- a.Serve(ctx, l, nil) }()
 	var once sync.Once
-	s := &stack{issuer: issuer, addr: l.Addr().String()}
-	s.stop = func() {
+	stop = func() {
 		once.Do(func() {
 			cancel()
 			if err := <-done; err != nil {
@@ -104,9 +112,8 @@ func startStackHandler(t *testing.T, adjust func(*config.Config, *devissuer.Issu
 			}
 		})
 	}
-	t.Cleanup(s.stop)
-	s.client = s.dial(t)
-	return s
+	t.Cleanup(stop)
+	return l.Addr().String(), stop
 }
 
 // dial opens a new client connection to the broker.
