@@ -11,9 +11,10 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/tokencache"
 )
 
-// entry is the per-key state of a key that is in flight, watched or used
-// within its current lifetime. All fields but used are guarded by
-// Broker.mu.
+// entry is the per-key state of a key that is in flight, watched, used
+// within its current lifetime, or idle with a token that may still be
+// served from the cache. All fields but used, hits and lastUsed are
+// guarded by Broker.mu.
 type entry struct {
 	t target
 	// used is set when GetToken serves the key and cleared when a new
