@@ -109,6 +109,10 @@ func (b *Broker) refreshInBackground(t target, rec *tokencache.Record) bool {
 	if e.current == nil {
 		e.current = rec
 	}
+	if time.Now().Before(e.current.RefreshAt) {
+		// A refresh installed a new token since the caller looked.
+		return true
+	}
 	if !e.refreshing && e.failures == 0 {
 		e.used.Store(true) // before the scheduler can find the entry idle
 		b.scheduleLocked(e, time.Now())
