@@ -263,6 +263,13 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (Token, error) {
 func (b *Broker) get(ctx context.Context, t target, need time.Duration) (*tokencache.Record, error) {
 	now := time.Now()
 	cached, hit := b.cfg.Cache.Get(t.key)
+	if !hit {
+		// The cache evicted the key's token, or never admitted it; the
+		// entry still knows it. Without this a caller would wait for a
+		// refresh in flight while a servable token is at hand.
+		cached = b.installed(t.key)
+		hit = cached != nil
+	}
 	servable := hit && cached.ExpiresAt.Sub(now) >= need
 	if hit {
 		switch {

@@ -384,6 +384,16 @@ func minTime(a, b time.Time) time.Time {
 	return b
 }
 
+// installed returns key's installed token, if any, whatever its life.
+func (b *Broker) installed(key string) *tokencache.Record {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if e := b.entries[key]; e != nil {
+		return e.current
+	}
+	return nil
+}
+
 // current returns key's installed token if it is before its refresh point
 // and has at least need of life left.
 func (b *Broker) current(key string, need time.Duration) *tokencache.Record {

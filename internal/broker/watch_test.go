@@ -432,3 +432,46 @@ func TestSchedulerHoldsManyKeysWithoutGoroutines(t *testing.T) {
 		}
 	})
 }
+
+// TestEvictedTokenServedWhileRefreshIsHeld: when the cache has lost a key's
+// token (evicted, or never admitted) while its refresh is held up
+// upstream, callers are served the entry's token at once instead of
+// waiting for the refresh.
+func TestEvictedTokenServedWhileRefreshIsHeld(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		life := lifetimeFetcher(time.Hour)
+		f := &stubFetcher{fn: func(ctx context.Context, n int64, r upstream.Request) (upstream.Token, error) {
+			if n > 1 {
+				<-release
+			}
+			return life.fn(ctx, n, r)
+		}}
+		b := newBroker(t, f, Config{})
+		runBroker(t, b)
+		w := mustWatch(t, b, held())
+		first := w.Initial()
+		time.Sleep(time.Until(first.RefreshAt))
+		synctest.Wait() // the refresh is under way, and held
+		tg, err := b.resolve(held().Selector)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.cfg.Cache.Del(tg.key)
+		if _, hit := b.cfg.Cache.Get(tg.key); hit {
+			t.Fatal("the cache still holds the token")
+		}
+		start := time.Now()
+		tok := mustGet(t, b, held())
+		if tok.AccessToken.Reveal() != "tok-1" || time.Since(start) != 0 {
+			t.Errorf("got %q after %v, want tok-1 at once", tok.AccessToken.Reveal(), time.Since(start))
+		}
+		close(release)
+		if ev := <-w.Events(); ev.Kind != EventRefreshed || ev.Token.AccessToken.Reveal() != "tok-2" {
+			t.Errorf("got %v %q, want refreshed tok-2", ev.Kind, ev.Token.AccessToken.Reveal())
+		}
+		if got := f.calls.Load(); got != 2 {
+			t.Errorf("got %d upstream calls, want 2", got)
+		}
+	})
+}
