@@ -43,7 +43,7 @@ generate: tools ## Regenerate api/ from proto/.
 generate-check: tools ## Fail if api/ is not what proto/ generates.
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(BUF) generate --output "$$tmp"; \
-	diff -r api "$$tmp/api" || { echo "error: api/ is stale; run 'make generate' and commit the result" >&2; exit 1; }
+	diff -r api/tokenbroker "$$tmp/api/tokenbroker" || { echo "error: api/ is stale; run 'make generate' and commit the result" >&2; exit 1; }
 
 .PHONY: lint
 lint: tools ## go vet, gofmt, buf lint and buf format.
@@ -62,10 +62,23 @@ run: check-go ## Run the broker in -dev mode with its embedded token endpoint.
 	go run ./cmd/tokenbroker -dev $(RUN_ARGS)
 
 .PHONY: test
-test: build lint generate-check ## Everything: build, lint, generated-code check, unit, integration, race and fuzz tests.
+test: build lint generate-check redis-server ## Everything: build, lint, generated-code check, unit, integration, race and fuzz tests.
 	@command -v "$$(go env CC)" >/dev/null || { echo "error: the race detector needs a C compiler: apt-get install gcc" >&2; exit 1; }
 	go test -race -count=1 -timeout 10m ./...
 	$(MAKE) --no-print-directory fuzz
+
+# The Redis tier's tests start a real redis-server. Install Debian's when
+# it is absent (as root, or through sudo).
+.PHONY: redis-server
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		echo "redis-server not found: installing Debian's redis-server"; \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+		command -v apt-get >/dev/null || { echo "error: the tests need redis-server on PATH (Debian: apt-get install redis-server)" >&2; exit 1; }; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null \
+			|| { echo "error: could not install redis-server; install it (apt-get install redis-server) and run make test again" >&2; exit 1; }; \
+	}
+	@command -v redis-server >/dev/null || { echo "error: redis-server is still not on PATH" >&2; exit 1; }
 
 # Each fuzz target runs alone for FUZZTIME (go test allows one -fuzz target per package run).
 FUZZ_TARGETS := \
