@@ -2,6 +2,7 @@ package broker
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -9,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/internal/tokencache"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
@@ -148,11 +150,48 @@ func (b *Broker) countUpstream(provider string, err error) {
 // in flight for an invalidated key does not install its result. Keys with
 // watchers are refetched at once; their watchers get the new token as
 // EventInvalidated.
+//
+// With a Fleet, the fleet is told first, so that no replica's refetch
+// finds the old token in Redis; when it cannot be told, the invalidation
+// still applies here and the error wraps ErrFleetNotTold.
 func (b *Broker) Invalidate(sel InvalidateSelector) (int, error) {
 	match, err := b.selectEntries(sel)
 	if err != nil {
 		return 0, err
 	}
+	var told error
+	if b.cfg.Fleet != nil {
+		enc, err := json.Marshal(sel)
+		if err != nil {
+			return 0, err
+		}
+		if err := b.cfg.Fleet.Invalidated(b.life, enc); err != nil {
+			b.cfg.Logger.Warn("invalidation applied on this replica only", "error", err)
+			told = ErrFleetNotTold
+		}
+	}
+	return b.invalidate(match), told
+}
+
+// ApplyInvalidation applies an invalidation another replica announced
+// (shared.Receiver). A selector this replica cannot apply (such as a
+// broker-held client it does not hold) is logged and ignored.
+func (b *Broker) ApplyInvalidation(selector []byte) {
+	var sel InvalidateSelector
+	if err := json.Unmarshal(selector, &sel); err != nil {
+		b.cfg.Logger.Warn("ignored an invalidation from the fleet: malformed selector")
+		return
+	}
+	match, err := b.selectEntries(sel)
+	if err != nil {
+		b.cfg.Logger.Warn("ignored an invalidation from the fleet", "error", err)
+		return
+	}
+	b.invalidate(match)
+}
+
+// invalidate drops the entries match selects; see Invalidate.
+func (b *Broker) invalidate(match func(target) bool) int {
 	b.negMu.Lock()
 	for key, r := range b.negative {
 		if match(r.t) {
@@ -186,7 +225,20 @@ func (b *Broker) Invalidate(sel InvalidateSelector) (int, error) {
 		b.startFetchLocked(e)
 	}
 	b.stats.invalidations.Add(int64(n))
-	return n, nil
+	return n
+}
+
+// Adopt installs a token another replica fetched for key
+// (shared.Receiver), when this replica tracks the key, is not fetching it
+// itself, and holds an older token. Watchers receive it as a refresh.
+func (b *Broker) Adopt(key string, rec *tokencache.Record) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := b.entries[key]
+	if e == nil || e.refreshing || e.current != nil && !rec.IssuedAt.After(e.current.IssuedAt) {
+		return
+	}
+	b.installLocked(e.t, rec, e)
 }
 
 // selectEntries turns a selector into a predicate over entries' targets.

@@ -45,6 +45,19 @@ type Fetcher interface {
 	Fetch(ctx context.Context, r upstream.Request) (upstream.Token, error)
 }
 
+// Fleet shares tokens among replicas of the broker. *shared.Tier
+// implements it.
+type Fleet interface {
+	// Obtain returns a token for key that fresh accepts, filed by any
+	// replica, or else the one fetch returns, fetching at most once per
+	// key across the fleet at a time.
+	Obtain(ctx context.Context, key string, fresh func(*tokencache.Record) bool, fetch func(context.Context) (*tokencache.Record, error)) (*tokencache.Record, error)
+	// Invalidated fences off the tokens the fleet holds and announces the
+	// invalidation (selector, as encoded by the broker) to the other
+	// replicas.
+	Invalidated(ctx context.Context, selector []byte) error
+}
+
 // Client is a broker-held client: credentials callers name but never see.
 type Client struct {
 	// Provider is the name of the client's provider.
@@ -92,7 +105,13 @@ type Config struct {
 	// RetryMax caps the backoff between failed background refreshes.
 	RetryMax time.Duration
 	// HMACKey keys the cache-key HMAC. When empty, a random key is used.
+	// Replicas that share a Fleet must share it.
 	HMACKey []byte
+	// Fleet, when set, shares tokens with the broker's other replicas: a
+	// fetch first looks for a token another replica filed, and fetches
+	// upstream under the fleet's lock. Pass the broker to the fleet as its
+	// Receiver (Adopt, ApplyInvalidation).
+	Fleet Fleet
 	// Logger receives warnings (default: slog.Default()).
 	Logger *slog.Logger
 }
@@ -369,16 +388,12 @@ func (b *Broker) fetchAndInstall(ctx context.Context, t target) (rec *tokencache
 		}
 	}()
 	e, gen := b.setRefreshing(t)
-	tok, err := t.fetcher.Fetch(ctx, t.req)
-	b.countUpstream(t.provider, err)
-	if err == nil {
-		rec = b.record(tok)
-		if rec.ExpiresAt.Sub(time.Now()) < b.cfg.MinRemaining {
-			// Useless: it could never be served. Remember that rather
-			// than asking again on every call.
-			err = fmt.Errorf("the endpoint issued a token living %v, less than min_remaining %v: %w",
-				rec.ExpiresAt.Sub(rec.IssuedAt).Round(time.Second), b.cfg.MinRemaining, ErrTokenTooShort)
-		}
+	if b.cfg.Fleet != nil {
+		rec, err = b.cfg.Fleet.Obtain(ctx, t.key, b.fresh, func(ctx context.Context) (*tokencache.Record, error) {
+			return b.fetchUpstream(ctx, t)
+		})
+	} else {
+		rec, err = b.fetchUpstream(ctx, t)
 	}
 	if err != nil {
 		b.remember(t, err)
@@ -389,6 +404,30 @@ func (b *Broker) fetchAndInstall(ctx context.Context, t target) (rec *tokencache
 		return nil, errFenced
 	}
 	return rec, nil
+}
+
+// fetchUpstream asks t's token endpoint for a token.
+func (b *Broker) fetchUpstream(ctx context.Context, t target) (*tokencache.Record, error) {
+	tok, err := t.fetcher.Fetch(ctx, t.req)
+	b.countUpstream(t.provider, err)
+	if err != nil {
+		return nil, err
+	}
+	rec := b.record(tok)
+	if rec.ExpiresAt.Sub(time.Now()) < b.cfg.MinRemaining {
+		// Useless: it could never be served. Remember that rather than
+		// asking again on every call.
+		return nil, fmt.Errorf("the endpoint issued a token living %v, less than min_remaining %v: %w",
+			rec.ExpiresAt.Sub(rec.IssuedAt).Round(time.Second), b.cfg.MinRemaining, ErrTokenTooShort)
+	}
+	return rec, nil
+}
+
+// fresh reports whether a token another replica filed may stand for a
+// new one: it is before its refresh point and servable.
+func (b *Broker) fresh(rec *tokencache.Record) bool {
+	now := time.Now()
+	return now.Before(rec.RefreshAt) && rec.ExpiresAt.Sub(now) >= b.cfg.MinRemaining
 }
 
 // Close cancels the fetches in flight and waits for them to end, so the

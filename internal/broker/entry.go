@@ -147,6 +147,12 @@ func (b *Broker) install(t target, rec *tokencache.Record, e *entry, gen uint64)
 	if b.fencedLocked(t.key, e, gen) {
 		return false
 	}
+	b.installLocked(t, rec, e)
+	return true
+}
+
+// installLocked is install without the fence check. b.mu must be held.
+func (b *Broker) installLocked(t target, rec *tokencache.Record, e *entry) {
 	// Filed under the lock, so an invalidation cannot slip in between the
 	// fence check and the cache. The record stays servable until
 	// min_remaining before expiry; this flight's callers get it whether or
@@ -164,7 +170,6 @@ func (b *Broker) install(t target, rec *tokencache.Record, e *entry, gen uint64)
 		b.notifyLocked(e, Event{Kind: kind, Token: toToken(rec, t.keyID)})
 	}
 	b.scheduleLocked(e, rec.RefreshAt)
-	return true
 }
 
 // failed records a failed fetch of t's key. A retryable failure is retried

@@ -77,6 +77,9 @@ var (
 	// ErrTokenTooShort: the freshly fetched token has less life than the
 	// caller asked for (the endpoint issues shorter-lived tokens).
 	ErrTokenTooShort = errors.New("token lifetime too short")
+	// ErrFleetNotTold: an invalidation was applied on this replica, but the
+	// fleet (the Redis tier) could not be told; the operator should retry.
+	ErrFleetNotTold = errors.New("invalidated on this replica only: the other replicas could not be told (redis tier unavailable); retry when it is back")
 )
 
 // errInternal is returned when a fetch failed in a way that must not be

@@ -62,7 +62,9 @@ type statusRow struct {
 //   - upstream.ErrThrottled is ResourceExhausted with errdetails.RetryInfo;
 //   - ErrPermissionDenied (a denial from Config.Authorize) comes first and
 //     keeps its own message, which names the client or scope refused;
-//   - broker.ErrBadPageToken (ListTokens) is InvalidArgument.
+//   - broker.ErrBadPageToken (ListTokens) is InvalidArgument;
+//   - broker.ErrFleetNotTold (InvalidateTokens with Redis down) is
+//     Unavailable: the invalidation holds on one replica only.
 var statusTable = []statusRow{
 	{kind: ErrPermissionDenied, code: codes.PermissionDenied, message: "permission denied", ownMessage: true},
 	{kind: broker.ErrInvalidArgument, code: codes.InvalidArgument, message: "invalid argument"},
@@ -71,6 +73,7 @@ var statusTable = []statusRow{
 	{kind: broker.ErrPassthroughDisabled, code: codes.PermissionDenied, message: "pass-through credentials are not accepted"},
 	{kind: broker.ErrTokenTooShort, code: codes.FailedPrecondition, message: "the provider issues tokens with less life than min_ttl"},
 	{kind: broker.ErrBadPageToken, code: codes.InvalidArgument, message: fieldPageToken + ": " + broker.ErrBadPageToken.Error()},
+	{kind: broker.ErrFleetNotTold, code: codes.Unavailable, message: broker.ErrFleetNotTold.Error()},
 	{
 		kind: upstream.ErrInvalidClient, upstream: true,
 		code:               codes.FailedPrecondition,

@@ -1,0 +1,542 @@
+// Package shared is the optional Redis tier that lets broker replicas act
+// as one broker.
+//
+// Replicas file sealed tokens in Redis, so a token one replica fetched
+// serves the whole fleet. Before an upstream fetch a replica takes a
+// per-key lock (SET NX PX with an owner token, released only by its owner);
+// the replicas that lose wait for the winner's token, woken by a pub/sub
+// notification or, failing that, by a bounded poll. A lock whose holder
+// died expires after its TTL and the next replica takes over. New tokens
+// and invalidations are announced on one pub/sub channel.
+//
+// Redis is never in the way: every operation has a short timeout, and a
+// circuit breaker (sony/gobreaker) opens after a few failures in a row.
+// While it is open, or when an operation fails, the replica fetches on its
+// own (still coalescing its own callers), and callers see no error caused
+// by Redis. The breaker closes again by itself when Redis answers.
+//
+// All keys share one Redis Cluster hash slot (the prefix is a hash tag),
+// so the lock, the value and the fleet generation can be read in one round
+// trip. The tier carries one small value per token, so one slot is plenty.
+package shared
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/tokenbroker/tokenbroker/internal/tokencache"
+)
+
+// Defaults for the zero values of Options.
+const (
+	DefaultPrefix          = "tokenbroker"
+	DefaultOpTimeout       = 100 * time.Millisecond
+	DefaultLockTTL         = 10 * time.Second
+	DefaultPollInterval    = 250 * time.Millisecond
+	DefaultBreakerFailures = 3
+	DefaultBreakerCooldown = 5 * time.Second
+)
+
+// States of the tier, as Stats reports them.
+const (
+	StateClosed   = "closed"    // Redis in use
+	StateHalfOpen = "half_open" // probing Redis after an outage
+	StateOpen     = "open"      // Redis skipped: local coalescing and upstream only
+)
+
+// Options configure a Tier.
+type Options struct {
+	// Client is the Redis client (standalone, Sentinel or Cluster). Its
+	// timeouts should be about OpTimeout and its retries off: the breaker
+	// decides when to try again. The Tier closes it.
+	Client redis.UniversalClient
+	// Keyring seals the values filed in Redis. Every replica must hold the
+	// key that sealed a value to use it.
+	Keyring *tokencache.Keyring
+	// Prefix starts every Redis key and the channel name.
+	Prefix string
+	// OpTimeout bounds each Redis operation.
+	OpTimeout time.Duration
+	// LockTTL is how long a replica's fetch lock lives unless released: the
+	// longest the fleet waits for a replica that died mid-fetch.
+	LockTTL time.Duration
+	// PollInterval is how often a replica waiting for another one's fetch
+	// looks in Redis, in case a notification was lost.
+	PollInterval time.Duration
+	// BreakerFailures is the number of failed operations in a row that
+	// opens the circuit breaker.
+	BreakerFailures uint32
+	// BreakerCooldown is how long the breaker stays open before it lets
+	// one operation probe Redis.
+	BreakerCooldown time.Duration
+	// Logger receives one line per breaker transition and per dropped
+	// message; nil discards.
+	Logger *slog.Logger
+}
+
+// Receiver is what the tier tells about other replicas' doings.
+type Receiver interface {
+	// Adopt offers a token another replica fetched for key.
+	Adopt(key string, rec *tokencache.Record)
+	// ApplyInvalidation applies an invalidation made on another replica;
+	// selector is what that replica passed to Invalidated.
+	ApplyInvalidation(selector []byte)
+}
+
+// Stats are the tier's counters since it started.
+type Stats struct {
+	// State is StateClosed, StateHalfOpen or StateOpen.
+	State string
+	// Transitions counts breaker state changes.
+	Transitions int64
+	// Hits counts fetches answered by a token another replica filed.
+	Hits int64
+	// Waits counts fetches that waited for another replica's lock.
+	Waits int64
+	// Fetches counts upstream fetches made under the fleet lock.
+	Fetches int64
+	// Fallbacks counts fetches made without the fleet because Redis failed
+	// or the breaker was open.
+	Fallbacks int64
+	// Errors counts failed Redis operations.
+	Errors int64
+	// Received counts tokens and invalidations announced by other replicas.
+	Received int64
+}
+
+// Tier is the Redis tier of one replica. Its methods are safe for
+// concurrent use.
+type Tier struct {
+	opt     Options
+	rdb     redis.UniversalClient
+	cb      *gobreaker.CircuitBreaker[any]
+	self    [8]byte // this replica's id, to skip its own messages
+	channel string
+	genKey  string
+
+	// lastGen is the highest fleet generation seen in an invalidation:
+	// tokens announced with an older one are stale.
+	lastGen atomic.Uint64
+
+	mu      sync.Mutex
+	waiters map[string]map[chan struct{}]struct{}
+
+	transitions, hits, waits, fetches, fallbacks, errs, received atomic.Int64
+}
+
+// New returns a tier over opt.Client. Call Run to receive other replicas'
+// announcements and Close when done.
+func New(opt Options) (*Tier, error) {
+	if opt.Client == nil {
+		return nil, errors.New("shared: no Redis client")
+	}
+	if opt.Keyring == nil {
+		return nil, errors.New("shared: no sealing keyring: values in Redis must be sealed")
+	}
+	if opt.Prefix == "" {
+		opt.Prefix = DefaultPrefix
+	}
+	if opt.OpTimeout <= 0 {
+		opt.OpTimeout = DefaultOpTimeout
+	}
+	if opt.LockTTL <= 0 {
+		opt.LockTTL = DefaultLockTTL
+	}
+	if opt.PollInterval <= 0 {
+		opt.PollInterval = DefaultPollInterval
+	}
+	if opt.BreakerFailures == 0 {
+		opt.BreakerFailures = DefaultBreakerFailures
+	}
+	if opt.BreakerCooldown <= 0 {
+		opt.BreakerCooldown = DefaultBreakerCooldown
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	tag := "{" + opt.Prefix + "}"
+	t := &Tier{
+		opt:     opt,
+		rdb:     opt.Client,
+		channel: tag + ":events",
+		genKey:  tag + ":gen",
+		waiters: make(map[string]map[chan struct{}]struct{}),
+	}
+	if _, err := rand.Read(t.self[:]); err != nil {
+		return nil, err
+	}
+	failures := opt.BreakerFailures
+	t.cb = gobreaker.NewCircuitBreaker[any](gobreaker.Settings{
+		Name:        "redis",
+		MaxRequests: 1,
+		Timeout:     opt.BreakerCooldown,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= failures },
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			t.transitions.Add(1)
+			switch to {
+			case gobreaker.StateOpen:
+				if from == gobreaker.StateClosed {
+					t.opt.Logger.Warn("redis tier unavailable: fetching without the fleet until it answers again")
+				}
+			case gobreaker.StateClosed:
+				t.opt.Logger.Info("redis tier available again: sharing tokens with the fleet")
+			}
+		},
+	})
+	return t, nil
+}
+
+// Close closes the Redis client.
+func (t *Tier) Close() error { return t.rdb.Close() }
+
+// Stats returns the tier's counters.
+func (t *Tier) Stats() Stats {
+	return Stats{
+		State:       stateName(t.cb.State()),
+		Transitions: t.transitions.Load(),
+		Hits:        t.hits.Load(),
+		Waits:       t.waits.Load(),
+		Fetches:     t.fetches.Load(),
+		Fallbacks:   t.fallbacks.Load(),
+		Errors:      t.errs.Load(),
+		Received:    t.received.Load(),
+	}
+}
+
+func stateName(s gobreaker.State) string {
+	switch s {
+	case gobreaker.StateOpen:
+		return StateOpen
+	case gobreaker.StateHalfOpen:
+		return StateHalfOpen
+	default:
+		return StateClosed
+	}
+}
+
+// do runs op against Redis under the breaker and the operation timeout.
+// redis.Nil (no such key) is an answer, not a failure.
+func (t *Tier) do(ctx context.Context, op func(context.Context) error) error {
+	_, err := t.cb.Execute(func() (any, error) {
+		ctx, cancel := context.WithTimeout(ctx, t.opt.OpTimeout)
+		defer cancel()
+		err := op(ctx)
+		if errors.Is(err, redis.Nil) {
+			err = nil
+		}
+		return nil, err
+	})
+	if err != nil && !errors.Is(err, gobreaker.ErrOpenState) && !errors.Is(err, gobreaker.ErrTooManyRequests) {
+		t.errs.Add(1)
+	}
+	return err
+}
+
+func (t *Tier) tokenKey(key string) string {
+	return "{" + t.opt.Prefix + "}:t:" + hex.EncodeToString([]byte(key))
+}
+
+func (t *Tier) lockKey(key string) string {
+	return "{" + t.opt.Prefix + "}:l:" + hex.EncodeToString([]byte(key))
+}
+
+// read returns the fleet generation, the token filed under key when it was
+// filed under that generation (nil otherwise), and whether key's lock is
+// held, in one round trip.
+func (t *Tier) read(ctx context.Context, key string) (gen uint64, rec *tokencache.Record, locked bool, err error) {
+	var vals *redis.SliceCmd
+	var exists *redis.IntCmd
+	err = t.do(ctx, func(ctx context.Context) error {
+		_, err := t.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			vals = p.MGet(ctx, t.genKey, t.tokenKey(key))
+			exists = p.Exists(ctx, t.lockKey(key))
+			return nil
+		})
+		return err
+	})
+	if err != nil {
+		return 0, nil, false, err
+	}
+	v := vals.Val()
+	if s, ok := v[0].(string); ok {
+		if gen, err = parseGen(s); err != nil {
+			return 0, nil, false, err
+		}
+	}
+	if s, ok := v[1].(string); ok {
+		if vgen, r, err := t.open(key, []byte(s)); err == nil && vgen == gen {
+			rec = r
+		}
+	}
+	return gen, rec, exists.Val() > 0, nil
+}
+
+func parseGen(s string) (uint64, error) {
+	var g uint64
+	if _, err := fmt.Sscan(s, &g); err != nil {
+		return 0, fmt.Errorf("shared: fleet generation %q is not a number", s)
+	}
+	return g, nil
+}
+
+// seal returns the value filed for rec under key at fleet generation gen:
+// the generation, then the record sealed bound to both.
+func (t *Tier) seal(key string, gen uint64, rec *tokencache.Record) []byte {
+	g := binary.BigEndian.AppendUint64(nil, gen)
+	return append(g, t.opt.Keyring.SealRecord(rec, append([]byte(key), g...))...)
+}
+
+// open reverses seal.
+func (t *Tier) open(key string, v []byte) (uint64, *tokencache.Record, error) {
+	if len(v) < 8 {
+		return 0, nil, errors.New("shared: value too short")
+	}
+	rec, err := t.opt.Keyring.OpenRecord(v[8:], append([]byte(key), v[:8]...))
+	if err != nil {
+		return 0, nil, err
+	}
+	return binary.BigEndian.Uint64(v[:8]), rec, nil
+}
+
+// Obtain returns a token for key: one filed in Redis that fresh accepts,
+// or one fetched by fetch while this replica holds key's fleet lock, or,
+// while another replica holds it, the token that replica files. When
+// Redis fails or the breaker is open, Obtain calls fetch without the
+// fleet. An error is fetch's own, or ctx's.
+func (t *Tier) Obtain(ctx context.Context, key string, fresh func(*tokencache.Record) bool, fetch func(context.Context) (*tokencache.Record, error)) (*tokencache.Record, error) {
+	waited := false
+	for {
+		gen, rec, locked, err := t.read(ctx, key)
+		if err != nil {
+			return t.fallback(ctx, fetch)
+		}
+		if rec != nil && fresh(rec) {
+			t.hits.Add(1)
+			return rec, nil
+		}
+		if !locked {
+			owner := make([]byte, 16)
+			_, _ = rand.Read(owner)
+			var won bool
+			err := t.do(ctx, func(ctx context.Context) error {
+				var err error
+				won, err = t.rdb.SetNX(ctx, t.lockKey(key), owner, t.opt.LockTTL).Result()
+				return err
+			})
+			if err != nil {
+				return t.fallback(ctx, fetch)
+			}
+			if won {
+				return t.fetchLocked(ctx, key, gen, string(owner), fetch)
+			}
+		}
+		if !waited {
+			t.waits.Add(1)
+			waited = true
+		}
+		if err := t.await(ctx, key); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// fallback fetches without the fleet.
+func (t *Tier) fallback(ctx context.Context, fetch func(context.Context) (*tokencache.Record, error)) (*tokencache.Record, error) {
+	t.fallbacks.Add(1)
+	return fetch(ctx)
+}
+
+// unlockScript deletes a lock only for its owner.
+var unlockScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
+
+// fetchLocked fetches while holding key's lock, files and announces the
+// result, and releases the lock.
+func (t *Tier) fetchLocked(ctx context.Context, key string, gen uint64, owner string, fetch func(context.Context) (*tokencache.Record, error)) (*tokencache.Record, error) {
+	t.fetches.Add(1)
+	rec, err := fetch(ctx)
+	// The lock is released, and the token filed, even when the caller's
+	// context ended meanwhile.
+	ctx = context.WithoutCancel(ctx)
+	if err == nil {
+		if ttl := time.Until(rec.ExpiresAt); ttl > 0 {
+			v := t.seal(key, gen, rec)
+			msg := t.message('T', gen, appendKey(nil, key), v)
+			_ = t.do(ctx, func(ctx context.Context) error {
+				_, err := t.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+					p.Set(ctx, t.tokenKey(key), v, ttl)
+					p.Publish(ctx, t.channel, msg)
+					return nil
+				})
+				return err
+			})
+		}
+	}
+	_ = t.do(ctx, func(ctx context.Context) error {
+		return unlockScript.Run(ctx, t.rdb, []string{t.lockKey(key)}, owner).Err()
+	})
+	return rec, err
+}
+
+// await waits until another replica announces a token for key, or for
+// the poll interval, whichever comes first.
+func (t *Tier) await(ctx context.Context, key string) error {
+	ch := make(chan struct{}, 1)
+	t.mu.Lock()
+	set := t.waiters[key]
+	if set == nil {
+		set = make(map[chan struct{}]struct{})
+		t.waiters[key] = set
+	}
+	set[ch] = struct{}{}
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		delete(set, ch)
+		if len(set) == 0 {
+			delete(t.waiters, key)
+		}
+		t.mu.Unlock()
+	}()
+	timer := time.NewTimer(t.opt.PollInterval)
+	defer timer.Stop()
+	select {
+	case <-ch:
+	case <-timer.C:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
+}
+
+// wake wakes the replica's waiters for key.
+func (t *Tier) wake(key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for ch := range t.waiters[key] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Invalidated moves the fleet to a new generation, so that no token filed
+// before it serves again, and announces selector to the other replicas'
+// Receivers. Call it before invalidating locally: a refetch that starts
+// then must not find the old token in Redis.
+func (t *Tier) Invalidated(ctx context.Context, selector []byte) error {
+	var gen uint64
+	err := t.do(ctx, func(ctx context.Context) error {
+		g, err := t.rdb.Incr(ctx, t.genKey).Result()
+		gen = uint64(g)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("redis tier: %w", err)
+	}
+	t.seenGen(gen)
+	err = t.do(ctx, func(ctx context.Context) error {
+		return t.rdb.Publish(ctx, t.channel, t.message('I', gen, selector)).Err()
+	})
+	if err != nil {
+		return fmt.Errorf("redis tier: %w", err)
+	}
+	return nil
+}
+
+// seenGen records that the fleet reached generation gen.
+func (t *Tier) seenGen(gen uint64) {
+	for {
+		old := t.lastGen.Load()
+		if gen <= old || t.lastGen.CompareAndSwap(old, gen) {
+			return
+		}
+	}
+}
+
+// message encodes an announcement: its kind, the sender, the fleet
+// generation and the parts.
+func (t *Tier) message(kind byte, gen uint64, parts ...[]byte) []byte {
+	b := append([]byte{kind}, t.self[:]...)
+	b = binary.BigEndian.AppendUint64(b, gen)
+	for _, p := range parts {
+		b = append(b, p...)
+	}
+	return b
+}
+
+func appendKey(b []byte, key string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(key)))
+	return append(b, key...)
+}
+
+// Run receives the other replicas' announcements and passes them to recv
+// until ctx ends. The subscription reconnects by itself after a Redis
+// outage; what was announced meanwhile is lost, which costs at most an
+// upstream request per key (a token) or leaves other replicas' entries
+// to expire (an invalidation).
+func (t *Tier) Run(ctx context.Context, recv Receiver) error {
+	ps := t.rdb.Subscribe(ctx, t.channel)
+	defer ps.Close()
+	ch := ps.Channel()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case m, ok := <-ch:
+			if !ok {
+				return nil
+			}
+			if err := t.handle([]byte(m.Payload), recv); err != nil {
+				t.opt.Logger.Warn("redis tier: dropped an announcement", "error", err)
+			}
+		}
+	}
+}
+
+// handle decodes one announcement and acts on it.
+func (t *Tier) handle(b []byte, recv Receiver) error {
+	if len(b) < 17 {
+		return errors.New("message too short")
+	}
+	kind, from, gen, rest := b[0], b[1:9], binary.BigEndian.Uint64(b[9:17]), b[17:]
+	own := string(from) == string(t.self[:])
+	switch kind {
+	case 'I':
+		t.seenGen(gen)
+		if !own {
+			t.received.Add(1)
+			recv.ApplyInvalidation(rest)
+		}
+	case 'T':
+		n, w := binary.Uvarint(rest)
+		if w <= 0 || uint64(len(rest)-w) < n {
+			return errors.New("malformed token announcement")
+		}
+		key, v := string(rest[w:w+int(n)]), rest[w+int(n):]
+		t.wake(key)
+		if own || gen < t.lastGen.Load() {
+			return nil
+		}
+		vgen, rec, err := t.open(key, v)
+		if err != nil || vgen != gen {
+			return errors.New("token announcement does not open with this replica's sealing keys")
+		}
+		t.received.Add(1)
+		recv.Adopt(key, rec)
+	default:
+		return fmt.Errorf("unknown message kind %q", kind)
+	}
+	return nil
+}
