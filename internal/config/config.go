@@ -106,6 +106,8 @@ type Config struct {
 	Admin Admin `yaml:"admin"`
 	// Sealing configures the keys that seal cached tokens (AES-256-GCM).
 	Sealing Sealing `yaml:"sealing"`
+	// Shared configures the Redis tier that replicas share. Default: none.
+	Shared Shared `yaml:"shared"`
 	// Dev runs the broker in development mode (an embedded token endpoint).
 	// It is set by the -dev flag only, never by the file.
 	Dev bool `yaml:"-"`
@@ -373,6 +375,7 @@ func Default() Config {
 		},
 		Log:         Log{Level: "info", Format: "json"},
 		TLS:         TLS{ClientAuth: ClientAuthNone},
+		Shared:      Shared{Redis: defaultRedis()},
 		DevLifetime: Duration(5 * time.Minute),
 	}
 }

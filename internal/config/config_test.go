@@ -49,6 +49,14 @@ func TestDefault(t *testing.T) {
 		Log:         Log{Level: "info", Format: "json"},
 		TLS:         TLS{ClientAuth: "none"},
 		DevLifetime: Duration(5 * time.Minute),
+		Shared: Shared{Redis: Redis{
+			KeyPrefix:       "tokenbroker",
+			OpTimeout:       Duration(100 * time.Millisecond),
+			LockTTL:         Duration(10 * time.Second),
+			PollInterval:    Duration(250 * time.Millisecond),
+			BreakerFailures: 3,
+			BreakerCooldown: Duration(5 * time.Second),
+		}},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Default() = %+v\nwant %+v", c, want)
@@ -104,6 +112,7 @@ func TestExampleFile(t *testing.T) {
 	rest := c
 	rest.Providers, rest.Clients, rest.Policy = nil, nil, nil
 	rest.TLS, rest.Auth.APIKeys, rest.Admin.Identities = Default().TLS, nil, nil
+	rest.Shared.Redis.Addrs = nil
 	if want := Default(); !reflect.DeepEqual(rest, want) {
 		t.Errorf("example file without lists and examples = %+v\nwant Default() = %+v", rest, want)
 	}

@@ -40,6 +40,7 @@ func FuzzLoad(f *testing.F) {
 		"auth: {allow_unauthenticated: true}\npolicy:\n  - {identity: 'spiffe://a/*', clients: ['*'], scopes: ['*', a/b], passthrough: true}\n  - {identity: '*'}\n  - identity: a*b\n",
 		"auth: {allow_unauthenticated: true}\nadmin: {identities: ['*', 'x/*', ''], listen: 'unix:/run/a.sock'}\n",
 		"auth: {allow_unauthenticated: true}\nsealing: {keys_file: k, keys_env: K}\ncache: {hmac_key_file: h, hmac_key_env: ''}\n",
+		"auth: {allow_unauthenticated: true}\nsealing: {keys_env: K}\ncache: {hmac_key_env: H}\nshared: {redis: {addrs: ['127.0.0.1:6379', 'r:1'], master_name: m, password_env: P, tls: {enabled: true, server_name: r}, op_timeout: 50ms, lock_ttl: 2s, poll_interval: 100ms}}\n",
 		"policy: [{identity: x, clients: [orders]}]\nclients: [{name: orders, provider: p, client_id: i, client_secret_env: E}]\nproviders: [{name: p, token_url: 'https://p/t'}]\nauth: {allow_unauthenticated: true}\n",
 	} {
 		f.Add([]byte(seed))
@@ -91,6 +92,9 @@ func normalized(c Config) Config {
 	}
 	if len(c.Policy) == 0 {
 		c.Policy = nil
+	}
+	if len(c.Shared.Redis.Addrs) == 0 {
+		c.Shared.Redis.Addrs = nil
 	}
 	for i := range c.Policy {
 		r := &c.Policy[i]

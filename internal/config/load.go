@@ -24,7 +24,8 @@ const maxFileSize = 1 << 20
 // and files holding more than one YAML document are errors; each error
 // names the file, the line and, where it can tell, the key. A relative path
 // in clients[].client_secret_file, tls.cert_file, tls.key_file,
-// tls.client_ca_file, sealing.keys_file or cache.hmac_key_file is resolved
+// tls.client_ca_file, sealing.keys_file, cache.hmac_key_file,
+// shared.redis.password_file or shared.redis.tls's files is resolved
 // against the file's directory.
 //
 // Load does not validate the result.
@@ -77,7 +78,9 @@ func loadBytes(data []byte, name string) (Config, error) {
 		return Config{}, fileError(name, err, &doc)
 	}
 	base := filepath.Dir(name)
-	paths := []*string{&cfg.TLS.CertFile, &cfg.TLS.KeyFile, &cfg.TLS.ClientCAFile, &cfg.Sealing.KeysFile, &cfg.Cache.HMACKeyFile}
+	rt := &cfg.Shared.Redis.TLS
+	paths := []*string{&cfg.TLS.CertFile, &cfg.TLS.KeyFile, &cfg.TLS.ClientCAFile, &cfg.Sealing.KeysFile, &cfg.Cache.HMACKeyFile,
+		&cfg.Shared.Redis.PasswordFile, &rt.CAFile, &rt.CertFile, &rt.KeyFile}
 	for i := range cfg.Clients {
 		paths = append(paths, &cfg.Clients[i].ClientSecretFile)
 	}

@@ -11,7 +11,8 @@ import (
 )
 
 // LoadSecrets fills each client's Secret from its client_secret_file or
-// client_secret_env, reading the environment through getenv (nil means an
+// client_secret_env, and shared.redis's Password from its password_file or
+// password_env, reading the environment through getenv (nil means an
 // empty environment). A file must be a regular file of at most
 // MaxSecretSize bytes; one trailing newline ("\n" or "\r\n") is dropped, and
 // what remains must not be empty. A variable must be set and not empty.
@@ -48,6 +49,9 @@ func (c *Config) LoadSecrets(getenv func(string) string) error {
 		default:
 			errs = append(errs, fmt.Errorf("%s: exactly one of client_secret_file and client_secret_env must be set, got neither", key))
 		}
+	}
+	if err := c.loadRedisPassword(getenv); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -169,6 +169,7 @@ func (c *Config) Validate() error {
 	}
 
 	c.validateSecurity(&v, clientNames)
+	c.validateShared(&v)
 
 	return errors.Join(v.errs...)
 }

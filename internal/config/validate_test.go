@@ -52,6 +52,13 @@ func problems(err error) []string {
 	return []string{err.Error()}
 }
 
+// withRedis configures a valid Redis tier: an address, sealing keys and
+// an HMAC key.
+func withRedis(c *Config) {
+	c.Shared.Redis.Addrs = []string{"127.0.0.1:6379"}
+	c.Sealing.KeysEnv, c.Cache.HMACKeyEnv = "SEALING_KEYS", "HMAC_KEY"
+}
+
 func TestValidateValid(t *testing.T) {
 	c := validConfig()
 	if err := c.Validate(); err != nil {
@@ -83,6 +90,14 @@ func TestValidateValid(t *testing.T) {
 		func(c *Config) { c.Log = Log{Level: "debug", Format: "text"} },
 		func(c *Config) { c.Log.Level = "warn" },
 		func(c *Config) { c.Log.Level = "error" },
+		withRedis,
+		func(c *Config) {
+			withRedis(c)
+			c.Shared.Redis.Addrs = []string{"s1:26379", "s2:26379"}
+			c.Shared.Redis.MasterName, c.Shared.Redis.PasswordEnv = "m", "P"
+			c.Shared.Redis.TLS = RedisTLS{Enabled: true, CAFile: "ca", CertFile: "c", KeyFile: "k", ServerName: "r"}
+			c.Shared.Redis.LockTTL, c.Shared.Redis.PollInterval = Duration(time.Second), Duration(time.Second)
+		},
 
 		// Listeners and transport security.
 		func(c *Config) { c.Listen = "127.0.0.1:7443" },
@@ -153,6 +168,19 @@ func TestValidateRules(t *testing.T) {
 		mod  func(*Config)
 		want string // the whole problem starts with this
 	}{
+		{"redis addr", func(c *Config) { withRedis(c); c.Shared.Redis.Addrs = []string{"redis"} }, `shared.redis.addrs[0]: must be host:port, got "redis"`},
+		{"redis db", func(c *Config) { withRedis(c); c.Shared.Redis.DB = -1 }, "shared.redis.db: must be >= 0, got -1"},
+		{"redis two passwords", func(c *Config) { withRedis(c); c.Shared.Redis.PasswordFile, c.Shared.Redis.PasswordEnv = "f", "E" }, "shared.redis: at most one of password_file and password_env may be set"},
+		{"redis prefix braces", func(c *Config) { withRedis(c); c.Shared.Redis.KeyPrefix = "a{b}" }, `shared.redis.key_prefix: must be non-empty, without braces or white space, got "a{b}"`},
+		{"redis op_timeout", func(c *Config) { withRedis(c); c.Shared.Redis.OpTimeout = 0 }, "shared.redis.op_timeout: must be in (0, 10s], got 0s"},
+		{"redis lock_ttl", func(c *Config) { withRedis(c); c.Shared.Redis.LockTTL = Duration(time.Millisecond * 999) }, "shared.redis.lock_ttl: must be at least 1s"},
+		{"redis poll beyond lock", func(c *Config) { withRedis(c); c.Shared.Redis.PollInterval = Duration(11 * time.Second) }, "shared.redis.poll_interval: must be between 10ms and lock_ttl (10s), got 11s"},
+		{"redis breaker", func(c *Config) { withRedis(c); c.Shared.Redis.BreakerFailures = 0 }, "shared.redis.breaker_failures: must be at least 1, got 0"},
+		{"redis cooldown", func(c *Config) { withRedis(c); c.Shared.Redis.BreakerCooldown = 0 }, "shared.redis.breaker_cooldown: must be > 0"},
+		{"redis tls half", func(c *Config) { withRedis(c); c.Shared.Redis.TLS = RedisTLS{Enabled: true, CertFile: "c"} }, "shared.redis.tls: cert_file and key_file must be set together"},
+		{"redis tls off", func(c *Config) { withRedis(c); c.Shared.Redis.TLS.CAFile = "ca" }, "shared.redis.tls.enabled: must be true when ca_file, cert_file or server_name is set"},
+		{"redis without sealing keys", func(c *Config) { withRedis(c); c.Sealing.KeysEnv = "" }, "sealing: keys_file or keys_env must be set when shared.redis is configured"},
+		{"redis without hmac key", func(c *Config) { withRedis(c); c.Cache.HMACKeyEnv = "" }, "cache.hmac_key_file: cache.hmac_key_file or cache.hmac_key_env must be set when shared.redis is configured"},
 		{"listen empty", func(c *Config) { c.Listen = "" }, "listen: must be host:port"},
 		{"listen no port", func(c *Config) { c.Listen = "127.0.0.1" }, "listen: must be host:port"},
 		{"listen bad port", func(c *Config) { c.Listen = "127.0.0.1:http" }, `listen: port must be a number from 0 to 65535, got "http"`},
