@@ -87,6 +87,29 @@ type Stats struct {
 	Watchers int64
 	// Providers counts upstream fetches per provider, by provider name.
 	Providers map[string]ProviderStats
+	// Fleet describes the Redis tier; nil without one.
+	Fleet *FleetStats
+}
+
+// FleetStats describes a replica's use of the fleet (the Redis tier).
+type FleetStats struct {
+	// State is the tier's circuit breaker state: "closed" (in use),
+	// "half_open" or "open" (skipped).
+	State string
+	// Transitions counts breaker state changes.
+	Transitions int64
+	// Hits counts fetches answered by a token another replica filed.
+	Hits int64
+	// Waits counts fetches that waited for another replica's lock.
+	Waits int64
+	// Fetches counts upstream fetches made under the fleet lock.
+	Fetches int64
+	// Fallbacks counts fetches made without the fleet.
+	Fallbacks int64
+	// Errors counts failed Redis operations.
+	Errors int64
+	// Received counts announcements from other replicas.
+	Received int64
 }
 
 // ProviderStats counts one provider's upstream fetches by outcome.
@@ -353,6 +376,10 @@ func (b *Broker) Stats() Stats {
 	for name, c := range b.byUpstream {
 		s.Providers[name] = ProviderStats{OK: c.ok.Load(), Throttled: c.throttled.Load(),
 			Unavailable: c.unavailable.Load(), Rejected: c.rejected.Load(), Other: c.other.Load()}
+	}
+	if b.cfg.Fleet != nil {
+		fs := b.cfg.Fleet.Stats()
+		s.Fleet = &fs
 	}
 	return s
 }

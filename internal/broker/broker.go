@@ -56,6 +56,8 @@ type Fleet interface {
 	// invalidation (selector, as encoded by the broker) to the other
 	// replicas.
 	Invalidated(ctx context.Context, selector []byte) error
+	// Stats describes the replica's use of the fleet.
+	Stats() FleetStats
 }
 
 // Client is a broker-held client: credentials callers name but never see.

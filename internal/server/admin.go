@@ -235,6 +235,14 @@ func toProtoEntry(e broker.EntryInfo) *tokenbrokerv1.TokenEntry {
 }
 
 // toProtoStats converts the broker's statistics, providers sorted by name.
+// sharedTierStates maps broker.FleetStats.State to its API form; an
+// unknown state is STATE_UNSPECIFIED.
+var sharedTierStates = map[string]tokenbrokerv1.SharedTierStats_State{
+	"closed":    tokenbrokerv1.SharedTierStats_STATE_CLOSED,
+	"half_open": tokenbrokerv1.SharedTierStats_STATE_HALF_OPEN,
+	"open":      tokenbrokerv1.SharedTierStats_STATE_OPEN,
+}
+
 func toProtoStats(s broker.Stats) *tokenbrokerv1.GetStatsResponse {
 	out := &tokenbrokerv1.GetStatsResponse{
 		Hits:           s.Hits,
@@ -261,5 +269,17 @@ func toProtoStats(s broker.Stats) *tokenbrokerv1.GetStatsResponse {
 	slices.SortFunc(out.Providers, func(a, b *tokenbrokerv1.ProviderStats) int {
 		return cmp.Compare(a.GetProvider(), b.GetProvider())
 	})
+	if f := s.Fleet; f != nil {
+		out.SharedTier = &tokenbrokerv1.SharedTierStats{
+			State:       sharedTierStates[f.State],
+			Transitions: f.Transitions,
+			Hits:        f.Hits,
+			Waits:       f.Waits,
+			Fetches:     f.Fetches,
+			Fallbacks:   f.Fallbacks,
+			Errors:      f.Errors,
+			Received:    f.Received,
+		}
+	}
 	return out
 }

@@ -22,6 +22,63 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Whether the replica uses Redis now.
+type SharedTierStats_State int32
+
+const (
+	// Not reported.
+	SharedTierStats_STATE_UNSPECIFIED SharedTierStats_State = 0
+	// Redis is in use.
+	SharedTierStats_STATE_CLOSED SharedTierStats_State = 1
+	// The breaker lets one operation probe Redis after an outage.
+	SharedTierStats_STATE_HALF_OPEN SharedTierStats_State = 2
+	// Redis is skipped after failures: the replica fetches on its own.
+	SharedTierStats_STATE_OPEN SharedTierStats_State = 3
+)
+
+// Enum value maps for SharedTierStats_State.
+var (
+	SharedTierStats_State_name = map[int32]string{
+		0: "STATE_UNSPECIFIED",
+		1: "STATE_CLOSED",
+		2: "STATE_HALF_OPEN",
+		3: "STATE_OPEN",
+	}
+	SharedTierStats_State_value = map[string]int32{
+		"STATE_UNSPECIFIED": 0,
+		"STATE_CLOSED":      1,
+		"STATE_HALF_OPEN":   2,
+		"STATE_OPEN":        3,
+	}
+)
+
+func (x SharedTierStats_State) Enum() *SharedTierStats_State {
+	p := new(SharedTierStats_State)
+	*p = x
+	return p
+}
+
+func (x SharedTierStats_State) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SharedTierStats_State) Descriptor() protoreflect.EnumDescriptor {
+	return file_tokenbroker_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (SharedTierStats_State) Type() protoreflect.EnumType {
+	return &file_tokenbroker_v1_admin_proto_enumTypes[0]
+}
+
+func (x SharedTierStats_State) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SharedTierStats_State.Descriptor instead.
+func (SharedTierStats_State) EnumDescriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{8, 0}
+}
+
 // InvalidateTokensRequest selects the entries to invalidate.
 type InvalidateTokensRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -573,7 +630,9 @@ type GetStatsResponse struct {
 	// Open WatchToken subscriptions.
 	Watchers int64 `protobuf:"varint,10,opt,name=watchers,proto3" json:"watchers,omitempty"`
 	// Upstream requests per provider.
-	Providers     []*ProviderStats `protobuf:"bytes,11,rep,name=providers,proto3" json:"providers,omitempty"`
+	Providers []*ProviderStats `protobuf:"bytes,11,rep,name=providers,proto3" json:"providers,omitempty"`
+	// The Redis tier shared by replicas; absent when none is configured.
+	SharedTier    *SharedTierStats `protobuf:"bytes,12,opt,name=shared_tier,json=sharedTier,proto3" json:"shared_tier,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -685,6 +744,123 @@ func (x *GetStatsResponse) GetProviders() []*ProviderStats {
 	return nil
 }
 
+func (x *GetStatsResponse) GetSharedTier() *SharedTierStats {
+	if x != nil {
+		return x.SharedTier
+	}
+	return nil
+}
+
+// SharedTierStats describes this replica's use of the Redis tier.
+type SharedTierStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The circuit breaker's state.
+	State SharedTierStats_State `protobuf:"varint,1,opt,name=state,proto3,enum=tokenbroker.v1.SharedTierStats_State" json:"state,omitempty"`
+	// Breaker state changes since the start.
+	Transitions int64 `protobuf:"varint,2,opt,name=transitions,proto3" json:"transitions,omitempty"`
+	// Fetches answered by a token another replica filed in Redis.
+	Hits int64 `protobuf:"varint,3,opt,name=hits,proto3" json:"hits,omitempty"`
+	// Fetches that waited for another replica holding the key's lock.
+	Waits int64 `protobuf:"varint,4,opt,name=waits,proto3" json:"waits,omitempty"`
+	// Upstream fetches made under the fleet lock.
+	Fetches int64 `protobuf:"varint,5,opt,name=fetches,proto3" json:"fetches,omitempty"`
+	// Fetches made without the fleet because Redis failed or the breaker
+	// was open.
+	Fallbacks int64 `protobuf:"varint,6,opt,name=fallbacks,proto3" json:"fallbacks,omitempty"`
+	// Failed Redis operations.
+	Errors int64 `protobuf:"varint,7,opt,name=errors,proto3" json:"errors,omitempty"`
+	// Tokens and invalidations announced by other replicas.
+	Received      int64 `protobuf:"varint,8,opt,name=received,proto3" json:"received,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SharedTierStats) Reset() {
+	*x = SharedTierStats{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SharedTierStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SharedTierStats) ProtoMessage() {}
+
+func (x *SharedTierStats) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SharedTierStats.ProtoReflect.Descriptor instead.
+func (*SharedTierStats) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *SharedTierStats) GetState() SharedTierStats_State {
+	if x != nil {
+		return x.State
+	}
+	return SharedTierStats_STATE_UNSPECIFIED
+}
+
+func (x *SharedTierStats) GetTransitions() int64 {
+	if x != nil {
+		return x.Transitions
+	}
+	return 0
+}
+
+func (x *SharedTierStats) GetHits() int64 {
+	if x != nil {
+		return x.Hits
+	}
+	return 0
+}
+
+func (x *SharedTierStats) GetWaits() int64 {
+	if x != nil {
+		return x.Waits
+	}
+	return 0
+}
+
+func (x *SharedTierStats) GetFetches() int64 {
+	if x != nil {
+		return x.Fetches
+	}
+	return 0
+}
+
+func (x *SharedTierStats) GetFallbacks() int64 {
+	if x != nil {
+		return x.Fallbacks
+	}
+	return 0
+}
+
+func (x *SharedTierStats) GetErrors() int64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *SharedTierStats) GetReceived() int64 {
+	if x != nil {
+		return x.Received
+	}
+	return 0
+}
+
 // ProviderStats counts the upstream fetches of one provider by outcome.
 type ProviderStats struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -706,7 +882,7 @@ type ProviderStats struct {
 
 func (x *ProviderStats) Reset() {
 	*x = ProviderStats{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +894,7 @@ func (x *ProviderStats) String() string {
 func (*ProviderStats) ProtoMessage() {}
 
 func (x *ProviderStats) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +907,7 @@ func (x *ProviderStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProviderStats.ProtoReflect.Descriptor instead.
 func (*ProviderStats) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ProviderStats) GetProvider() string {
@@ -818,7 +994,7 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	" \x01(\x05R\bwatchers\x12\x12\n" +
 	"\x04hits\x18\v \x01(\x03R\x04hits\x127\n" +
 	"\tlast_used\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\blastUsed\"\x11\n" +
-	"\x0fGetStatsRequest\"\xf4\x02\n" +
+	"\x0fGetStatsRequest\"\xb6\x03\n" +
 	"\x10GetStatsResponse\x12\x12\n" +
 	"\x04hits\x18\x01 \x01(\x03R\x04hits\x12\x16\n" +
 	"\x06misses\x18\x02 \x01(\x03R\x06misses\x12'\n" +
@@ -831,7 +1007,24 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\tevictions\x18\t \x01(\x03R\tevictions\x12\x1a\n" +
 	"\bwatchers\x18\n" +
 	" \x01(\x03R\bwatchers\x12;\n" +
-	"\tproviders\x18\v \x03(\v2\x1d.tokenbroker.v1.ProviderStatsR\tproviders\"\xad\x01\n" +
+	"\tproviders\x18\v \x03(\v2\x1d.tokenbroker.v1.ProviderStatsR\tproviders\x12@\n" +
+	"\vshared_tier\x18\f \x01(\v2\x1f.tokenbroker.v1.SharedTierStatsR\n" +
+	"sharedTier\"\xdd\x02\n" +
+	"\x0fSharedTierStats\x12;\n" +
+	"\x05state\x18\x01 \x01(\x0e2%.tokenbroker.v1.SharedTierStats.StateR\x05state\x12 \n" +
+	"\vtransitions\x18\x02 \x01(\x03R\vtransitions\x12\x12\n" +
+	"\x04hits\x18\x03 \x01(\x03R\x04hits\x12\x14\n" +
+	"\x05waits\x18\x04 \x01(\x03R\x05waits\x12\x18\n" +
+	"\afetches\x18\x05 \x01(\x03R\afetches\x12\x1c\n" +
+	"\tfallbacks\x18\x06 \x01(\x03R\tfallbacks\x12\x16\n" +
+	"\x06errors\x18\a \x01(\x03R\x06errors\x12\x1a\n" +
+	"\breceived\x18\b \x01(\x03R\breceived\"U\n" +
+	"\x05State\x12\x15\n" +
+	"\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fSTATE_CLOSED\x10\x01\x12\x13\n" +
+	"\x0fSTATE_HALF_OPEN\x10\x02\x12\x0e\n" +
+	"\n" +
+	"STATE_OPEN\x10\x03\"\xad\x01\n" +
 	"\rProviderStats\x12\x1a\n" +
 	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\x03R\x02ok\x12\x1c\n" +
@@ -859,38 +1052,43 @@ func file_tokenbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_tokenbroker_v1_admin_proto_rawDescData
 }
 
-var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_tokenbroker_v1_admin_proto_goTypes = []any{
-	(*InvalidateTokensRequest)(nil),  // 0: tokenbroker.v1.InvalidateTokensRequest
-	(*ClientIdSelector)(nil),         // 1: tokenbroker.v1.ClientIdSelector
-	(*InvalidateTokensResponse)(nil), // 2: tokenbroker.v1.InvalidateTokensResponse
-	(*ListTokensRequest)(nil),        // 3: tokenbroker.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),       // 4: tokenbroker.v1.ListTokensResponse
-	(*TokenEntry)(nil),               // 5: tokenbroker.v1.TokenEntry
-	(*GetStatsRequest)(nil),          // 6: tokenbroker.v1.GetStatsRequest
-	(*GetStatsResponse)(nil),         // 7: tokenbroker.v1.GetStatsResponse
-	(*ProviderStats)(nil),            // 8: tokenbroker.v1.ProviderStats
-	(*timestamppb.Timestamp)(nil),    // 9: google.protobuf.Timestamp
+	(SharedTierStats_State)(0),       // 0: tokenbroker.v1.SharedTierStats.State
+	(*InvalidateTokensRequest)(nil),  // 1: tokenbroker.v1.InvalidateTokensRequest
+	(*ClientIdSelector)(nil),         // 2: tokenbroker.v1.ClientIdSelector
+	(*InvalidateTokensResponse)(nil), // 3: tokenbroker.v1.InvalidateTokensResponse
+	(*ListTokensRequest)(nil),        // 4: tokenbroker.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),       // 5: tokenbroker.v1.ListTokensResponse
+	(*TokenEntry)(nil),               // 6: tokenbroker.v1.TokenEntry
+	(*GetStatsRequest)(nil),          // 7: tokenbroker.v1.GetStatsRequest
+	(*GetStatsResponse)(nil),         // 8: tokenbroker.v1.GetStatsResponse
+	(*SharedTierStats)(nil),          // 9: tokenbroker.v1.SharedTierStats
+	(*ProviderStats)(nil),            // 10: tokenbroker.v1.ProviderStats
+	(*timestamppb.Timestamp)(nil),    // 11: google.protobuf.Timestamp
 }
 var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
-	1,  // 0: tokenbroker.v1.InvalidateTokensRequest.client_id:type_name -> tokenbroker.v1.ClientIdSelector
-	5,  // 1: tokenbroker.v1.ListTokensResponse.entries:type_name -> tokenbroker.v1.TokenEntry
-	9,  // 2: tokenbroker.v1.TokenEntry.issued_at:type_name -> google.protobuf.Timestamp
-	9,  // 3: tokenbroker.v1.TokenEntry.expires_at:type_name -> google.protobuf.Timestamp
-	9,  // 4: tokenbroker.v1.TokenEntry.refresh_at:type_name -> google.protobuf.Timestamp
-	9,  // 5: tokenbroker.v1.TokenEntry.last_used:type_name -> google.protobuf.Timestamp
-	8,  // 6: tokenbroker.v1.GetStatsResponse.providers:type_name -> tokenbroker.v1.ProviderStats
-	0,  // 7: tokenbroker.v1.AdminService.InvalidateTokens:input_type -> tokenbroker.v1.InvalidateTokensRequest
-	3,  // 8: tokenbroker.v1.AdminService.ListTokens:input_type -> tokenbroker.v1.ListTokensRequest
-	6,  // 9: tokenbroker.v1.AdminService.GetStats:input_type -> tokenbroker.v1.GetStatsRequest
-	2,  // 10: tokenbroker.v1.AdminService.InvalidateTokens:output_type -> tokenbroker.v1.InvalidateTokensResponse
-	4,  // 11: tokenbroker.v1.AdminService.ListTokens:output_type -> tokenbroker.v1.ListTokensResponse
-	7,  // 12: tokenbroker.v1.AdminService.GetStats:output_type -> tokenbroker.v1.GetStatsResponse
-	10, // [10:13] is the sub-list for method output_type
-	7,  // [7:10] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	2,  // 0: tokenbroker.v1.InvalidateTokensRequest.client_id:type_name -> tokenbroker.v1.ClientIdSelector
+	6,  // 1: tokenbroker.v1.ListTokensResponse.entries:type_name -> tokenbroker.v1.TokenEntry
+	11, // 2: tokenbroker.v1.TokenEntry.issued_at:type_name -> google.protobuf.Timestamp
+	11, // 3: tokenbroker.v1.TokenEntry.expires_at:type_name -> google.protobuf.Timestamp
+	11, // 4: tokenbroker.v1.TokenEntry.refresh_at:type_name -> google.protobuf.Timestamp
+	11, // 5: tokenbroker.v1.TokenEntry.last_used:type_name -> google.protobuf.Timestamp
+	10, // 6: tokenbroker.v1.GetStatsResponse.providers:type_name -> tokenbroker.v1.ProviderStats
+	9,  // 7: tokenbroker.v1.GetStatsResponse.shared_tier:type_name -> tokenbroker.v1.SharedTierStats
+	0,  // 8: tokenbroker.v1.SharedTierStats.state:type_name -> tokenbroker.v1.SharedTierStats.State
+	1,  // 9: tokenbroker.v1.AdminService.InvalidateTokens:input_type -> tokenbroker.v1.InvalidateTokensRequest
+	4,  // 10: tokenbroker.v1.AdminService.ListTokens:input_type -> tokenbroker.v1.ListTokensRequest
+	7,  // 11: tokenbroker.v1.AdminService.GetStats:input_type -> tokenbroker.v1.GetStatsRequest
+	3,  // 12: tokenbroker.v1.AdminService.InvalidateTokens:output_type -> tokenbroker.v1.InvalidateTokensResponse
+	5,  // 13: tokenbroker.v1.AdminService.ListTokens:output_type -> tokenbroker.v1.ListTokensResponse
+	8,  // 14: tokenbroker.v1.AdminService.GetStats:output_type -> tokenbroker.v1.GetStatsResponse
+	12, // [12:15] is the sub-list for method output_type
+	9,  // [9:12] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_admin_proto_init() }
@@ -909,13 +1107,14 @@ func file_tokenbroker_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_admin_proto_rawDesc), len(file_tokenbroker_v1_admin_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   9,
+			NumEnums:      1,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_tokenbroker_v1_admin_proto_goTypes,
 		DependencyIndexes: file_tokenbroker_v1_admin_proto_depIdxs,
+		EnumInfos:         file_tokenbroker_v1_admin_proto_enumTypes,
 		MessageInfos:      file_tokenbroker_v1_admin_proto_msgTypes,
 	}.Build()
 	File_tokenbroker_v1_admin_proto = out.File
