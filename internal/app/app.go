@@ -26,6 +26,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/devissuer"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/server"
+	"github.com/tokenbroker/tokenbroker/internal/shared"
 	"github.com/tokenbroker/tokenbroker/internal/tokencache"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
@@ -43,7 +44,16 @@ var DevScopes = []string{"demo/read", "demo/write"}
 type App struct {
 	broker *broker.Broker
 	cache  *tokencache.Cache
+	tier   *shared.Tier // nil without a Redis tier
 	server *server.Server
+}
+
+// close releases what New built, for an App that will not serve.
+func (a *App) close() {
+	a.cache.Close()
+	if a.tier != nil {
+		_ = a.tier.Close()
+	}
 }
 
 // Keys is the key material the configuration points at, loaded by the
@@ -69,10 +79,11 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 			return nil, fmt.Errorf("tls: %w", err)
 		}
 	}
-	b, cache, err := newBroker(cfg, keys, logger)
+	a, err := newBroker(cfg, keys, logger)
 	if err != nil {
 		return nil, err
 	}
+	b := a.broker
 	srv, err := server.New(server.Config{
 		Broker:                watchAdapter{b},
 		Admin:                 b,
@@ -94,10 +105,11 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 		MaxConnectionAgeGrace: time.Duration(cfg.Server.MaxConnectionAgeGrace),
 	})
 	if err != nil {
-		cache.Close()
+		a.close()
 		return nil, err
 	}
-	return &App{broker: b, cache: cache, server: srv}, nil
+	a.server = srv
+	return a, nil
 }
 
 // newAuthenticator builds caller authentication and policy from cfg. In
@@ -163,11 +175,16 @@ func clientAuth(s string) tls.ClientAuthType {
 // servers down gracefully, stops the scheduler, waits for the fetches in
 // flight and closes the cache. An App serves once.
 func (a *App) Serve(ctx context.Context, l, adminL net.Listener) error {
-	defer a.cache.Close()
+	defer a.close()
 	defer a.broker.Close()
 	rctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	done := make(chan error, 2)
 	go func() { done <- a.broker.Run(rctx) }()
+	if a.tier != nil {
+		go func() { done <- a.tier.Run(rctx, a.broker) }()
+	} else {
+		done <- nil
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.server.Serve(gctx, l) })
 	if adminL != nil {
@@ -175,7 +192,7 @@ func (a *App) Serve(ctx context.Context, l, adminL net.Listener) error {
 	}
 	err := g.Wait()
 	stop()
-	return errors.Join(err, <-done)
+	return errors.Join(err, <-done, <-done)
 }
 
 // watchAdapter gives the server the broker's watchers as Subscriptions.
@@ -210,14 +227,14 @@ func Run(ctx context.Context, cfg config.Config, keys Keys, logger *slog.Logger,
 		}
 		l, err := net.Listen("tcp", cfg.Listen)
 		if err != nil {
-			a.cache.Close()
+			a.close()
 			return fmt.Errorf("listen: %w", err)
 		}
 		var adminL net.Listener
 		if cfg.Admin.Listen != "" {
 			if adminL, err = listenAdmin(cfg.Admin.Listen); err != nil {
 				l.Close()
-				a.cache.Close()
+				a.close()
 				return fmt.Errorf("admin.listen: %w", err)
 			}
 			logger.Info("admin service listening", "addr", cfg.Admin.Listen)
@@ -268,9 +285,10 @@ func newKeyring(text []byte) (*tokencache.Keyring, error) {
 	return kr, nil
 }
 
-// newBroker builds the token cache, one upstream client per provider and
-// the broker.
-func newBroker(cfg config.Config, keys Keys, logger *slog.Logger) (*broker.Broker, *tokencache.Cache, error) {
+// newBroker builds the token cache, one upstream client per provider, the
+// Redis tier when one is configured, and the broker: an App without its
+// server.
+func newBroker(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 	providers := make(map[string]broker.Fetcher, len(cfg.Providers))
 	for _, p := range cfg.Providers {
 		c, err := upstream.New(upstream.Provider{
@@ -283,7 +301,7 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger) (*broker.Broke
 			DefaultLifetime: time.Duration(p.DefaultLifetime),
 		}, upstream.Options{Logger: logger})
 		if err != nil {
-			return nil, nil, fmt.Errorf("provider %q: %w", p.Name, err)
+			return nil, fmt.Errorf("provider %q: %w", p.Name, err)
 		}
 		providers[p.Name] = c
 	}
@@ -293,11 +311,20 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger) (*broker.Broke
 	}
 	kr, err := newKeyring(keys.Sealing)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	cache, err := tokencache.New(int64(cfg.Cache.MaxCost), kr)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
+	}
+	a := &App{cache: cache}
+	var f broker.Fleet
+	if cfg.Shared.Redis.Enabled() {
+		if a.tier, err = newTier(cfg.Shared.Redis, kr, logger); err != nil {
+			cache.Close()
+			return nil, err
+		}
+		f = fleet{a.tier}
 	}
 	minRemaining := time.Duration(cfg.Cache.MinRemaining)
 	if minRemaining == 0 {
@@ -314,13 +341,15 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger) (*broker.Broke
 		NegativeTTL:     time.Duration(cfg.Cache.NegativeTTL),
 		FetchTimeout:    time.Duration(cfg.Cache.FetchTimeout),
 		HMACKey:         keys.HMAC,
+		Fleet:           f,
 		Logger:          logger,
 	})
 	if err != nil {
-		cache.Close()
-		return nil, nil, err
+		a.close()
+		return nil, err
 	}
-	return b, cache, nil
+	a.broker = b
+	return a, nil
 }
 
 // startDevIssuer starts the embedded token endpoint on a loopback port and

@@ -1,0 +1,89 @@
+package app
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/config"
+	"github.com/tokenbroker/tokenbroker/internal/shared"
+	"github.com/tokenbroker/tokenbroker/internal/tokencache"
+)
+
+// newTier builds the Redis tier of cfg, sealing with kr. The client fails
+// fast: each operation is bounded by op_timeout and never retried, since
+// the tier's breaker decides when Redis is worth another try.
+func newTier(cfg config.Redis, kr *tokencache.Keyring, logger *slog.Logger) (*shared.Tier, error) {
+	var tlsConfig *tls.Config
+	if cfg.TLS.Enabled {
+		var err error
+		if tlsConfig, err = redisTLS(cfg.TLS); err != nil {
+			return nil, fmt.Errorf("shared.redis.tls: %w", err)
+		}
+	}
+	op := time.Duration(cfg.OpTimeout)
+	client := redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:                 cfg.Addrs,
+		MasterName:            cfg.MasterName,
+		Username:              cfg.Username,
+		Password:              cfg.Password.Reveal(),
+		DB:                    cfg.DB,
+		TLSConfig:             tlsConfig,
+		DialTimeout:           max(op, time.Second),
+		ReadTimeout:           op,
+		WriteTimeout:          op,
+		PoolTimeout:           op,
+		MaxRetries:            -1,
+		ContextTimeoutEnabled: true,
+	})
+	return shared.New(shared.Options{
+		Client:          client,
+		Keyring:         kr,
+		Prefix:          cfg.KeyPrefix,
+		OpTimeout:       op,
+		LockTTL:         time.Duration(cfg.LockTTL),
+		PollInterval:    time.Duration(cfg.PollInterval),
+		BreakerFailures: uint32(cfg.BreakerFailures),
+		BreakerCooldown: time.Duration(cfg.BreakerCooldown),
+		Logger:          logger,
+	})
+}
+
+// redisTLS builds the client TLS configuration for Redis.
+func redisTLS(c config.RedisTLS) (*tls.Config, error) {
+	t := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.ServerName}
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("ca_file: %w", err)
+		}
+		t.RootCAs = x509.NewCertPool()
+		if !t.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca_file %q: no PEM certificate in it", c.CAFile)
+		}
+	}
+	if c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("cert_file, key_file: %w", err)
+		}
+		t.Certificates = []tls.Certificate{cert}
+	}
+	return t, nil
+}
+
+// fleet gives the broker the tier as its broker.Fleet.
+type fleet struct{ *shared.Tier }
+
+// Stats implements broker.Fleet.
+func (f fleet) Stats() broker.FleetStats {
+	s := f.Tier.Stats()
+	return broker.FleetStats{State: s.State, Transitions: s.Transitions, Hits: s.Hits, Waits: s.Waits,
+		Fetches: s.Fetches, Fallbacks: s.Fallbacks, Errors: s.Errors, Received: s.Received}
+}
