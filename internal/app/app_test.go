@@ -57,6 +57,22 @@ func startStackWith(t *testing.T, adjust func(*config.Config, *devissuer.Issuer)
 // startStackHandler also lets the test wrap the token endpoint's handler.
 func startStackHandler(t *testing.T, adjust func(*config.Config, *devissuer.Issuer), wrap func(http.Handler) http.Handler) *stack {
 	t.Helper()
+	issuer, tokenURL := startIssuer(t, wrap)
+	cfg := stackConfig(tokenURL)
+	if adjust != nil {
+		adjust(&cfg, issuer)
+	}
+	addr, stop := serveApp(t, cfg, Keys{}, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	s := &stack{issuer: issuer, addr: addr, stop: stop}
+	s.client = s.dial(t)
+	return s
+}
+
+// startIssuer serves a token endpoint that knows the held and the
+// pass-through client, through wrap when it is not nil, until the test
+// ends. It returns the issuer and its token URL.
+func startIssuer(t *testing.T, wrap func(http.Handler) http.Handler) (*devissuer.Issuer, string) {
+	t.Helper()
 	issuer, err := devissuer.New(devissuer.Config{Lifetime: time.Hour, Clients: []devissuer.Client{
 		{ID: heldID, Secret: heldSecret, Scopes: []string{"api/read", "api/write"}},
 		{ID: passID, Secret: passSecret, Scopes: []string{"api/read"}},
@@ -70,29 +86,29 @@ func startStackHandler(t *testing.T, adjust func(*config.Config, *devissuer.Issu
 	}
 	hs := httptest.NewServer(h)
 	t.Cleanup(hs.Close)
+	return issuer, hs.URL + devissuer.TokenPath
+}
 
+// stackConfig is the configuration the tests start from: provider "test"
+// at tokenURL, broker-held client "held", pass-through on, every caller
+// accepted and an admin.
+func stackConfig(tokenURL string) config.Config {
 	cfg := config.Default()
 	p := config.DefaultProvider()
-	p.Name, p.TokenURL, p.RateLimit, p.Burst = "test", hs.URL+devissuer.TokenPath, 1000, 100
+	p.Name, p.TokenURL, p.RateLimit, p.Burst = "test", tokenURL, 1000, 100
 	cfg.Providers = []config.Provider{p}
 	cfg.Clients = []config.Client{{Name: "held", Provider: "test", ClientID: heldID, Secret: secret.String(heldSecret)}}
 	cfg.Passthrough = true
 	cfg.Auth.AllowUnauthenticated = true
 	cfg.Admin.Identities = []string{"*"}
-	if adjust != nil {
-		adjust(&cfg, issuer)
-	}
-	addr, stop := serveApp(t, cfg, slog.New(slog.NewJSONHandler(io.Discard, nil)))
-	s := &stack{issuer: issuer, addr: addr, stop: stop}
-	s.client = s.dial(t)
-	return s
+	return cfg
 }
 
 // serveApp serves cfg on a free loopback port until the test ends, or
 // until the returned stop function (which waits for Serve) is called.
-func serveApp(t *testing.T, cfg config.Config, logger *slog.Logger) (addr string, stop func()) {
+func serveApp(t *testing.T, cfg config.Config, keys Keys, logger *slog.Logger) (addr string, stop func()) {
 	t.Helper()
-	a, err := New(cfg, Keys{}, logger)
+	a, err := New(cfg, keys, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -129,7 +129,7 @@ func startLeakStack(t *testing.T) *leakStack {
 	cfg.Auth.APIKeys = []config.APIKey{{Identity: "ops", SHA256: hex.EncodeToString(sum[:])}}
 	cfg.Admin.Identities = []string{"*"}
 
-	addr, _ := serveApp(t, cfg, logger)
+	addr, _ := serveApp(t, cfg, Keys{}, logger)
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
