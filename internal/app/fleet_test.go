@@ -45,6 +45,9 @@ func startFleet(t *testing.T, n int, adjust func(*config.Config)) *testFleet {
 	cfg := stackConfig(tokenURL)
 	cfg.Shared.Redis.Addrs = []string{f.redis.Addr()}
 	cfg.Shared.Redis.BreakerCooldown = config.Duration(200 * time.Millisecond)
+	// Generous for loopback, so that a machine loaded by the race detector
+	// does not time operations out (which would count as outages).
+	cfg.Shared.Redis.OpTimeout = config.Duration(time.Second)
 	if adjust != nil {
 		adjust(&cfg)
 	}
@@ -66,6 +69,18 @@ func startFleet(t *testing.T, n int, adjust func(*config.Config)) *testFleet {
 			admin:  tokenbrokerv1.NewAdminServiceClient(conn),
 		})
 	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		for i, r := range f.replicas {
+			if st, err := r.admin.GetStats(ctx, &tokenbrokerv1.GetStatsRequest{}); err == nil {
+				t.Logf("replica %d: %v", i, st)
+			}
+		}
+	})
 	return f
 }
 

@@ -338,6 +338,18 @@ func (t *Tier) Obtain(ctx context.Context, key string, fresh func(*tokencache.Re
 				return t.fallback(ctx, fetch)
 			}
 			if won {
+				// Another replica may have filed the token, and let go of
+				// the lock, since the read: look again before fetching.
+				gen, rec, _, err = t.read(ctx, key)
+				if err == nil && rec != nil && fresh(rec) {
+					t.unlock(ctx, key, string(owner))
+					t.hits.Add(1)
+					return rec, nil
+				}
+				if err != nil {
+					t.unlock(ctx, key, string(owner))
+					return t.fallback(ctx, fetch)
+				}
 				return t.fetchLocked(ctx, key, gen, string(owner), fetch)
 			}
 		}
@@ -382,10 +394,16 @@ func (t *Tier) fetchLocked(ctx context.Context, key string, gen uint64, owner st
 			})
 		}
 	}
-	_ = t.do(ctx, func(ctx context.Context) error {
+	t.unlock(ctx, key, owner)
+	return rec, err
+}
+
+// unlock releases key's lock if owner still holds it. A failure leaves
+// the lock to expire.
+func (t *Tier) unlock(ctx context.Context, key, owner string) {
+	_ = t.do(context.WithoutCancel(ctx), func(ctx context.Context) error {
 		return unlockScript.Run(ctx, t.rdb, []string{t.lockKey(key)}, owner).Err()
 	})
-	return rec, err
 }
 
 // await waits until another replica announces a token for key, or for
