@@ -1,0 +1,341 @@
+// Package metrics exports tokenbroker's Prometheus metrics.
+//
+// The broker's own counters and gauges (broker.Stats) are read once per
+// scrape and exported as constant metrics, so the broker stays the one
+// source of truth for them. What the broker does not count — upstream
+// latency, the lead time of refreshes, the remaining life of served tokens,
+// the state of the Redis tier — is observed through the hooks of Metrics.
+// RPC metrics come from go-grpc-middleware's Prometheus provider (GRPC).
+//
+// Label values are bounded: provider names (configured, and capped at
+// MaxProviders distinct values), the Outcome* constants and the Shared*
+// states. No client id, key id, secret or token is ever a label or a value.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
+)
+
+// The outcomes of an upstream fetch, as the `outcome` label shows them.
+const (
+	// OutcomeOK: the endpoint issued a token.
+	OutcomeOK = "ok"
+	// OutcomeInvalidClient: the endpoint rejected the client credentials.
+	OutcomeInvalidClient = "invalid_client"
+	// OutcomeInvalidScope: a requested scope is unknown or not allowed.
+	OutcomeInvalidScope = "invalid_scope"
+	// OutcomeUnauthorizedClient: the client may not use the grant.
+	OutcomeUnauthorizedClient = "unauthorized_client"
+	// OutcomeThrottled: the endpoint or the local request budget throttled
+	// the fetch.
+	OutcomeThrottled = "throttled"
+	// OutcomeUnavailable: 5xx, network failure or a malformed answer.
+	OutcomeUnavailable = "unavailable"
+	// OutcomeRejected: any other rejection by the endpoint.
+	OutcomeRejected = "rejected"
+	// OutcomeError: anything else (a context error, an internal failure).
+	OutcomeError = "error"
+)
+
+// The states of the Redis tier, as the `state` label shows them.
+const (
+	// SharedDisabled: no Redis tier is configured.
+	SharedDisabled = "disabled"
+	// SharedClosed: the circuit breaker is closed; Redis is in use.
+	SharedClosed = "closed"
+	// SharedHalfOpen: the breaker is probing Redis after an outage.
+	SharedHalfOpen = "half_open"
+	// SharedOpen: the breaker is open; Redis is skipped.
+	SharedOpen = "open"
+)
+
+// MaxProviders is the most distinct provider label values the hooks
+// record. Hook calls for further providers (which a valid configuration
+// does not have) are recorded under OtherProvider, so a caller bug cannot
+// blow up the number of series.
+const MaxProviders = 64
+
+// OtherProvider is the provider label value of hook calls for an empty
+// provider name or for providers beyond MaxProviders. Configured provider
+// names cannot start with an underscore, so it never names a real one.
+const OtherProvider = "_other"
+
+const namespace = "tokenbroker"
+
+// sharedStates are the values of the `state` label, in a fixed order; the
+// index of the current one is what Metrics keeps.
+var sharedStates = [...]string{SharedDisabled, SharedClosed, SharedHalfOpen, SharedOpen}
+
+// Histogram buckets, in seconds.
+var (
+	// upstreamBuckets span a fast token endpoint (5 ms) to a fetch that
+	// retried with backoff up to its deadline (30 s).
+	upstreamBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+	// lifeBuckets span 1 s to a day on a roughly exponential ladder of
+	// human time units: tokens live 5 min to 1 day, min_remaining is 30 s
+	// by default and a refresh normally leads expiry by a quarter of the
+	// token's life.
+	lifeBuckets = []float64{1, 2, 5, 10, 30, 60, 120, 300, 600, 900, 1800, 2700, 3600, 7200, 21600, 43200, 86400}
+	// grpcBuckets span a cache hit (sub-millisecond) to a GetToken that
+	// waited for a slow upstream. WatchToken streams, which last as long
+	// as the subscription, land in +Inf.
+	grpcBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+)
+
+// Metrics holds tokenbroker's metrics and the hooks the broker calls.
+// Its methods are safe for concurrent use, and a nil *Metrics ignores
+// every hook, so that code paths without metrics need no checks.
+type Metrics struct {
+	upstream *prometheus.HistogramVec
+	refresh  *prometheus.HistogramVec
+	served   prometheus.Histogram
+	grpc     *grpcprom.ServerMetrics
+	stats    *statsCollector
+
+	// observers caches the histogram series per label values, so that the
+	// hooks neither allocate nor hash labels. It is copied on write: the
+	// hooks load it without locking.
+	observers atomic.Pointer[map[seriesKey]prometheus.Observer]
+	mu        sync.Mutex // serialises writers of observers
+}
+
+// seriesKey identifies one labelled series of one histogram.
+type seriesKey struct {
+	vec      *prometheus.HistogramVec
+	provider string
+	outcome  string
+}
+
+// New creates tokenbroker's metrics and registers them, and the gRPC
+// server metrics, on reg. stats is called once per scrape; the counters
+// and gauges of the broker.Stats it returns are exported as they are.
+//
+// New fails when reg or stats is nil or when a metric cannot be
+// registered (for example because New already ran with the same reg); it
+// then leaves nothing registered.
+func New(reg prometheus.Registerer, stats func() broker.Stats) (*Metrics, error) {
+	switch {
+	case reg == nil:
+		return nil, errors.New("metrics: registerer is nil, want a prometheus.Registerer")
+	case stats == nil:
+		return nil, errors.New("metrics: stats is nil, want a function returning the broker's statistics")
+	}
+	m := &Metrics{
+		upstream: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace,
+			Name:      "upstream_request_duration_seconds",
+			Help:      "Time taken by upstream token fetches (retries and backoff included), by provider and outcome.",
+			Buckets:   upstreamBuckets,
+		}, []string{"provider", "outcome"}),
+		refresh: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace,
+			Name:      "refresh_lead_seconds",
+			Help:      "Remaining life of the token a refresh replaced, when the new token was installed, by provider.",
+			Buckets:   lifeBuckets,
+		}, []string{"provider"}),
+		served: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace,
+			Name:      "served_token_remaining_seconds",
+			Help:      "Remaining life of the tokens served to callers, when served.",
+			Buckets:   lifeBuckets,
+		}),
+		grpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+			grpcprom.WithHistogramBuckets(grpcBuckets),
+		)),
+		stats: newStatsCollector(stats),
+	}
+	empty := map[seriesKey]prometheus.Observer{}
+	m.observers.Store(&empty)
+
+	cs := []prometheus.Collector{m.stats, m.upstream, m.refresh, m.served, m.grpc}
+	for i, c := range cs {
+		if err := reg.Register(c); err != nil {
+			for _, done := range cs[:i] {
+				reg.Unregister(done)
+			}
+			return nil, fmt.Errorf("metrics: register: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// UpstreamDone records an upstream fetch for provider that ended with
+// outcome (one of the Outcome* constants; see Outcome) after d. An
+// outcome outside that set is recorded as OutcomeError.
+func (m *Metrics) UpstreamDone(provider, outcome string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	if !validOutcome(outcome) {
+		outcome = OutcomeError
+	}
+	m.observer(m.upstream, provider, outcome).Observe(d.Seconds())
+}
+
+// Refreshed records a background refresh for provider whose new token was
+// installed leadBeforeExpiry before the old one expired. A negative lead
+// (the old token had already expired) is recorded as zero.
+func (m *Metrics) Refreshed(provider string, leadBeforeExpiry time.Duration) {
+	if m == nil {
+		return
+	}
+	m.observer(m.refresh, provider, "").Observe(max(leadBeforeExpiry, 0).Seconds())
+}
+
+// Served records the remaining life of a token served to a caller. A
+// negative duration is recorded as zero.
+func (m *Metrics) Served(remaining time.Duration) {
+	if m == nil {
+		return
+	}
+	m.served.Observe(max(remaining, 0).Seconds())
+}
+
+// SetSharedState sets the state of the Redis tier: SharedDisabled,
+// SharedClosed, SharedHalfOpen or SharedOpen ("half-open" is accepted for
+// SharedHalfOpen). The tokenbroker_shared_state series of that state is 1,
+// the others 0. An unknown state is ignored. The state is SharedDisabled
+// until the first call.
+func (m *Metrics) SetSharedState(state string) {
+	if m == nil {
+		return
+	}
+	if state == "half-open" {
+		state = SharedHalfOpen
+	}
+	for i, s := range sharedStates {
+		if s == state {
+			m.stats.state.Store(int32(i))
+			return
+		}
+	}
+}
+
+// GRPC returns the gRPC server metrics (go-grpc-middleware's Prometheus
+// provider, with the handling-time histogram), already registered. Add its
+// UnaryServerInterceptor and StreamServerInterceptor to the server, and
+// call InitializeMetrics with the server once its services are registered.
+func (m *Metrics) GRPC() *grpcprom.ServerMetrics {
+	if m == nil {
+		return nil
+	}
+	return m.grpc
+}
+
+// observer returns the series of vec for provider (and outcome, for the
+// upstream histogram), creating it on first use.
+func (m *Metrics) observer(vec *prometheus.HistogramVec, provider, outcome string) prometheus.Observer {
+	if provider == "" {
+		provider = OtherProvider
+	}
+	k := seriesKey{vec: vec, provider: provider, outcome: outcome}
+	if o, ok := (*m.observers.Load())[k]; ok {
+		return o
+	}
+	return m.addObserver(k)
+}
+
+// addObserver creates the series of k and adds it to m.observers. Past
+// MaxProviders distinct providers, new providers become OtherProvider.
+func (m *Metrics) addObserver(k seriesKey) prometheus.Observer {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := *m.observers.Load()
+	if o, ok := old[k]; ok {
+		return o
+	}
+	providers := map[string]bool{}
+	for s := range old {
+		providers[s.provider] = true
+	}
+	if !providers[k.provider] && len(providers) >= MaxProviders {
+		k.provider = OtherProvider
+		if o, ok := old[k]; ok {
+			return o
+		}
+	}
+	var o prometheus.Observer
+	if k.vec == m.upstream {
+		o = k.vec.WithLabelValues(k.provider, k.outcome)
+	} else {
+		o = k.vec.WithLabelValues(k.provider)
+	}
+	next := make(map[seriesKey]prometheus.Observer, len(old)+1)
+	for s, v := range old {
+		next[s] = v
+	}
+	next[k] = o
+	m.observers.Store(&next)
+	return o
+}
+
+// validOutcome reports whether s is one of the Outcome* constants.
+func validOutcome(s string) bool {
+	switch s {
+	case OutcomeOK, OutcomeInvalidClient, OutcomeInvalidScope, OutcomeUnauthorizedClient,
+		OutcomeThrottled, OutcomeUnavailable, OutcomeRejected, OutcomeError:
+		return true
+	}
+	return false
+}
+
+// Outcome maps the error of an upstream fetch (nil for success) to its
+// outcome label, by the upstream.Err* kind it matches. Context errors and
+// errors of no kind are OutcomeError. The error's text is never looked at.
+func Outcome(err error) string {
+	switch {
+	case err == nil:
+		return OutcomeOK
+	case errors.Is(err, upstream.ErrInvalidClient):
+		return OutcomeInvalidClient
+	case errors.Is(err, upstream.ErrInvalidScope):
+		return OutcomeInvalidScope
+	case errors.Is(err, upstream.ErrUnauthorizedClient):
+		return OutcomeUnauthorizedClient
+	case errors.Is(err, upstream.ErrThrottled):
+		return OutcomeThrottled
+	case errors.Is(err, upstream.ErrUnavailable):
+		return OutcomeUnavailable
+	case errors.Is(err, upstream.ErrRejected):
+		return OutcomeRejected
+	}
+	return OutcomeError
+}
+
+// Handler returns an HTTP handler that serves the metrics g gathers in the
+// Prometheus exposition formats. A metric that fails to gather is left out
+// and logged (with slog's default logger); the others are still served.
+func Handler(g prometheus.Gatherer) http.Handler {
+	if g == nil {
+		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, "metrics: no gatherer configured", http.StatusInternalServerError)
+		})
+	}
+	return promhttp.HandlerFor(g, promhttp.HandlerOpts{
+		ErrorLog:            slogPrinter{},
+		ErrorHandling:       promhttp.ContinueOnError,
+		MaxRequestsInFlight: 4,
+	})
+}
+
+// slogPrinter logs promhttp's errors with slog.
+type slogPrinter struct{}
+
+// Println implements promhttp.Logger.
+func (slogPrinter) Println(v ...any) {
+	slog.Default().Log(context.Background(), slog.LevelWarn, "metrics: "+fmt.Sprint(v...))
+}
