@@ -54,7 +54,7 @@ lint: tools ## go vet, gofmt, buf lint and buf format.
 	$(BUF) format --diff --exit-code
 
 .PHONY: build
-build: check-go ## Build bin/tokenbroker.
+build: check-go ## Build bin/tokenbroker and bin/tokenbrokerctl.
 	go build -o bin/ ./cmd/...
 
 .PHONY: run
