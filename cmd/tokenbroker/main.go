@@ -5,6 +5,7 @@
 //
 //	tokenbroker -config /etc/tokenbroker/config.yaml
 //	tokenbroker -dev      # embedded token endpoint, no configuration needed
+//	tokenbroker -dev-issuer 127.0.0.1:7080   # only a token endpoint, for replicas to share
 //
 // It runs until SIGINT or SIGTERM, then shuts down gracefully.
 package main
@@ -19,9 +20,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/app"
 	"github.com/tokenbroker/tokenbroker/internal/config"
+	"github.com/tokenbroker/tokenbroker/internal/secret"
 )
 
 func main() {
@@ -40,6 +43,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	cfg, err := config.Parse(args, getenv)
 	if err != nil {
 		return err
+	}
+	if cfg.DevIssuer != "" {
+		logger, err := newLogger(cfg.Log, stderr)
+		if err != nil {
+			return err
+		}
+		return app.ServeDevIssuer(ctx, cfg.DevIssuer, secret.String(getenv(config.EnvDevSecret)), time.Duration(cfg.DevLifetime), logger)
 	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)

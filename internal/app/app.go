@@ -352,6 +352,44 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) 
 	return a, nil
 }
 
+// DevIssuerClientID is the client id of the -dev and -dev-issuer token
+// endpoints' client.
+const DevIssuerClientID = "demo-client"
+
+// ServeDevIssuer serves only the development token endpoint on addr, a
+// loopback address, until ctx ends: one client, DevIssuerClientID with
+// secret sec, allowed DevScopes, issuing tokens that live lifetime.
+// Replicas on one machine can share it as their provider.
+func ServeDevIssuer(ctx context.Context, addr string, sec secret.String, lifetime time.Duration, logger *slog.Logger) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("-dev-issuer: must be host:port, got %q", addr)
+	}
+	if ip := net.ParseIP(host); !strings.EqualFold(host, "localhost") && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("-dev-issuer: must be a loopback address (the development token endpoint is not for a network), got %q", addr)
+	}
+	if sec == "" {
+		return fmt.Errorf("-dev-issuer: $%s must hold the client secret", config.EnvDevSecret)
+	}
+	issuer, err := devissuer.New(devissuer.Config{
+		Lifetime: lifetime,
+		Clients:  []devissuer.Client{{ID: DevIssuerClientID, Secret: sec.Reveal(), Scopes: DevScopes}},
+		Logger:   logger,
+	})
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("-dev-issuer: %w", err)
+	}
+	logger.Info("dev token endpoint listening", "token_url", "http://"+l.Addr().String()+devissuer.TokenPath, "client_id", DevIssuerClientID, "lifetime", lifetime.String())
+	if err := issuer.Serve(ctx, l); err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("dev token endpoint: %w", err)
+	}
+	return nil
+}
+
 // startDevIssuer starts the embedded token endpoint on a loopback port and
 // configures provider "dev" and client "demo" (with a random secret) for it.
 func startDevIssuer(ctx context.Context, g *errgroup.Group, cfg *config.Config, logger *slog.Logger) error {
@@ -368,7 +406,7 @@ func startDevIssuer(ctx context.Context, g *errgroup.Group, cfg *config.Config, 
 	sec := rand.Text()
 	issuer, err := devissuer.New(devissuer.Config{
 		Lifetime: time.Duration(cfg.DevLifetime),
-		Clients:  []devissuer.Client{{ID: "demo-client", Secret: sec, Scopes: DevScopes}},
+		Clients:  []devissuer.Client{{ID: DevIssuerClientID, Secret: sec, Scopes: DevScopes}},
 		Logger:   logger,
 	})
 	if err != nil {
@@ -389,7 +427,7 @@ func startDevIssuer(ctx context.Context, g *errgroup.Group, cfg *config.Config, 
 	p.Name, p.TokenURL = DevProvider, url+devissuer.TokenPath
 	cfg.Providers = append(cfg.Providers, p)
 	cfg.Clients = append(cfg.Clients, config.Client{
-		Name: DevClient, Provider: DevProvider, ClientID: "demo-client", Secret: secret.String(sec),
+		Name: DevClient, Provider: DevProvider, ClientID: DevIssuerClientID, Secret: secret.String(sec),
 	})
 	logger.Info("dev token endpoint started", "token_url", p.TokenURL, "jwks_url", url+devissuer.JWKSPath, "lifetime", time.Duration(cfg.DevLifetime).String())
 	return nil

@@ -114,6 +114,12 @@ type Config struct {
 	// DevLifetime is the lifetime of the tokens the -dev token endpoint
 	// issues (default 5m). It is set by the -dev-lifetime flag only.
 	DevLifetime Duration `yaml:"-"`
+	// DevIssuer, set by the -dev-issuer flag only, makes the process serve
+	// nothing but the development token endpoint, on this loopback
+	// address: a token endpoint that several replicas on one machine can
+	// share. Its client is "demo-client", with the secret from
+	// $TOKENBROKER_DEV_SECRET.
+	DevIssuer string `yaml:"-"`
 }
 
 // Cache tunes the token cache and when tokens are refreshed.

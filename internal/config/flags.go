@@ -21,6 +21,9 @@ const (
 	// EnvLogFormat overrides the file's log.format; -log-format overrides
 	// it.
 	EnvLogFormat = "TOKENBROKER_LOG_FORMAT"
+	// EnvDevSecret holds the client secret of the -dev-issuer token
+	// endpoint's client.
+	EnvDevSecret = "TOKENBROKER_DEV_SECRET"
 )
 
 // Parse builds the configuration from the command line args (without the
@@ -35,6 +38,7 @@ const (
 //	-passthrough       passthrough (-passthrough=false turns it off)
 //	-dev               development mode (Config.Dev)
 //	-dev-lifetime D    lifetime of -dev tokens (Config.DevLifetime)
+//	-dev-issuer ADDR   serve only the development token endpoint (Config.DevIssuer)
 //
 // Without a file, the configuration is Default() plus the overrides. Parse
 // neither validates nor loads secrets. With -h or -help it writes the usage
@@ -57,6 +61,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 		path        = fs.String("config", "", "configuration `file` (YAML); overrides $"+EnvConfig)
 		dev         = fs.Bool("dev", false, "development mode: run an embedded token endpoint")
 		devLifetime = fs.Duration("dev-lifetime", time.Duration(def.DevLifetime), "lifetime of the tokens the -dev token endpoint issues")
+		devIssuer   = fs.String("dev-issuer", "", "serve only the development token endpoint on this loopback `address` (client demo-client, secret from $"+EnvDevSecret+"), for replicas to share")
 		listen      = fs.String("listen", def.Listen, "gRPC listen `address` (host:port); overrides $"+EnvListen+" and the file")
 		logLevel    = fs.String("log-level", def.Log.Level, "log `level`: debug, info, warn or error; overrides $"+EnvLogLevel+" and the file")
 		logFormat   = fs.String("log-format", def.Log.Format, "log `format`: json or text; overrides $"+EnvLogFormat+" and the file")
@@ -114,6 +119,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 	}
 	cfg.Dev = *dev
 	cfg.DevLifetime = Duration(*devLifetime)
+	cfg.DevIssuer = *devIssuer
 	return cfg, nil
 }
 
