@@ -60,6 +60,26 @@ type Fleet interface {
 	Stats() FleetStats
 }
 
+// Observer receives the broker's measurements. Durations are never
+// negative.
+type Observer interface {
+	// UpstreamDone reports one upstream fetch of provider: its error (nil
+	// for a token) and how long it took, retries included.
+	UpstreamDone(provider string, err error, d time.Duration)
+	// Refreshed reports a token replaced while the old one still had
+	// lead of its life left.
+	Refreshed(provider string, lead time.Duration)
+	// Served reports a token handed to a caller with remaining life left.
+	Served(remaining time.Duration)
+}
+
+// noObserver is the Observer of a broker configured without one.
+type noObserver struct{}
+
+func (noObserver) UpstreamDone(string, error, time.Duration) {}
+func (noObserver) Refreshed(string, time.Duration)           {}
+func (noObserver) Served(time.Duration)                      {}
+
 // Client is a broker-held client: credentials callers name but never see.
 type Client struct {
 	// Provider is the name of the client's provider.
@@ -114,6 +134,10 @@ type Config struct {
 	// upstream under the fleet's lock. Pass the broker to the fleet as its
 	// Receiver (Adopt, ApplyInvalidation).
 	Fleet Fleet
+	// Observer, when set, is told of upstream requests, refreshes and
+	// served tokens (for metrics). Its methods must be cheap: some run
+	// under the broker's lock.
+	Observer Observer
 	// Logger receives warnings (default: slog.Default()).
 	Logger *slog.Logger
 }
@@ -196,6 +220,9 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Observer == nil {
+		cfg.Observer = noObserver{}
+	}
 	for name, c := range cfg.Clients {
 		if cfg.Providers[c.Provider] == nil {
 			return nil, fmt.Errorf("broker: client %q names unknown provider %q", name, c.Provider)
@@ -276,6 +303,7 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (Token, error) {
 	if err != nil {
 		return Token{}, &keyedError{keyID: t.keyID, err: err}
 	}
+	b.cfg.Observer.Served(max(0, time.Until(rec.ExpiresAt)))
 	return toToken(rec, t.keyID), nil
 }
 
@@ -410,7 +438,9 @@ func (b *Broker) fetchAndInstall(ctx context.Context, t target) (rec *tokencache
 
 // fetchUpstream asks t's token endpoint for a token.
 func (b *Broker) fetchUpstream(ctx context.Context, t target) (*tokencache.Record, error) {
+	start := time.Now()
 	tok, err := t.fetcher.Fetch(ctx, t.req)
+	b.cfg.Observer.UpstreamDone(t.provider, err, time.Since(start))
 	b.countUpstream(t.provider, err)
 	if err != nil {
 		return nil, err

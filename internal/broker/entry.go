@@ -159,6 +159,9 @@ func (b *Broker) installLocked(t target, rec *tokencache.Record, e *entry) {
 	// not the cache admits it.
 	b.cfg.Cache.Set(t.key, rec, time.Until(rec.ExpiresAt)-b.cfg.MinRemaining)
 	prev := e.current
+	if prev != nil && prev != rec {
+		b.cfg.Observer.Refreshed(t.provider, max(0, time.Until(prev.ExpiresAt)))
+	}
 	e.current = rec
 	e.refreshing, e.failures, e.lastErr, e.unavailable, e.stopped = false, 0, nil, false, false
 	e.used.Store(false)

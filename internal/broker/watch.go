@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // Watcher is a subscription to a key's tokens. Its mailbox holds one
@@ -41,6 +42,7 @@ func (b *Broker) Watch(ctx context.Context, req Request) (*Watcher, error) {
 	if e.index < 0 && !e.refreshing && !e.stopped {
 		b.scheduleLocked(e, e.current.RefreshAt)
 	}
+	b.cfg.Observer.Served(max(0, time.Until(e.current.ExpiresAt)))
 	w := &Watcher{b: b, e: e, initial: toToken(e.current, t.keyID), ch: make(chan Event, 1)}
 	e.watchers[w] = struct{}{}
 	return w, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -472,6 +473,58 @@ func TestEvictedTokenServedWhileRefreshIsHeld(t *testing.T) {
 		}
 		if got := f.calls.Load(); got != 2 {
 			t.Errorf("got %d upstream calls, want 2", got)
+		}
+	})
+}
+
+// recorder is an Observer that keeps what it is told.
+type recorder struct {
+	mu       sync.Mutex
+	upstream []string
+	leads    []time.Duration
+	served   []time.Duration
+}
+
+func (r *recorder) UpstreamDone(provider string, err error, d time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.upstream = append(r.upstream, fmt.Sprintf("%s %v %v", provider, err, d))
+}
+
+func (r *recorder) Refreshed(_ string, lead time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.leads = append(r.leads, lead)
+}
+
+func (r *recorder) Served(remaining time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.served = append(r.served, remaining)
+}
+
+// TestObserverSeesFetchesRefreshesAndServedTokens: the Observer hears of
+// each upstream fetch, each refresh with the old token's remaining life,
+// and each token served with its own.
+func TestObserverSeesFetchesRefreshesAndServedTokens(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := &recorder{}
+		b := newBroker(t, lifetimeFetcher(time.Hour), Config{Observer: rec})
+		runBroker(t, b)
+		w := mustWatch(t, b, held())
+		mustGet(t, b, held())
+		<-w.Events() // the refresh at 45 minutes
+		synctest.Wait()
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		if want := []string{"p <nil> 0s", "p <nil> 0s"}; !slices.Equal(rec.upstream, want) {
+			t.Errorf("upstream: got %q, want %q", rec.upstream, want)
+		}
+		if want := []time.Duration{15 * time.Minute}; !slices.Equal(rec.leads, want) {
+			t.Errorf("refresh leads: got %v, want %v", rec.leads, want)
+		}
+		if want := []time.Duration{time.Hour, time.Hour}; !slices.Equal(rec.served, want) {
+			t.Errorf("served: got %v, want %v (the watch's initial token and GetToken's)", rec.served, want)
 		}
 	})
 }
