@@ -75,6 +75,14 @@ const MaxIdentityLength = 2048
 type Config struct {
 	// Listen is the gRPC listen address, host:port. Default "127.0.0.1:7443".
 	Listen string `yaml:"listen"`
+	// HTTPListen is the address of the HTTP listener: the drop-in OAuth 2.0
+	// token endpoint (POST /oauth2/token, /oauth2/{provider}/token),
+	// /metrics, /healthz and /readyz. It serves HTTPS when tls is set.
+	// Default "127.0.0.1:7080"; "" turns it off.
+	HTTPListen string `yaml:"http_listen"`
+	// HTTPDefaultProvider is the provider of POST /oauth2/token. Default
+	// "": the only provider, when exactly one is configured.
+	HTTPDefaultProvider string `yaml:"http_default_provider"`
 	// Cache tunes the token cache and the refresh schedule.
 	Cache Cache `yaml:"cache"`
 	// Providers are the token endpoints callers may name.
@@ -358,7 +366,8 @@ type Sealing struct {
 // one.
 func Default() Config {
 	return Config{
-		Listen: "127.0.0.1:7443",
+		Listen:     "127.0.0.1:7443",
+		HTTPListen: "127.0.0.1:7080",
 		Cache: Cache{
 			MaxCost:         64 * MiB,
 			RefreshFraction: 0.75,

@@ -26,7 +26,8 @@ func writeFile(t *testing.T, name, content string) string {
 func TestDefault(t *testing.T) {
 	c := Default()
 	want := Config{
-		Listen: "127.0.0.1:7443",
+		Listen:     "127.0.0.1:7443",
+		HTTPListen: "127.0.0.1:7080",
 		Cache: Cache{
 			MaxCost:         64 << 20,
 			RefreshFraction: 0.75,
@@ -314,7 +315,7 @@ func TestLoadErrors(t *testing.T) {
 		{
 			name:    "unknown top-level key",
 			content: "listen: ':1'\nlisten_addr: x\n",
-			want:    []string{`c.yaml:2: listen_addr: unknown key "listen_addr"`, "valid keys here: listen, cache, providers"},
+			want:    []string{`c.yaml:2: listen_addr: unknown key "listen_addr"`, "valid keys here: listen, http_listen, http_default_provider, cache, providers"},
 		},
 		{
 			name:    "unknown nested key",

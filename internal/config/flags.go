@@ -16,6 +16,9 @@ const (
 	EnvConfig = "TOKENBROKER_CONFIG"
 	// EnvListen overrides the file's listen; the -listen flag overrides it.
 	EnvListen = "TOKENBROKER_LISTEN"
+	// EnvHTTPListen overrides the file's http_listen; -http-listen
+	// overrides it.
+	EnvHTTPListen = "TOKENBROKER_HTTP_LISTEN"
 	// EnvLogLevel overrides the file's log.level; -log-level overrides it.
 	EnvLogLevel = "TOKENBROKER_LOG_LEVEL"
 	// EnvLogFormat overrides the file's log.format; -log-format overrides
@@ -33,6 +36,7 @@ const (
 //
 //	-config PATH       configuration file (else $TOKENBROKER_CONFIG; else none)
 //	-listen ADDR       listen ($TOKENBROKER_LISTEN)
+//	-http-listen ADDR  http_listen ($TOKENBROKER_HTTP_LISTEN; "" turns it off)
 //	-log-level LEVEL   log.level ($TOKENBROKER_LOG_LEVEL)
 //	-log-format FORMAT log.format ($TOKENBROKER_LOG_FORMAT)
 //	-passthrough       passthrough (-passthrough=false turns it off)
@@ -63,6 +67,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 		devLifetime = fs.Duration("dev-lifetime", time.Duration(def.DevLifetime), "lifetime of the tokens the -dev token endpoint issues")
 		devIssuer   = fs.String("dev-issuer", "", "serve only the development token endpoint on this loopback `address` (client demo-client, secret from $"+EnvDevSecret+"), for replicas to share")
 		listen      = fs.String("listen", def.Listen, "gRPC listen `address` (host:port); overrides $"+EnvListen+" and the file")
+		httpListen  = fs.String("http-listen", def.HTTPListen, "HTTP `address` of the drop-in token endpoint and /metrics (host:port, \"\" for none); overrides $"+EnvHTTPListen+" and the file")
 		logLevel    = fs.String("log-level", def.Log.Level, "log `level`: debug, info, warn or error; overrides $"+EnvLogLevel+" and the file")
 		logFormat   = fs.String("log-format", def.Log.Format, "log `format`: json or text; overrides $"+EnvLogFormat+" and the file")
 		passthrough = fs.Bool("passthrough", def.Passthrough, "let callers present their own client credentials; overrides the file")
@@ -97,6 +102,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 		dst *string
 	}{
 		{EnvListen, &cfg.Listen},
+		{EnvHTTPListen, &cfg.HTTPListen},
 		{EnvLogLevel, &cfg.Log.Level},
 		{EnvLogFormat, &cfg.Log.Format},
 	} {
@@ -107,6 +113,9 @@ func parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 
 	if set["listen"] {
 		cfg.Listen = *listen
+	}
+	if set["http-listen"] {
+		cfg.HTTPListen = *httpListen
 	}
 	if set["log-level"] {
 		cfg.Log.Level = *logLevel

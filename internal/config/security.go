@@ -49,6 +49,18 @@ func (c *Config) validateSecurity(v *validator, clients map[string]bool) {
 			v.add("listen", plaintextRemote)
 		}
 	}
+	if a := c.HTTPListen; a != "" {
+		switch {
+		case checkListen(a) != "":
+			v.add("http_listen", "%s", checkListen(a))
+		case a == c.Listen || a == c.Admin.Listen:
+			v.add("http_listen", "must differ from listen and admin.listen, got %q", a)
+		case !plaintextOK:
+			if host, _, _ := net.SplitHostPort(a); !isLoopback(host) {
+				v.add("http_listen", plaintextRemote)
+			}
+		}
+	}
 	if a := c.Admin.Listen; a != "" {
 		tcp, problem := checkAdminListen(a)
 		switch {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -170,6 +171,9 @@ func (c *Config) Validate() error {
 
 	c.validateSecurity(&v, clientNames)
 	c.validateShared(&v)
+	if p := c.HTTPDefaultProvider; p != "" && !slices.ContainsFunc(c.Providers, func(q Provider) bool { return q.Name == p }) {
+		v.add("http_default_provider", "must name a configured provider, got %q", p)
+	}
 
 	return errors.Join(v.errs...)
 }

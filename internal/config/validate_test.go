@@ -91,6 +91,8 @@ func TestValidateValid(t *testing.T) {
 		func(c *Config) { c.Log.Level = "warn" },
 		func(c *Config) { c.Log.Level = "error" },
 		withRedis,
+		func(c *Config) { c.HTTPListen = "" },
+		func(c *Config) { c.HTTPListen = "0.0.0.0:7080"; c.InsecureAllowRemote = true; c.HTTPDefaultProvider = c.Providers[0].Name },
 		func(c *Config) {
 			withRedis(c)
 			c.Shared.Redis.Addrs = []string{"s1:26379", "s2:26379"}
@@ -181,6 +183,10 @@ func TestValidateRules(t *testing.T) {
 		{"redis tls off", func(c *Config) { withRedis(c); c.Shared.Redis.TLS.CAFile = "ca" }, "shared.redis.tls.enabled: must be true when ca_file, cert_file or server_name is set"},
 		{"redis without sealing keys", func(c *Config) { withRedis(c); c.Sealing.KeysEnv = "" }, "sealing: keys_file or keys_env must be set when shared.redis is configured"},
 		{"redis without hmac key", func(c *Config) { withRedis(c); c.Cache.HMACKeyEnv = "" }, "cache.hmac_key_file: cache.hmac_key_file or cache.hmac_key_env must be set when shared.redis is configured"},
+		{"http_listen bad", func(c *Config) { c.HTTPListen = "7080" }, "http_listen: must be host:port"},
+		{"http_listen same as listen", func(c *Config) { c.HTTPListen = c.Listen }, "http_listen: must differ from listen and admin.listen"},
+		{"http_listen remote plaintext", func(c *Config) { c.HTTPListen = "0.0.0.0:7080" }, "http_listen: plaintext"},
+		{"http_default_provider unknown", func(c *Config) { c.HTTPDefaultProvider = "nope" }, `http_default_provider: must name a configured provider, got "nope"`},
 		{"listen empty", func(c *Config) { c.Listen = "" }, "listen: must be host:port"},
 		{"listen no port", func(c *Config) { c.Listen = "127.0.0.1" }, "listen: must be host:port"},
 		{"listen bad port", func(c *Config) { c.Listen = "127.0.0.1:http" }, `listen: port must be a number from 0 to 65535, got "http"`},
