@@ -1,0 +1,170 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
+)
+
+// DefaultRetryAfter is the Retry-After sent with 429 when the upstream
+// error does not say how long to wait.
+const DefaultRetryAfter = time.Second
+
+// maxDescriptionBytes bounds an error_description taken from an
+// ErrAccessDenied error's own text.
+const maxDescriptionBytes = 256
+
+// errorRow is one row of the error table.
+type errorRow struct {
+	// kind is matched with errors.Is.
+	kind error
+	// status and code are the HTTP status and the OAuth error code.
+	status int
+	code   string
+	// desc is the error_description: fixed text, never the error's.
+	desc string
+}
+
+// errorTable maps broker and upstream errors to token endpoint answers:
+// the first row whose kind matches (errors.Is) wins. It mirrors the gRPC
+// server's table (internal/server/errors.go); every caller of this
+// endpoint presented its own credentials, so the pass-through column of
+// that table applies. errorFor handles the rows' refinements, context
+// errors and unknown errors.
+//
+// Choices worth stating:
+//   - a policy denial (ErrAccessDenied) is 403 access_denied: RFC 6749 has
+//     no token endpoint code for it, and the caller did authenticate;
+//   - broker.ErrPassthroughDisabled is 400 unauthorized_client: the broker
+//     does not serve tokens for caller-held credentials at all, so this
+//     client may not use the grant here;
+//   - upstream.ErrInvalidClient is 401 invalid_client, with
+//     WWW-Authenticate when the client used the Authorization header
+//     (RFC 6749 section 5.2);
+//   - upstream.ErrThrottled is 429 temporarily_unavailable with
+//     Retry-After (the endpoint's delay, else DefaultRetryAfter);
+//     upstream.ErrUnavailable and a timeout are 503
+//     temporarily_unavailable, with Retry-After when the endpoint sent one;
+//   - upstream.ErrRejected is 400 with the endpoint's own code when that is
+//     invalid_request or invalid_target (the caller's parameters were
+//     refused), else 502 server_error (the provider's setup refuses the
+//     broker's request; retrying it unchanged will not help);
+//   - broker.ErrTokenTooShort is 502 server_error: the provider issues
+//     tokens with less life than the broker may serve.
+var errorTable = []errorRow{
+	{ErrAccessDenied, http.StatusForbidden, codeAccessDenied, "access denied"},
+	{broker.ErrInvalidArgument, http.StatusBadRequest, codeInvalidRequest, "invalid request"},
+	{broker.ErrUnknownProvider, http.StatusBadRequest, codeInvalidRequest, "provider: must name a configured provider"},
+	{broker.ErrUnknownClient, http.StatusBadRequest, codeInvalidRequest, "unknown client"},
+	{broker.ErrPassthroughDisabled, http.StatusBadRequest, codeUnauthorizedClient, "this broker does not serve tokens for client credentials presented by callers"},
+	{broker.ErrTokenTooShort, http.StatusBadGateway, codeServerError, "the token endpoint issues tokens with less life than the broker may serve"},
+	{upstream.ErrInvalidClient, http.StatusUnauthorized, codeInvalidClient, "client authentication failed at the token endpoint"},
+	{upstream.ErrInvalidScope, http.StatusBadRequest, codeInvalidScope, "the token endpoint refused the requested scope"},
+	{upstream.ErrUnauthorizedClient, http.StatusBadRequest, codeUnauthorizedClient, "the client may not use the client-credentials grant"},
+	{upstream.ErrThrottled, http.StatusTooManyRequests, codeTemporarilyUnavailable, "the token endpoint is throttling requests; retry after the Retry-After delay"},
+	{upstream.ErrUnavailable, http.StatusServiceUnavailable, codeTemporarilyUnavailable, "the token endpoint is unavailable"},
+	{upstream.ErrRejected, http.StatusBadGateway, codeServerError, "the token endpoint rejected the request"},
+}
+
+// retryDelayer is implemented by upstream errors that know how long the
+// caller should wait before trying again.
+type retryDelayer interface {
+	RetryDelay() time.Duration
+}
+
+// errorFor maps an error from Authorize or the broker to the answer sent.
+// basic says whether the client authenticated with the Authorization
+// header. The description is the table's fixed text, a *broker.FieldError's
+// field and rule, or for ErrAccessDenied the denial's own sanitised text;
+// never the text of another error. Server-side failures keep err as the
+// cause, for the log line.
+func errorFor(err error, basic bool) *oauthError {
+	for _, row := range errorTable {
+		if !errors.Is(err, row.kind) {
+			continue
+		}
+		e := &oauthError{status: row.status, code: row.code, desc: row.desc}
+		switch row.kind {
+		case ErrAccessDenied:
+			if own := sanitize(err.Error()); own != "" {
+				e.desc = own
+			}
+		case broker.ErrInvalidArgument, broker.ErrUnknownProvider, broker.ErrUnknownClient:
+			var fe *broker.FieldError
+			if errors.As(err, &fe) {
+				e.desc = fieldDescription(fe)
+			}
+		case upstream.ErrInvalidClient:
+			e.challenge = basic
+		case upstream.ErrThrottled:
+			e.retryAfter = DefaultRetryAfter
+			if d := retryDelay(err); d > 0 {
+				e.retryAfter = d
+			}
+		case upstream.ErrUnavailable:
+			e.retryAfter = retryDelay(err)
+			e.cause = err
+		case upstream.ErrRejected:
+			var ue *upstream.Error
+			if errors.As(err, &ue) && (ue.Code == codeInvalidRequest || ue.Code == codeInvalidTarget) {
+				e.status, e.code = http.StatusBadRequest, ue.Code
+				e.desc += " (" + ue.Code + ")"
+			} else {
+				e.cause = err
+			}
+		case broker.ErrTokenTooShort:
+			e.cause = err
+		}
+		return e
+	}
+	var fe *broker.FieldError
+	if errors.As(err, &fe) {
+		// A field error of an unexpected kind is still a request error.
+		return &oauthError{status: http.StatusBadRequest, code: codeInvalidRequest, desc: fieldDescription(fe)}
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return &oauthError{status: http.StatusServiceUnavailable, code: codeTemporarilyUnavailable,
+			desc: "timed out waiting for the token endpoint", cause: err}
+	case errors.Is(err, context.Canceled):
+		return &oauthError{status: http.StatusServiceUnavailable, code: codeTemporarilyUnavailable,
+			desc: "the request was cancelled", cause: err}
+	}
+	return &oauthError{status: http.StatusInternalServerError, code: codeServerError, desc: "internal error", cause: err}
+}
+
+// retryDelay returns the delay an upstream error asks for, or 0.
+func retryDelay(err error) time.Duration {
+	var rd retryDelayer
+	if errors.As(err, &rd) {
+		return max(rd.RetryDelay(), 0)
+	}
+	return 0
+}
+
+// fieldDescription renders a broker field error with the name of the HTTP
+// parameter the field comes from ("selector.scopes[2]" → "scope").
+func fieldDescription(fe *broker.FieldError) string {
+	field := strings.TrimPrefix(fe.Field, "selector.")
+	field = strings.TrimPrefix(field, "client_credentials.")
+	if strings.HasPrefix(field, "scopes") {
+		field = paramScope
+	}
+	return sanitize(field + ": " + fe.Rule)
+}
+
+// sanitize keeps printable ASCII and at most maxDescriptionBytes of s.
+func sanitize(s string) string {
+	b := make([]byte, 0, min(len(s), maxDescriptionBytes))
+	for i := 0; i < len(s) && len(b) < maxDescriptionBytes; i++ {
+		if c := s[i]; c >= 0x20 && c <= 0x7e {
+			b = append(b, c)
+		}
+	}
+	return string(b)
+}
