@@ -1,0 +1,65 @@
+package tokensource
+
+import (
+	"math"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// retryable reports whether a stream that ended with code may succeed when
+// opened again soon. The other codes say the request itself is refused
+// (a bad or unknown selector, a caller without the right, credentials the
+// token endpoint rejects, a broker without WatchToken); they are retried
+// too, in case an operator fixes the cause, but only at the maximum
+// backoff.
+func retryable(code codes.Code) bool {
+	switch code {
+	case codes.InvalidArgument, codes.NotFound, codes.PermissionDenied,
+		codes.Unauthenticated, codes.FailedPrecondition, codes.Unimplemented:
+		return false
+	}
+	return true
+}
+
+// backoff returns how long to wait before opening the stream again after
+// the n-th consecutive failure (n >= 0). A retryable failure waits a
+// uniformly random time in [0, min(max, base·2ⁿ)] (full jitter); a
+// non-retryable one waits in [max/2, max], whatever n. randN(k) must
+// return a uniformly random number in [0, k), for k > 0. base must be > 0
+// and max >= base.
+func backoff(base, max time.Duration, n int, isRetryable bool, randN func(int64) int64) time.Duration {
+	if !isRetryable {
+		half := max / 2
+		return half + time.Duration(randN(int64(max-half)+1)) // max-half < MaxInt64
+	}
+	ceiling := base
+	for i := 0; i < n && ceiling < max; i++ {
+		if ceiling > max/2 {
+			ceiling = max
+			break
+		}
+		ceiling *= 2
+	}
+	k := int64(min(ceiling, max))
+	if k < math.MaxInt64 {
+		k++ // include the ceiling itself
+	}
+	return time.Duration(randN(k))
+}
+
+// retryDelay returns the delay a status's RetryInfo asks for, or 0.
+func retryDelay(err error) time.Duration {
+	st, ok := status.FromError(err)
+	if !ok {
+		return 0
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() {
+			return max(ri.GetRetryDelay().AsDuration(), 0)
+		}
+	}
+	return 0
+}
