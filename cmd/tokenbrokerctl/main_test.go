@@ -97,7 +97,7 @@ func startStack(t *testing.T, adjust func(*config.Config)) *stack {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, l, nil) }()
+	go func() { done <- a.Serve(ctx, l, nil, nil) }()
 	t.Cleanup(func() {
 		cancel()
 		select {

@@ -2,6 +2,7 @@ package access
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 
 	"google.golang.org/grpc/credentials"
@@ -75,6 +76,18 @@ func peerCertIdentity(ctx context.Context) (Identity, certState) {
 		return Identity{}, certNoSAN
 	}
 	return Identity{Name: name, Source: SourceMTLS}, certOK
+}
+
+// TLSIdentity returns the identity of a TLS connection's verified client
+// certificate (for listeners other than gRPC, such as HTTPS), or the
+// anonymous identity when it presented none or one without a SAN.
+func TLSIdentity(state *tls.ConnectionState) Identity {
+	if state != nil && len(state.VerifiedChains) > 0 && len(state.VerifiedChains[0]) > 0 {
+		if name := certName(state.VerifiedChains[0][0]); name != "" {
+			return Identity{Name: name, Source: SourceMTLS}
+		}
+	}
+	return Identity{Name: AnonymousName, Source: SourceAnonymous}
 }
 
 // certName returns the certificate's first URI SAN, else its first DNS SAN,

@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/devissuer"
+	"github.com/tokenbroker/tokenbroker/internal/metrics"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/server"
 	"github.com/tokenbroker/tokenbroker/internal/shared"
@@ -46,6 +48,9 @@ type App struct {
 	cache  *tokencache.Cache
 	tier   *shared.Tier // nil without a Redis tier
 	server *server.Server
+	http   *http.Server // nil without http_listen
+
+	shutdownTimeout time.Duration
 }
 
 // close releases what New built, for an App that will not serve.
@@ -79,19 +84,24 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 			return nil, fmt.Errorf("tls: %w", err)
 		}
 	}
-	a, err := newBroker(cfg, keys, logger)
+	var b *broker.Broker
+	reg, m, err := newMetrics(func() broker.Stats { return b.Stats() })
 	if err != nil {
 		return nil, err
 	}
-	b := a.broker
+	a, err := newBroker(cfg, keys, logger, m)
+	if err != nil {
+		return nil, err
+	}
+	b = a.broker
 	srv, err := server.New(server.Config{
 		Broker:                watchAdapter{b},
 		Admin:                 b,
 		SeparateAdmin:         cfg.Admin.Listen != "",
 		Logger:                logger,
 		TLS:                   tlsConfig,
-		UnaryInterceptors:     []grpc.UnaryServerInterceptor{guard.UnaryServerInterceptor()},
-		StreamInterceptors:    []grpc.StreamServerInterceptor{guard.StreamServerInterceptor()},
+		UnaryInterceptors:     []grpc.UnaryServerInterceptor{m.GRPC().UnaryServerInterceptor(), guard.UnaryServerInterceptor()},
+		StreamInterceptors:    []grpc.StreamServerInterceptor{m.GRPC().StreamServerInterceptor(), guard.StreamServerInterceptor()},
 		Authorize:             authorize(guard),
 		Identity:              callerIdentity,
 		MaxConcurrentStreams:  cfg.Server.MaxConcurrentStreams,
@@ -109,6 +119,14 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 		return nil, err
 	}
 	a.server = srv
+	m.GRPC().InitializeMetrics(srv.GRPCServer())
+	if cfg.HTTPListen != "" {
+		if a.http, err = newHTTPServer(cfg, b, guard, reg, srv.Serving, tlsConfig, logger); err != nil {
+			a.close()
+			return nil, err
+		}
+	}
+	a.shutdownTimeout = time.Duration(cfg.Server.ShutdownTimeout)
 	return a, nil
 }
 
@@ -170,11 +188,12 @@ func clientAuth(s string) tls.ClientAuthType {
 	return tls.NoClientCert
 }
 
-// Serve runs the refresh scheduler and serves gRPC on l (and AdminService
-// on adminL, when admin.listen is set) until ctx ends; then it shuts the
+// Serve runs the refresh scheduler and serves gRPC on l (AdminService on
+// adminL, when admin.listen is set, and the HTTP listener on httpL, when
+// http_listen is set) until ctx ends; then it shuts the
 // servers down gracefully, stops the scheduler, waits for the fetches in
 // flight and closes the cache. An App serves once.
-func (a *App) Serve(ctx context.Context, l, adminL net.Listener) error {
+func (a *App) Serve(ctx context.Context, l, adminL, httpL net.Listener) error {
 	defer a.close()
 	defer a.broker.Close()
 	rctx, stop := context.WithCancel(context.Background())
@@ -189,6 +208,9 @@ func (a *App) Serve(ctx context.Context, l, adminL net.Listener) error {
 	g.Go(func() error { return a.server.Serve(gctx, l) })
 	if adminL != nil {
 		g.Go(func() error { return a.server.ServeAdmin(gctx, adminL) })
+	}
+	if httpL != nil && a.http != nil {
+		g.Go(func() error { return serveHTTP(gctx, a.http, httpL, a.shutdownTimeout) })
 	}
 	err := g.Wait()
 	stop()
@@ -239,11 +261,23 @@ func Run(ctx context.Context, cfg config.Config, keys Keys, logger *slog.Logger,
 			}
 			logger.Info("admin service listening", "addr", cfg.Admin.Listen)
 		}
+		var httpL net.Listener
+		if cfg.HTTPListen != "" {
+			if httpL, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
+				l.Close()
+				if adminL != nil {
+					adminL.Close()
+				}
+				a.close()
+				return fmt.Errorf("http_listen: %w", err)
+			}
+			logger.Info("http listening (token endpoint, /metrics, /healthz, /readyz)", "addr", httpL.Addr().String())
+		}
 		logger.Info("tokenbroker listening", "addr", l.Addr().String(), "tls", cfg.TLS.Enabled(), "providers", len(cfg.Providers), "clients", len(cfg.Clients), "passthrough", cfg.Passthrough)
 		if cfg.Dev {
 			printDevBanner(out, l.Addr().String())
 		}
-		g.Go(func() error { return a.Serve(ctx, l, adminL) })
+		g.Go(func() error { return a.Serve(ctx, l, adminL, httpL) })
 		return nil
 	}()
 	if err != nil {
@@ -288,7 +322,7 @@ func newKeyring(text []byte) (*tokencache.Keyring, error) {
 // newBroker builds the token cache, one upstream client per provider, the
 // Redis tier when one is configured, and the broker: an App without its
 // server.
-func newBroker(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
+func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Metrics) (*App, error) {
 	providers := make(map[string]broker.Fetcher, len(cfg.Providers))
 	for _, p := range cfg.Providers {
 		c, err := upstream.New(upstream.Provider{
@@ -319,8 +353,10 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) 
 	}
 	a := &App{cache: cache}
 	var f broker.Fleet
+	m.SetSharedState(metrics.SharedDisabled)
 	if cfg.Shared.Redis.Enabled() {
-		if a.tier, err = newTier(cfg.Shared.Redis, kr, logger); err != nil {
+		m.SetSharedState(metrics.SharedClosed)
+		if a.tier, err = newTier(cfg.Shared.Redis, kr, logger, m.SetSharedState); err != nil {
 			cache.Close()
 			return nil, err
 		}
@@ -342,6 +378,7 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) 
 		FetchTimeout:    time.Duration(cfg.Cache.FetchTimeout),
 		HMACKey:         keys.HMAC,
 		Fleet:           f,
+		Observer:        observer{m},
 		Logger:          logger,
 	})
 	if err != nil {

@@ -71,7 +71,7 @@ func startStackHandler(t *testing.T, adjust func(*config.Config, *devissuer.Issu
 // startIssuer serves a token endpoint that knows the held and the
 // pass-through client, through wrap when it is not nil, until the test
 // ends. It returns the issuer and its token URL.
-func startIssuer(t *testing.T, wrap func(http.Handler) http.Handler) (*devissuer.Issuer, string) {
+func startIssuer(t testing.TB, wrap func(http.Handler) http.Handler) (*devissuer.Issuer, string) {
 	t.Helper()
 	issuer, err := devissuer.New(devissuer.Config{Lifetime: time.Hour, Clients: []devissuer.Client{
 		{ID: heldID, Secret: heldSecret, Scopes: []string{"api/read", "api/write"}},
@@ -106,7 +106,7 @@ func stackConfig(tokenURL string) config.Config {
 
 // serveApp serves cfg on a free loopback port until the test ends, or
 // until the returned stop function (which waits for Serve) is called.
-func serveApp(t *testing.T, cfg config.Config, keys Keys, logger *slog.Logger) (addr string, stop func()) {
+func serveApp(t testing.TB, cfg config.Config, keys Keys, logger *slog.Logger) (addr string, stop func()) {
 	t.Helper()
 	a, err := New(cfg, keys, logger)
 	if err != nil {
@@ -118,7 +118,7 @@ func serveApp(t *testing.T, cfg config.Config, keys Keys, logger *slog.Logger) (
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, l, nil) }()
+	go func() { done <- a.Serve(ctx, l, nil, nil) }()
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {

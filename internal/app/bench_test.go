@@ -426,7 +426,7 @@ func startFanoutBroker(b *testing.B, n int) fanoutSource {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- a.Serve(ctx, l, nil) }()
+	go func() { served <- a.Serve(ctx, l, nil, nil) }()
 	b.Cleanup(func() {
 		cancel()
 		if err := <-served; err != nil {

@@ -37,7 +37,7 @@ type testFleet struct {
 
 // startFleet starts a fleet of n replicas; adjust, when not nil, changes
 // the configuration they share.
-func startFleet(t *testing.T, n int, adjust func(*config.Config)) *testFleet {
+func startFleet(t testing.TB, n int, adjust func(*config.Config)) *testFleet {
 	t.Helper()
 	f := &testFleet{redis: redistest.Start(t)}
 	var tokenURL string
@@ -84,7 +84,7 @@ func startFleet(t *testing.T, n int, adjust func(*config.Config)) *testFleet {
 	return f
 }
 
-func randomB64(t *testing.T) string {
+func randomB64(t testing.TB) string {
 	t.Helper()
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {

@@ -16,10 +16,11 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/tokencache"
 )
 
-// newTier builds the Redis tier of cfg, sealing with kr. The client fails
+// newTier builds the Redis tier of cfg, sealing with kr, telling onState
+// of its breaker's transitions. The client fails
 // fast: each operation is bounded by op_timeout and never retried, since
 // the tier's breaker decides when Redis is worth another try.
-func newTier(cfg config.Redis, kr *tokencache.Keyring, logger *slog.Logger) (*shared.Tier, error) {
+func newTier(cfg config.Redis, kr *tokencache.Keyring, logger *slog.Logger, onState func(string)) (*shared.Tier, error) {
 	var tlsConfig *tls.Config
 	if cfg.TLS.Enabled {
 		var err error
@@ -52,6 +53,7 @@ func newTier(cfg config.Redis, kr *tokencache.Keyring, logger *slog.Logger) (*sh
 		BreakerFailures: uint32(cfg.BreakerFailures),
 		BreakerCooldown: time.Duration(cfg.BreakerCooldown),
 		Logger:          logger,
+		OnStateChange:   onState,
 	})
 }
 

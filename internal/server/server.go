@@ -378,6 +378,13 @@ func (g *grpcServer) register(desc *grpc.ServiceDesc, impl any) {
 // It is the main server; see ServeAdmin for the admin one.
 func (s *Server) GRPCServer() *grpc.Server { return s.main.grpc }
 
+// Serving reports whether the main listener's health service says
+// SERVING: true until shutdown begins.
+func (s *Server) Serving() bool {
+	resp, err := s.main.health.Check(context.Background(), &healthpb.HealthCheckRequest{})
+	return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING
+}
+
 // Serve serves on l until ctx is done, then shuts down: the health service
 // turns NOT_SERVING, every WatchToken stream ends at once with
 // codes.Unavailable "server shutting down", other calls in progress get

@@ -83,6 +83,9 @@ type Options struct {
 	// Logger receives one line per breaker transition and per dropped
 	// message; nil discards.
 	Logger *slog.Logger
+	// OnStateChange, when set, is called with the new state (StateClosed,
+	// StateHalfOpen or StateOpen) at each breaker transition.
+	OnStateChange func(state string)
 }
 
 // Receiver is what the tier tells about other replicas' doings.
@@ -184,6 +187,9 @@ func New(opt Options) (*Tier, error) {
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= failures },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			t.transitions.Add(1)
+			if t.opt.OnStateChange != nil {
+				t.opt.OnStateChange(stateName(to))
+			}
 			switch to {
 			case gobreaker.StateOpen:
 				if from == gobreaker.StateClosed {

@@ -1,0 +1,124 @@
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/tokenbroker/tokenbroker/internal/access"
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/config"
+	"github.com/tokenbroker/tokenbroker/internal/httpapi"
+	"github.com/tokenbroker/tokenbroker/internal/metrics"
+)
+
+// newMetrics builds the Prometheus registry: the Go runtime and process
+// collectors and the broker's metrics, whose counters stats reads at
+// scrape time.
+func newMetrics(stats func() broker.Stats) (*prometheus.Registry, *metrics.Metrics, error) {
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(collectors.NewGoCollector()); err != nil {
+		return nil, nil, err
+	}
+	if err := reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+		return nil, nil, err
+	}
+	m, err := metrics.New(reg, stats)
+	if err != nil {
+		return nil, nil, err
+	}
+	return reg, m, nil
+}
+
+// observer feeds the broker's measurements to the metrics.
+type observer struct{ m *metrics.Metrics }
+
+// UpstreamDone implements broker.Observer.
+func (o observer) UpstreamDone(provider string, err error, d time.Duration) {
+	o.m.UpstreamDone(provider, metrics.Outcome(err), d)
+}
+
+// Refreshed implements broker.Observer.
+func (o observer) Refreshed(provider string, lead time.Duration) { o.m.Refreshed(provider, lead) }
+
+// Served implements broker.Observer.
+func (o observer) Served(remaining time.Duration) { o.m.Served(remaining) }
+
+// newHTTPServer builds the HTTP listener's server: the drop-in token
+// endpoint over b, /metrics from reg, /healthz, and /readyz following
+// ready. It speaks HTTPS when tlsConfig is set.
+func newHTTPServer(cfg config.Config, b *broker.Broker, guard *access.Authenticator, reg prometheus.Gatherer, ready func() bool, tlsConfig *tls.Config, logger *slog.Logger) (*http.Server, error) {
+	providers := make([]string, len(cfg.Providers))
+	for i, p := range cfg.Providers {
+		providers[i] = p.Name
+	}
+	h, err := httpapi.New(httpapi.Config{
+		Broker:          b,
+		Providers:       providers,
+		DefaultProvider: cfg.HTTPDefaultProvider,
+		Authorize:       httpAuthorize(guard),
+		Ready:           ready,
+		Metrics:         metrics.Handler(reg),
+		Logger:          logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("http_listen: %w", err)
+	}
+	return &http.Server{
+		Handler:           h,
+		TLSConfig:         tlsConfig,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}, nil
+}
+
+// httpAuthorize applies the policy to an HTTP caller: the identity of its
+// verified client certificate over HTTPS, else the anonymous identity.
+// The caller has also proved it holds the credentials it presents.
+func httpAuthorize(guard *access.Authenticator) func(*http.Request, broker.Selector) error {
+	return func(r *http.Request, sel broker.Selector) error {
+		if err := guard.Policy().Authorize(access.TLSIdentity(r.TLS), sel); err != nil {
+			return fmt.Errorf("%w: %w", httpapi.ErrAccessDenied, err)
+		}
+		return nil
+	}
+}
+
+// serveHTTP serves s on l until ctx ends, then shuts it down within
+// timeout.
+func serveHTTP(ctx context.Context, s *http.Server, l net.Listener, timeout time.Duration) error {
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		if s.TLSConfig != nil {
+			err = s.ServeTLS(l, "", "")
+		} else {
+			err = s.Serve(l)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return fmt.Errorf("http: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	err := s.Shutdown(sctx)
+	if serr := <-done; !errors.Is(serr, http.ErrServerClosed) {
+		err = errors.Join(err, serr)
+	}
+	return err
+}
