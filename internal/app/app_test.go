@@ -108,6 +108,14 @@ func stackConfig(tokenURL string) config.Config {
 // until the returned stop function (which waits for Serve) is called.
 func serveApp(t testing.TB, cfg config.Config, keys Keys, logger *slog.Logger) (addr string, stop func()) {
 	t.Helper()
+	addr, _, stop = serveAppHTTP(t, cfg, keys, logger)
+	return addr, stop
+}
+
+// serveAppHTTP is serveApp that also returns the address of the HTTP
+// listener ("" when cfg.HTTPListen is empty).
+func serveAppHTTP(t testing.TB, cfg config.Config, keys Keys, logger *slog.Logger) (addr, httpAddr string, stop func()) {
+	t.Helper()
 	a, err := New(cfg, keys, logger)
 	if err != nil {
 		t.Fatal(err)
@@ -116,9 +124,16 @@ func serveApp(t testing.TB, cfg config.Config, keys Keys, logger *slog.Logger) (
 	if err != nil {
 		t.Fatal(err)
 	}
+	var httpL net.Listener
+	if cfg.HTTPListen != "" {
+		if httpL, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		httpAddr = httpL.Addr().String()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, l, nil, nil) }()
+	go func() { done <- a.Serve(ctx, l, nil, httpL) }()
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
@@ -129,7 +144,7 @@ func serveApp(t testing.TB, cfg config.Config, keys Keys, logger *slog.Logger) (
 		})
 	}
 	t.Cleanup(stop)
-	return l.Addr().String(), stop
+	return l.Addr().String(), httpAddr, stop
 }
 
 // dial opens a new client connection to the broker.
