@@ -92,7 +92,11 @@ func TestValidateValid(t *testing.T) {
 		func(c *Config) { c.Log.Level = "error" },
 		withRedis,
 		func(c *Config) { c.HTTPListen = "" },
-		func(c *Config) { c.HTTPListen = "0.0.0.0:7080"; c.InsecureAllowRemote = true; c.HTTPDefaultProvider = c.Providers[0].Name },
+		func(c *Config) {
+			c.HTTPListen = "0.0.0.0:7080"
+			c.InsecureAllowRemote = true
+			c.HTTPDefaultProvider = c.Providers[0].Name
+		},
 		func(c *Config) {
 			withRedis(c)
 			c.Shared.Redis.Addrs = []string{"s1:26379", "s2:26379"}
