@@ -185,6 +185,7 @@ func New(opt Options) (*Tier, error) {
 		MaxRequests: 1,
 		Timeout:     opt.BreakerCooldown,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= failures },
+		IsExcluded:  func(err error) bool { return errors.Is(err, errCallerGone) },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			t.transitions.Add(1)
 			if t.opt.OnStateChange != nil {
@@ -231,19 +232,27 @@ func stateName(s gobreaker.State) string {
 	}
 }
 
+// errCallerGone marks an operation cut short because its caller's context
+// ended: not a sign that Redis is unwell.
+var errCallerGone = errors.New("shared: the caller's context ended")
+
 // do runs op against Redis under the breaker and the operation timeout.
-// redis.Nil (no such key) is an answer, not a failure.
+// redis.Nil (no such key) is an answer, not a failure, and an operation
+// whose caller gave up counts neither way.
 func (t *Tier) do(ctx context.Context, op func(context.Context) error) error {
 	_, err := t.cb.Execute(func() (any, error) {
-		ctx, cancel := context.WithTimeout(ctx, t.opt.OpTimeout)
+		octx, cancel := context.WithTimeout(ctx, t.opt.OpTimeout)
 		defer cancel()
-		err := op(ctx)
+		err := op(octx)
 		if errors.Is(err, redis.Nil) {
 			err = nil
 		}
+		if err != nil && ctx.Err() != nil {
+			err = fmt.Errorf("%w: %w", errCallerGone, err)
+		}
 		return nil, err
 	})
-	if err != nil && !errors.Is(err, gobreaker.ErrOpenState) && !errors.Is(err, gobreaker.ErrTooManyRequests) {
+	if err != nil && !errors.Is(err, gobreaker.ErrOpenState) && !errors.Is(err, gobreaker.ErrTooManyRequests) && !errors.Is(err, errCallerGone) {
 		t.errs.Add(1)
 	}
 	return err
@@ -279,6 +288,13 @@ func (t *Tier) read(ctx context.Context, key string) (gen uint64, rec *tokencach
 		if gen, err = parseGen(s); err != nil {
 			return 0, nil, false, err
 		}
+	} else if last := t.lastGen.Load(); last > 0 {
+		// Redis lost the generation (a restart without persistence):
+		// restore the highest one this replica saw, so that generations
+		// never go back and announcements are not taken for stale ones.
+		if gen, err = t.restoreGen(ctx, last); err != nil {
+			return 0, nil, false, err
+		}
 	}
 	if s, ok := v[1].(string); ok {
 		if vgen, r, err := t.open(key, []byte(s)); err == nil && vgen == gen {
@@ -286,6 +302,27 @@ func (t *Tier) read(ctx context.Context, key string) (gen uint64, rec *tokencach
 		}
 	}
 	return gen, rec, exists.Val() > 0, nil
+}
+
+// raiseGenScript sets the generation to ARGV[1] unless it is already
+// higher, and returns it.
+var raiseGenScript = redis.NewScript(`local g = tonumber(redis.call("GET", KEYS[1]) or "0")
+local want = tonumber(ARGV[1])
+if g < want then redis.call("SET", KEYS[1], ARGV[1]) g = want end
+return tostring(g)`)
+
+// restoreGen raises the fleet generation to at least gen and returns it.
+func (t *Tier) restoreGen(ctx context.Context, gen uint64) (uint64, error) {
+	var s string
+	err := t.do(ctx, func(ctx context.Context) error {
+		var err error
+		s, err = raiseGenScript.Run(ctx, t.rdb, []string{t.genKey}, gen).Text()
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return parseGen(s)
 }
 
 func parseGen(s string) (uint64, error) {
