@@ -96,7 +96,7 @@ fuzz: check-go ## Run every fuzz target briefly (FUZZTIME=5s each).
 	done
 
 .PHONY: bench
-bench: check-go ## Run the benchmarks.
+bench: check-go redis-server ## Run the benchmarks (side by side with their baselines).
 	go test -run '^$$' -bench . -benchmem -count 1 -timeout 20m ./...
 
 .PHONY: clean
