@@ -24,7 +24,6 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/internal/app"
 	"github.com/tokenbroker/tokenbroker/internal/config"
-	"github.com/tokenbroker/tokenbroker/internal/secret"
 )
 
 func main() {
@@ -49,7 +48,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if err != nil {
 			return err
 		}
-		return app.ServeDevIssuer(ctx, cfg.DevIssuer, secret.String(getenv(config.EnvDevSecret)), time.Duration(cfg.DevLifetime), logger)
+		return app.ServeDevIssuer(ctx, cfg.DevIssuer, cfg.DevSecret, time.Duration(cfg.DevLifetime), logger)
 	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)

@@ -275,7 +275,11 @@ func Run(ctx context.Context, cfg config.Config, keys Keys, logger *slog.Logger,
 		}
 		logger.Info("tokenbroker listening", "addr", l.Addr().String(), "tls", cfg.TLS.Enabled(), "providers", len(cfg.Providers), "clients", len(cfg.Clients), "passthrough", cfg.Passthrough)
 		if cfg.Dev {
-			printDevBanner(out, l.Addr().String())
+			httpAddr := ""
+			if httpL != nil {
+				httpAddr = httpL.Addr().String()
+			}
+			printDevBanner(out, l.Addr().String(), httpAddr, cfg.DevSecret != "")
 		}
 		g.Go(func() error { return a.Serve(ctx, l, adminL, httpL) })
 		return nil
@@ -440,7 +444,13 @@ func startDevIssuer(ctx context.Context, g *errgroup.Group, cfg *config.Config, 
 			return fmt.Errorf("-dev: clients: %q is reserved for the embedded token endpoint's client", DevClient)
 		}
 	}
-	sec := rand.Text()
+	sec := cfg.DevSecret.Reveal()
+	if sec == "" {
+		sec = rand.Text()
+	}
+	// Callers may present the demo credentials themselves, as apps using
+	// the drop-in HTTP endpoint do.
+	cfg.Passthrough = true
 	issuer, err := devissuer.New(devissuer.Config{
 		Lifetime: time.Duration(cfg.DevLifetime),
 		Clients:  []devissuer.Client{{ID: DevIssuerClientID, Secret: sec, Scopes: DevScopes}},
@@ -471,7 +481,7 @@ func startDevIssuer(ctx context.Context, g *errgroup.Group, cfg *config.Config, 
 }
 
 // printDevBanner shows ready-to-paste grpcurl commands for -dev mode.
-func printDevBanner(out io.Writer, addr string) {
+func printDevBanner(out io.Writer, addr, httpAddr string, secretFromEnv bool) {
 	fmt.Fprintf(out, `
 tokenbroker is running in -dev mode on %[1]s with an embedded token endpoint.
 Provider %[2]q, client %[3]q (scopes %[4]s). Try:
@@ -480,8 +490,14 @@ Provider %[2]q, client %[3]q (scopes %[4]s). Try:
   grpcurl -plaintext %[1]s describe tokenbroker.v1.TokenBrokerService
   grpcurl -plaintext -d '{"selector":{"client":"%[3]s","scopes":["demo/read"]}}' %[1]s tokenbroker.v1.TokenBrokerService/GetToken
   grpcurl -plaintext -d '{"service":""}' %[1]s grpc.health.v1.Health/Check
-
-Press Ctrl-C to stop.
-
 `, addr, DevProvider, DevClient, fmt.Sprint(DevScopes))
+	if httpAddr != "" {
+		fmt.Fprintf(out, "\n  curl -s http://%s/metrics | grep ^tokenbroker_\n", httpAddr)
+		if secretFromEnv {
+			fmt.Fprintf(out, "  curl -s -u %s:$%s -d grant_type=client_credentials http://%s/oauth2/token\n", DevIssuerClientID, config.EnvDevSecret, httpAddr)
+		} else {
+			fmt.Fprintf(out, "  (set $%s to call the drop-in token endpoint at http://%s/oauth2/token as client %s)\n", config.EnvDevSecret, httpAddr, DevIssuerClientID)
+		}
+	}
+	fmt.Fprint(out, "\nPress Ctrl-C to stop.\n\n")
 }

@@ -128,6 +128,10 @@ type Config struct {
 	// share. Its client is "demo-client", with the secret from
 	// $TOKENBROKER_DEV_SECRET.
 	DevIssuer string `yaml:"-"`
+	// DevSecret is the client secret of the -dev and -dev-issuer token
+	// endpoints' client, from $TOKENBROKER_DEV_SECRET (read by Parse).
+	// Empty: -dev makes a random one; -dev-issuer refuses to start.
+	DevSecret secret.String `yaml:"-"`
 }
 
 // Cache tunes the token cache and when tokens are refreshed.

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/secret"
 )
 
 // Environment variables Parse reads. An unset or empty variable is ignored.
@@ -129,6 +131,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 	cfg.Dev = *dev
 	cfg.DevLifetime = Duration(*devLifetime)
 	cfg.DevIssuer = *devIssuer
+	cfg.DevSecret = secret.String(getenv(EnvDevSecret))
 	return cfg, nil
 }
 
