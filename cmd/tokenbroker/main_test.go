@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,7 +39,8 @@ func TestDevBinaryEndToEnd(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "-dev", "-listen", "127.0.0.1:0")
+	cmd := exec.CommandContext(ctx, bin, "-dev", "-listen", "127.0.0.1:0", "-http-listen", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "TOKENBROKER_DEV_SECRET=e2e-dev-secret")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +53,7 @@ func TestDevBinaryEndToEnd(t *testing.T) {
 	defer cmd.Process.Kill()
 
 	// The broker logs its address as JSON on stderr.
-	addrc := make(chan string, 1)
+	addrc, httpc := make(chan string, 1), make(chan string, 1)
 	logs := make(chan string, 1000)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -62,8 +64,13 @@ func TestDevBinaryEndToEnd(t *testing.T) {
 			default:
 			}
 			var rec struct{ Msg, Addr string }
-			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "tokenbroker listening" {
-				addrc <- rec.Addr
+			if json.Unmarshal([]byte(line), &rec) == nil {
+				switch {
+				case rec.Msg == "tokenbroker listening":
+					addrc <- rec.Addr
+				case strings.HasPrefix(rec.Msg, "http listening"):
+					httpc <- rec.Addr
+				}
 			}
 		}
 		close(logs)
@@ -132,6 +139,24 @@ func TestDevBinaryEndToEnd(t *testing.T) {
 	if life := tok.GetExpiresAt().AsTime().Sub(tok.GetIssuedAt().AsTime()); life != 5*time.Minute {
 		t.Errorf("lifetime: got %v, want the -dev default 5m", life)
 	}
+	// The drop-in HTTP endpoint, with the demo credentials: the same key,
+	// so the same cached token.
+	httpAddr := <-httpc
+	form := strings.NewReader("grant_type=client_credentials&scope=demo%2Fread")
+	hreq, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+httpAddr+"/oauth2/token", form)
+	hreq.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	hreq.SetBasicAuth("demo-client", "e2e-dev-secret")
+	hresp, err := http.DefaultClient.Do(hreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.NewDecoder(hresp.Body).Decode(&body); err != nil || hresp.StatusCode != http.StatusOK || body.AccessToken != tok.GetAccessToken() {
+		t.Errorf("drop-in endpoint: status %d, %v; want 200 with GetToken's cached token", hresp.StatusCode, err)
+	}
+	hresp.Body.Close()
 	second, err := client.GetToken(ctx, req)
 	if err != nil || second.GetToken().GetAccessToken() != tok.GetAccessToken() {
 		t.Errorf("second GetToken: got %v, %v; want the cached token", second, err)
@@ -152,6 +177,9 @@ func TestDevBinaryEndToEnd(t *testing.T) {
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("after SIGTERM: got %v, want a clean exit", err)
+	}
+	if !strings.Contains(stdout.String(), "grant_type=client_credentials http://"+httpAddr+"/oauth2/token") {
+		t.Errorf("the -dev banner does not show the drop-in endpoint at %s:\n%s", httpAddr, stdout.String())
 	}
 	if !strings.Contains(stdout.String(), "grpcurl -plaintext "+addr) {
 		t.Errorf("the -dev banner does not show grpcurl commands for %s:\n%s", addr, stdout.String())

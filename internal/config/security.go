@@ -53,7 +53,7 @@ func (c *Config) validateSecurity(v *validator, clients map[string]bool) {
 		switch {
 		case checkListen(a) != "":
 			v.add("http_listen", "%s", checkListen(a))
-		case a == c.Listen || a == c.Admin.Listen:
+		case (a == c.Listen || a == c.Admin.Listen) && !strings.HasSuffix(a, ":0"):
 			v.add("http_listen", "must differ from listen and admin.listen, got %q", a)
 		case !plaintextOK:
 			if host, _, _ := net.SplitHostPort(a); !isLoopback(host) {
