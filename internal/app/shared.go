@@ -1,11 +1,13 @@
 package app
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -15,6 +17,20 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/shared"
 	"github.com/tokenbroker/tokenbroker/internal/tokencache"
 )
+
+// redisLogger sends go-redis's own messages (a failed dial on every
+// attempt while Redis is down, for one) to the debug level: the tier
+// reports outages once per breaker transition.
+type redisLogger struct{ l *slog.Logger }
+
+// Printf implements go-redis's logging interface.
+func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	r.l.DebugContext(ctx, "redis client: "+fmt.Sprintf(format, v...))
+}
+
+// setRedisLogger installs redisLogger for the process (go-redis has one
+// logger for all its clients).
+var setRedisLogger sync.Once
 
 // newTier builds the Redis tier of cfg, sealing with kr, telling onState
 // of its breaker's transitions. The client fails
@@ -28,6 +44,7 @@ func newTier(cfg config.Redis, kr *tokencache.Keyring, logger *slog.Logger, onSt
 			return nil, fmt.Errorf("shared.redis.tls: %w", err)
 		}
 	}
+	setRedisLogger.Do(func() { redis.SetLogger(redisLogger{logger}) })
 	op := time.Duration(cfg.OpTimeout)
 	client := redis.NewUniversalClient(&redis.UniversalOptions{
 		Addrs:                 cfg.Addrs,
