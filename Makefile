@@ -85,7 +85,9 @@ FUZZ_TARGETS := \
 	./internal/upstream:FuzzParseTokenResponse \
 	./internal/server:FuzzToBrokerRequest \
 	./internal/config:FuzzLoad \
-	./internal/access:FuzzPolicyAuthorize
+	./internal/access:FuzzPolicyAuthorize \
+	./internal/shared:FuzzHandle \
+	./internal/httpapi:FuzzTokenRequest
 
 .PHONY: fuzz
 fuzz: check-go ## Run every fuzz target briefly (FUZZTIME=5s each).
