@@ -364,7 +364,7 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Met
 			cache.Close()
 			return nil, err
 		}
-		f = fleet{a.tier}
+		f = a.tier
 	}
 	minRemaining := time.Duration(cfg.Cache.MinRemaining)
 	if minRemaining == 0 {

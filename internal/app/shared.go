@@ -12,7 +12,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/shared"
 	"github.com/tokenbroker/tokenbroker/internal/tokencache"
@@ -95,14 +94,4 @@ func redisTLS(c config.RedisTLS) (*tls.Config, error) {
 		t.Certificates = []tls.Certificate{cert}
 	}
 	return t, nil
-}
-
-// fleet gives the broker the tier as its broker.Fleet.
-type fleet struct{ *shared.Tier }
-
-// Stats implements broker.Fleet.
-func (f fleet) Stats() broker.FleetStats {
-	s := f.Tier.Stats()
-	return broker.FleetStats{State: s.State, Transitions: s.Transitions, Hits: s.Hits, Waits: s.Waits,
-		Fetches: s.Fetches, Fallbacks: s.Fallbacks, Errors: s.Errors, Received: s.Received}
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 
+	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/tokencache"
 )
 
@@ -97,26 +98,9 @@ type Receiver interface {
 	ApplyInvalidation(selector []byte)
 }
 
-// Stats are the tier's counters since it started.
-type Stats struct {
-	// State is StateClosed, StateHalfOpen or StateOpen.
-	State string
-	// Transitions counts breaker state changes.
-	Transitions int64
-	// Hits counts fetches answered by a token another replica filed.
-	Hits int64
-	// Waits counts fetches that waited for another replica's lock.
-	Waits int64
-	// Fetches counts upstream fetches made under the fleet lock.
-	Fetches int64
-	// Fallbacks counts fetches made without the fleet because Redis failed
-	// or the breaker was open.
-	Fallbacks int64
-	// Errors counts failed Redis operations.
-	Errors int64
-	// Received counts tokens and invalidations announced by other replicas.
-	Received int64
-}
+// Stats are the tier's counters since it started, as the broker reports
+// them (GetStats's shared_tier).
+type Stats = broker.FleetStats
 
 // Tier is the Redis tier of one replica. Its methods are safe for
 // concurrent use.
