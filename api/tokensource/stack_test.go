@@ -3,10 +3,7 @@ package tokensource
 import (
 	"bytes"
 	"context"
-	"io"
 	"log/slog"
-	"net"
-	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,102 +14,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
-	"github.com/tokenbroker/tokenbroker/internal/app"
-	"github.com/tokenbroker/tokenbroker/internal/config"
-	"github.com/tokenbroker/tokenbroker/internal/devissuer"
-	"github.com/tokenbroker/tokenbroker/internal/secret"
-)
-
-// The clients the test token endpoint knows.
-const (
-	heldID     = "held-client"
-	heldSecret = "held-secret-value-5d1e"
-	passID     = "pass-client"
-	passSecret = "pass-secret-value-9a2c"
+	"github.com/tokenbroker/tokenbroker/internal/apptest"
 )
 
 // waitTimeout bounds every wait for something the broker or the Source
 // does asynchronously.
 const waitTimeout = 20 * time.Second
-
-// stack is the whole broker over real sockets: a devissuer token endpoint
-// over HTTP and the broker's gRPC server on loopback TCP, as internal/app
-// tests build it. The broker can be stopped and started again on the same
-// address.
-type stack struct {
-	issuer *devissuer.Issuer
-	cfg    config.Config
-	addr   string
-	stop   func() // shuts the broker down and waits for Serve to return
-}
-
-// startStack starts a token endpoint and a broker; adjust, when not nil,
-// changes the configuration and the endpoint first.
-func startStack(t *testing.T, adjust func(*config.Config, *devissuer.Issuer)) *stack {
-	t.Helper()
-	issuer, err := devissuer.New(devissuer.Config{Lifetime: time.Hour, Clients: []devissuer.Client{
-		{ID: heldID, Secret: heldSecret, Scopes: []string{"api/read", "api/write"}},
-		{ID: passID, Secret: passSecret, Scopes: []string{"api/read"}},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(issuer.Handler())
-	t.Cleanup(hs.Close)
-
-	cfg := config.Default()
-	p := config.DefaultProvider()
-	p.Name, p.TokenURL, p.RateLimit, p.Burst = "test", hs.URL+devissuer.TokenPath, 1000, 100
-	cfg.Providers = []config.Provider{p}
-	cfg.Clients = []config.Client{{Name: "held", Provider: "test", ClientID: heldID, Secret: secret.String(heldSecret)}}
-	cfg.Passthrough = true
-	cfg.Auth.AllowUnauthenticated = true
-	cfg.Admin.Identities = []string{"*"}
-	if adjust != nil {
-		adjust(&cfg, issuer)
-	}
-	s := &stack{issuer: issuer, cfg: cfg}
-	s.serve(t, "127.0.0.1:0")
-	return s
-}
-
-// serve serves the broker on addr until the test ends or s.stop is called.
-func (s *stack) serve(t *testing.T, addr string) {
-	t.Helper()
-	a, err := app.New(s.cfg, app.Keys{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, l, nil, nil) }()
-	var once sync.Once
-	s.addr = l.Addr().String()
-	s.stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("Serve: %v", err)
-				}
-			case <-time.After(waitTimeout):
-				t.Errorf("Serve did not return within %s of the shutdown", waitTimeout)
-			}
-		})
-	}
-	t.Cleanup(s.stop)
-}
-
-// restart starts a new broker on the address of the stopped one.
-func (s *stack) restart(t *testing.T) {
-	t.Helper()
-	s.serve(t, s.addr)
-}
 
 // dial opens a client connection to addr that reconnects quickly, with
 // opts added, closed when the test ends.
@@ -134,12 +41,12 @@ func dial(t *testing.T, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
 }
 
 func heldSelector(scopes ...string) *tokenbrokerv1.TokenSelector {
-	return &tokenbrokerv1.TokenSelector{Credentials: &tokenbrokerv1.TokenSelector_Client{Client: "held"}, Scopes: scopes}
+	return &tokenbrokerv1.TokenSelector{Credentials: &tokenbrokerv1.TokenSelector_Client{Client: apptest.HeldClient}, Scopes: scopes}
 }
 
 func passSelector(sec string, scopes ...string) *tokenbrokerv1.TokenSelector {
 	return &tokenbrokerv1.TokenSelector{Credentials: &tokenbrokerv1.TokenSelector_ClientCredentials{
-		ClientCredentials: &tokenbrokerv1.ClientCredentials{Provider: "test", ClientId: passID, ClientSecret: sec},
+		ClientCredentials: &tokenbrokerv1.ClientCredentials{Provider: apptest.Provider, ClientId: apptest.PassID, ClientSecret: sec},
 	}, Scopes: scopes}
 }
 

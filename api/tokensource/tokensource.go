@@ -291,11 +291,11 @@ func (s *Source) handle(msg *tokenbrokerv1.WatchTokenResponse) bool {
 			log.Warn("tokensource: ignored an event without a usable token", "event", ev.String(), "error", err)
 			return false
 		}
+		log.Debug("tokensource: token received", "event", ev.String(),
+			"key_id", msg.GetToken().GetKeyId(), "expires_at", t.Expiry)
 		s.state.Store(&state{token: t})
 		s.changed()
 		s.readyOnce.Do(func() { close(s.ready) })
-		log.Debug("tokensource: token received", "event", ev.String(),
-			"key_id", msg.GetToken().GetKeyId(), "expires_at", t.Expiry)
 		return true
 	case tokenbrokerv1.WatchTokenResponse_EVENT_UNAVAILABLE:
 		st := status.FromProto(msg.GetError())

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/internal/apptest"
 	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/devissuer"
 )
@@ -66,8 +67,8 @@ func checkClean(t *testing.T, what, text string, secrets ...string) {
 // Token and GetRequestMetadata hand out that token: the one the broker
 // serves GetToken callers, with its true expiry.
 func TestFirstToken(t *testing.T) {
-	st := startStack(t, nil)
-	conn := dial(t, st.addr)
+	st := apptest.Start(t, nil)
+	conn := dial(t, st.Addr)
 	ctx := testCtx(t)
 	var logs logBuffer
 	start := time.Now()
@@ -110,7 +111,7 @@ func TestFirstToken(t *testing.T) {
 	if !src.RequireTransportSecurity() {
 		t.Errorf("RequireTransportSecurity: got false, want true by default")
 	}
-	if n := st.issuer.Requests(); n != 1 {
+	if n := st.Issuer.Requests(); n != 1 {
 		t.Errorf("got %d upstream requests, want 1", n)
 	}
 	checkClean(t, "log", logs.String(), want.GetToken().GetAccessToken())
@@ -123,12 +124,12 @@ func TestFirstToken(t *testing.T) {
 // refresh point replace the held one, and Token asks the broker nothing:
 // one WatchToken stream, no unary RPC, however often it is called.
 func TestRefreshReplacesTokenWithoutRPC(t *testing.T) {
-	st := startStack(t, func(cfg *config.Config, issuer *devissuer.Issuer) {
+	st := apptest.Start(t, func(cfg *config.Config, issuer *devissuer.Issuer) {
 		issuer.SetLifetime(10 * time.Minute)
 		cfg.Cache.RefreshFraction, cfg.Cache.RefreshJitter = 0.2/600, 0 // every 200ms
 	})
 	var rpcs rpcCounter
-	conn := dial(t, st.addr, rpcs.options()...)
+	conn := dial(t, st.Addr, rpcs.options()...)
 	var w watcher
 	var logs logBuffer
 	src, err := New(testCtx(t), conn, heldSelector("api/read"), withWatcher(&w), withLogs(&logs))
@@ -163,8 +164,8 @@ func TestRefreshReplacesTokenWithoutRPC(t *testing.T) {
 // valid; when a broker is back on the same address the Source reconnects
 // and holds the new broker's token.
 func TestBrokerStopAndRestart(t *testing.T) {
-	st := startStack(t, nil)
-	conn := dial(t, st.addr)
+	st := apptest.Start(t, nil)
+	conn := dial(t, st.Addr)
 	var (
 		w    watcher
 		c    clock
@@ -178,7 +179,7 @@ func TestBrokerStopAndRestart(t *testing.T) {
 	defer src.Close()
 	first := mustToken(t, src)
 
-	st.stop()
+	st.Stop()
 	w.waitFor(t, src, "the stream's end", func(s *state) bool { return s.err != nil })
 	if got := mustToken(t, src); got.AccessToken != first.AccessToken {
 		t.Errorf("Token with the broker down: got another token, want the held one")
@@ -196,14 +197,14 @@ func TestBrokerStopAndRestart(t *testing.T) {
 	}
 	c.set(0)
 
-	st.restart(t)
+	st.Restart(t)
 	second := w.waitFor(t, src, "a token from the restarted broker", func(s *state) bool {
 		return s.err == nil && s.token != nil && s.token.AccessToken != first.AccessToken
 	})
 	if got := mustToken(t, src); got.AccessToken != second.token.AccessToken {
 		t.Errorf("Token after the restart: got another token than the one pushed")
 	}
-	if n := st.issuer.Requests(); n != 2 {
+	if n := st.Issuer.Requests(); n != 2 {
 		t.Errorf("got %d upstream requests, want 2 (one per broker)", n)
 	}
 	if !strings.Contains(logs.String(), "reconnecting") {
@@ -217,12 +218,12 @@ func TestBrokerStopAndRestart(t *testing.T) {
 // Source opens it again on the new connection and keeps a valid token
 // throughout.
 func TestMaxConnectionAgeReconnects(t *testing.T) {
-	st := startStack(t, func(cfg *config.Config, _ *devissuer.Issuer) {
+	st := apptest.Start(t, func(cfg *config.Config, _ *devissuer.Issuer) {
 		cfg.Server.MaxConnectionAge = config.Duration(300 * time.Millisecond)
 		cfg.Server.MaxConnectionAgeGrace = config.Duration(200 * time.Millisecond)
 	})
 	var rpcs rpcCounter
-	conn := dial(t, st.addr, rpcs.options()...)
+	conn := dial(t, st.Addr, rpcs.options()...)
 	var w watcher
 	src, err := New(testCtx(t), conn, heldSelector("api/read"), WithBackoff(10*time.Millisecond, 100*time.Millisecond), withWatcher(&w))
 	if err != nil {
@@ -245,12 +246,12 @@ func TestMaxConnectionAgeReconnects(t *testing.T) {
 // keeps serving its valid token, and reports the broker's status only once
 // that token is no longer valid - never an expired token.
 func TestUnavailableKeepsValidToken(t *testing.T) {
-	st := startStack(t, func(cfg *config.Config, issuer *devissuer.Issuer) {
+	st := apptest.Start(t, func(cfg *config.Config, issuer *devissuer.Issuer) {
 		issuer.SetLifetime(10 * time.Minute)
 		cfg.Cache.RefreshFraction, cfg.Cache.RefreshJitter = 0.2/600, 0 // every 200ms
 		cfg.Cache.NegativeTTL = 0
 	})
-	conn := dial(t, st.addr)
+	conn := dial(t, st.Addr)
 	var (
 		w    watcher
 		c    clock
@@ -263,7 +264,7 @@ func TestUnavailableKeepsValidToken(t *testing.T) {
 	defer src.Close()
 	tokens := []string{mustToken(t, src).AccessToken}
 
-	st.issuer.AddClient(devissuer.Client{ID: heldID, Secret: "rotated-secret-value", Scopes: []string{"api/read", "api/write"}})
+	st.Issuer.AddClient(devissuer.Client{ID: apptest.HeldID, Secret: "rotated-secret-value", Scopes: []string{"api/read", "api/write"}})
 	held := w.waitFor(t, src, "EVENT_UNAVAILABLE", func(s *state) bool { return s.err != nil })
 	if code := status.Code(held.err); code != codes.FailedPrecondition {
 		t.Errorf("recorded error: got %v, want FailedPrecondition (the broker-held client was rejected)", held.err)
@@ -285,15 +286,15 @@ func TestUnavailableKeepsValidToken(t *testing.T) {
 	if !strings.Contains(logs.String(), "broker holds no valid token") {
 		t.Errorf("log: got %q, want a warning for EVENT_UNAVAILABLE", logs.String())
 	}
-	checkClean(t, "log", logs.String(), append(tokens, heldSecret)...)
+	checkClean(t, "log", logs.String(), append(tokens, apptest.HeldSecret)...)
 }
 
 // TestNewRefused: a subscription the broker refuses with a code that
 // retrying will not change fails New at once, with the broker's status and
 // without the selector's secret.
 func TestNewRefused(t *testing.T) {
-	st := startStack(t, nil)
-	conn := dial(t, st.addr)
+	st := apptest.Start(t, nil)
+	conn := dial(t, st.Addr)
 	const wrong = "wrong-secret-value-77f0"
 	for _, tc := range []struct {
 		name string
@@ -367,14 +368,14 @@ func TestNewChecksArguments(t *testing.T) {
 // "authorization: Bearer <token>" on every call of a real connection; and
 // without WithInsecure gRPC refuses to send it in plaintext.
 func TestPerRPCCredentials(t *testing.T) {
-	st := startStack(t, nil)
+	st := apptest.Start(t, nil)
 	ctx := testCtx(t)
-	insecureSrc, err := New(ctx, dial(t, st.addr), heldSelector("api/read"), WithInsecure())
+	insecureSrc, err := New(ctx, dial(t, st.Addr), heldSelector("api/read"), WithInsecure())
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	defer insecureSrc.Close()
-	secureSrc, err := New(ctx, dial(t, st.addr), heldSelector("api/read"))
+	secureSrc, err := New(ctx, dial(t, st.Addr), heldSelector("api/read"))
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -431,8 +432,8 @@ func TestPerRPCCredentials(t *testing.T) {
 // is idempotent and safe to call concurrently; Token then returns
 // ErrClosed.
 func TestCloseLeaksNothing(t *testing.T) {
-	st := startStack(t, nil)
-	conn := dial(t, st.addr)
+	st := apptest.Start(t, nil)
+	conn := dial(t, st.Addr)
 	ctx := testCtx(t)
 	// Warm the connection, so its own goroutines exist before counting.
 	if _, err := tokenbrokerv1.NewTokenBrokerServiceClient(conn).GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Selector: heldSelector("api/read")}); err != nil {

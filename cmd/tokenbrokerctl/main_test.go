@@ -11,8 +11,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
-	"io"
-	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -30,87 +28,40 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
-	"github.com/tokenbroker/tokenbroker/internal/app"
+	"github.com/tokenbroker/tokenbroker/internal/apptest"
 	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/devissuer"
-	"github.com/tokenbroker/tokenbroker/internal/secret"
 )
 
 const (
-	heldID     = "held-client"
-	heldSecret = "HELD-secret-5f1d0c"
-	passID     = "pass-client"
-	passSecret = "PASS-secret-9a7e21"
-	wrongPass  = "WRONG-secret-44b0e3"
-	apiKey     = "API-key-c0ffee-77d1"
-	wrongKey   = "API-key-wrong-1234"
+	wrongPass = "WRONG-secret-44b0e3"
+	apiKey    = "API-key-c0ffee-77d1"
+	wrongKey  = "API-key-wrong-1234"
 )
 
 // forbidden are the values that must never appear in any output.
-var forbidden = []string{heldSecret, passSecret, wrongPass, apiKey, wrongKey}
+var forbidden = []string{apptest.HeldSecret, apptest.PassSecret, wrongPass, apiKey, wrongKey}
 
 // testTimeout bounds every run of the command in the tests.
 const testTimeout = 20 * time.Second
 
-// stack is a real broker over loopback TCP with a devissuer token endpoint
-// over HTTP, as internal/app's tests build it.
+// stack is a real broker and token endpoint (see internal/apptest) whose
+// broker-held client is also granted "api/admin".
 type stack struct {
-	addr   string
-	issuer *devissuer.Issuer
+	*apptest.Stack
 	// flags are the connection flags the tests pass (-plaintext, -addr).
 	flags []string
 }
 
-// startStack starts a broker that knows the broker-held client "held", the
-// pass-through client of provider "test", lets every caller in and makes
-// everyone an admin; adjust may change the configuration first.
+// startStack starts a stack; adjust may change the configuration first.
 func startStack(t *testing.T, adjust func(*config.Config)) *stack {
 	t.Helper()
-	issuer, err := devissuer.New(devissuer.Config{Lifetime: time.Hour, Clients: []devissuer.Client{
-		{ID: heldID, Secret: heldSecret, Scopes: []string{"api/read", "api/write", "api/admin"}},
-		{ID: passID, Secret: passSecret, Scopes: []string{"api/read"}},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(issuer.Handler())
-	t.Cleanup(hs.Close)
-
-	cfg := config.Default()
-	p := config.DefaultProvider()
-	p.Name, p.TokenURL, p.RateLimit, p.Burst = "test", hs.URL+devissuer.TokenPath, 1000, 100
-	cfg.Providers = []config.Provider{p}
-	cfg.Clients = []config.Client{{Name: "held", Provider: "test", ClientID: heldID, Secret: secret.String(heldSecret)}}
-	cfg.Passthrough = true
-	cfg.Auth.AllowUnauthenticated = true
-	cfg.Admin.Identities = []string{"*"}
-	if adjust != nil {
-		adjust(&cfg)
-	}
-	a, err := app.New(cfg, app.Keys{}, slog.New(slog.NewJSONHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, l, nil, nil) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		case <-time.After(testTimeout):
-			t.Error("Serve did not return")
+	st := apptest.Start(t, func(cfg *config.Config, _ *devissuer.Issuer) {
+		if adjust != nil {
+			adjust(cfg)
 		}
-	})
-	addr := l.Addr().String()
-	return &stack{addr: addr, issuer: issuer, flags: []string{"-plaintext", "-addr", addr}}
+	}, "api/admin")
+	return &stack{Stack: st, flags: []string{"-plaintext", "-addr", st.Addr}}
 }
 
 // result is what one run of the command produced.
@@ -226,7 +177,7 @@ func TestGet(t *testing.T) {
 	if strings.Contains(r.stdout, tok) || strings.Contains(r.stdout, strings.Split(tok, ".")[1]) {
 		t.Errorf("-o table: got the access token in %q, want none", r.stdout)
 	}
-	if n := s.issuer.Requests(); n != 1 {
+	if n := s.Issuer.Requests(); n != 1 {
 		t.Errorf("got %d upstream requests, want 1", n)
 	}
 }
@@ -235,25 +186,25 @@ func TestGetPassThroughSecretNeverShown(t *testing.T) {
 	s := startStack(t, nil)
 	tr := &transcript{}
 	defer tr.checkNoSecrets(t)
-	base := []string{"get", "-provider", "test", "-client-id", passID, "-scope", "api/read"}
+	base := []string{"get", "-provider", "test", "-client-id", apptest.PassID, "-scope", "api/read"}
 
 	// From a file (trailing line break dropped) and from the environment:
 	// both are the same credentials, so the same cached token.
-	file := writeFile(t, "secret", passSecret+"\n")
+	file := writeFile(t, "secret", apptest.PassSecret+"\n")
 	r1 := s.ctl(t, tr, nil, append(base, "-client-secret-file", file)...)
 	wantCode(t, r1, exitOK)
-	r2 := s.ctl(t, tr, map[string]string{envClientSecret: passSecret}, base...)
+	r2 := s.ctl(t, tr, map[string]string{envClientSecret: apptest.PassSecret}, base...)
 	wantCode(t, r2, exitOK)
 	if r1.stdout != r2.stdout || !jwtPattern.MatchString(strings.TrimSpace(r1.stdout)) {
 		t.Errorf("got tokens %q and %q, want the same JWT twice", r1.stdout, r2.stdout)
 	}
-	r := s.ctl(t, tr, map[string]string{envClientSecret: passSecret}, append(base, "-o", "json")...)
+	r := s.ctl(t, tr, map[string]string{envClientSecret: apptest.PassSecret}, append(base, "-o", "json")...)
 	wantCode(t, r, exitOK)
 
 	// A wrong secret is refused by the token endpoint: exit 4, and the
 	// message does not echo it.
 	wrong := writeFile(t, "wrong", wrongPass)
-	r = s.ctl(t, tr, map[string]string{envClientSecret: passSecret}, append(base, "-client-secret-file", wrong)...)
+	r = s.ctl(t, tr, map[string]string{envClientSecret: apptest.PassSecret}, append(base, "-client-secret-file", wrong)...)
 	wantCode(t, r, exitAuth)
 	if !strings.HasPrefix(r.stderr, "tokenbrokerctl: Unauthenticated: ") {
 		t.Errorf("wrong secret: got stderr %q, want \"tokenbrokerctl: Unauthenticated: ...\"", r.stderr)
@@ -267,7 +218,7 @@ func TestGetPassThroughSecretNeverShown(t *testing.T) {
 	if !strings.Contains(r.stderr, envClientSecret) {
 		t.Errorf("no secret: got stderr %q, want it to name %s", r.stderr, envClientSecret)
 	}
-	r = s.ctl(t, tr, nil, append(base, "-client-secret", passSecret)...)
+	r = s.ctl(t, tr, nil, append(base, "-client-secret", apptest.PassSecret)...)
 	wantCode(t, r, exitUsage)
 }
 
@@ -415,11 +366,11 @@ func TestInvalidate(t *testing.T) {
 	s := startStack(t, nil)
 	tr := &transcript{}
 	defer tr.checkNoSecrets(t)
-	env := map[string]string{envClientSecret: passSecret}
+	env := map[string]string{envClientSecret: apptest.PassSecret}
 	fill := func() (read, write string) {
 		read = s.getKeyID(t, tr, "-client", "held", "-scope", "api/read")
 		write = s.getKeyID(t, tr, "-client", "held", "-scope", "api/write")
-		r := s.ctl(t, tr, env, "get", "-provider", "test", "-client-id", passID)
+		r := s.ctl(t, tr, env, "get", "-provider", "test", "-client-id", apptest.PassID)
 		wantCode(t, r, exitOK)
 		return read, write
 	}
@@ -430,8 +381,8 @@ func TestInvalidate(t *testing.T) {
 	}{
 		{[]string{"-key-id", read}, "invalidated 1 entry\n"},
 		{[]string{"-key-id", read}, "invalidated 0 entries\n"},
-		{[]string{"-provider", "test", "-client-id", heldID, "-scope", "api/write"}, "invalidated 1 entry\n"},
-		{[]string{"-provider", "test", "-client-id", passID}, "invalidated 1 entry\n"},
+		{[]string{"-provider", "test", "-client-id", apptest.HeldID, "-scope", "api/write"}, "invalidated 1 entry\n"},
+		{[]string{"-provider", "test", "-client-id", apptest.PassID}, "invalidated 1 entry\n"},
 	} {
 		r := s.ctl(t, tr, nil, append([]string{"invalidate"}, tc.args...)...)
 		wantCode(t, r, exitOK)
@@ -513,7 +464,7 @@ func TestListPaginates(t *testing.T) {
 			t.Errorf("list: got %q, want key id %s", r.stdout, id)
 		}
 	}
-	if !strings.Contains(r.stdout, "api/read,api/write") || !strings.Contains(r.stdout, heldID) || !strings.Contains(r.stdout, "ago") {
+	if !strings.Contains(r.stdout, "api/read,api/write") || !strings.Contains(r.stdout, apptest.HeldID) || !strings.Contains(r.stdout, "ago") {
 		t.Errorf("list: got %q, want scopes, client id and last use", r.stdout)
 	}
 	if len(sizes) < 4 {
@@ -631,14 +582,14 @@ func TestExitCodes(t *testing.T) {
 		{name: "two invalidate selectors", args: []string{"invalidate", "-all", "-client", "held"}, code: exitUsage},
 		{name: "scope without client id", args: []string{"invalidate", "-client", "held", "-scope", "a"}, code: exitUsage},
 		{name: "page size too big", args: []string{"list", "-page-size", "1001"}, code: exitUsage},
-		{name: "cert without key", raw: true, args: []string{"-addr", s.addr, "-cert", badCA, "stats"}, code: exitUsage},
+		{name: "cert without key", raw: true, args: []string{"-addr", s.Addr, "-cert", badCA, "stats"}, code: exitUsage},
 		{name: "plaintext with cacert", args: []string{"-cacert", badCA, "stats"}, code: exitUsage},
 		{name: "help flag", raw: true, args: []string{"-h"}, code: exitOK},
 		{name: "command help flag", args: []string{"get", "-h"}, code: exitOK},
 		{name: "help command", raw: true, args: []string{"help", "list"}, code: exitOK},
 		{name: "help unknown command", raw: true, args: []string{"help", "nope"}, code: exitUsage},
-		{name: "bad CA file", raw: true, args: []string{"-addr", s.addr, "-cacert", badCA, "stats"}, code: exitError, stderr: "tokenbrokerctl: -cacert"},
-		{name: "missing secret file", args: []string{"get", "-provider", "test", "-client-id", passID, "-client-secret-file", "/nonexistent/secret"}, code: exitError},
+		{name: "bad CA file", raw: true, args: []string{"-addr", s.Addr, "-cacert", badCA, "stats"}, code: exitError, stderr: "tokenbrokerctl: -cacert"},
+		{name: "missing secret file", args: []string{"get", "-provider", "test", "-client-id", apptest.PassID, "-client-secret-file", "/nonexistent/secret"}, code: exitError},
 		{name: "unknown client", args: []string{"get", "-client", "nope"}, code: exitRequest, stderr: "tokenbrokerctl: NotFound: "},
 		{name: "scope not granted", args: []string{"get", "-client", "held", "-scope", "api/other"}, code: exitRequest, stderr: "tokenbrokerctl: InvalidArgument: "},
 		{name: "bad key id", args: []string{"invalidate", "-key-id", "xyz"}, code: exitRequest, stderr: "tokenbrokerctl: InvalidArgument: key_id"},
@@ -755,12 +706,12 @@ func TestTLS(t *testing.T) {
 		args []string
 		code int
 	}{
-		{"mTLS", append(append([]string{"-addr", s.addr}, mtls...), "stats"), exitOK},
-		{"server name", append(append([]string{"-addr", s.addr, "-server-name", "localhost"}, mtls...), "stats"), exitOK},
-		{"wrong server name", append(append([]string{"-addr", s.addr, "-server-name", "elsewhere"}, mtls...), "stats"), exitUnavailable},
-		{"unknown CA", []string{"-addr", s.addr, "-cert", filepath.Join(dir, "client.pem"), "-key", filepath.Join(dir, "client-key.pem"), "stats"}, exitUnavailable},
-		{"no client certificate", []string{"-addr", s.addr, "-cacert", caFile, "stats"}, exitUnavailable},
-		{"plaintext to TLS", []string{"-addr", s.addr, "-plaintext", "stats"}, exitUnavailable},
+		{"mTLS", append(append([]string{"-addr", s.Addr}, mtls...), "stats"), exitOK},
+		{"server name", append(append([]string{"-addr", s.Addr, "-server-name", "localhost"}, mtls...), "stats"), exitOK},
+		{"wrong server name", append(append([]string{"-addr", s.Addr, "-server-name", "elsewhere"}, mtls...), "stats"), exitUnavailable},
+		{"unknown CA", []string{"-addr", s.Addr, "-cert", filepath.Join(dir, "client.pem"), "-key", filepath.Join(dir, "client-key.pem"), "stats"}, exitUnavailable},
+		{"no client certificate", []string{"-addr", s.Addr, "-cacert", caFile, "stats"}, exitUnavailable},
+		{"plaintext to TLS", []string{"-addr", s.Addr, "-plaintext", "stats"}, exitUnavailable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := ctlOpts(t, nil, nil, tc.args, nil)
