@@ -94,7 +94,7 @@ func BenchmarkFleetAmplification(b *testing.B) {
 			var sum ampResult
 			runs := 0
 			for b.Loop() {
-				r := runAmplification(b, n)
+				r := runAmplification(b, startFleet(b, n, ampConfig), ampScenario{keys: ampKeys, callers: ampCallersPerReplica, watchers: ampWatchersPerKey})
 				sum.add(r)
 				runs++
 			}
@@ -134,16 +134,27 @@ func (r *ampResult) add(o ampResult) {
 	r.fallbacks += o.fallbacks
 }
 
+// ampConfig sets the scenario's refresh point (ampFraction, no jitter)
+// and a min_remaining below one window.
+func ampConfig(cfg *config.Config) {
+	cfg.Cache.RefreshFraction, cfg.Cache.RefreshJitter = ampFraction, 0
+	cfg.Cache.MinRemaining = config.Duration(time.Second)
+}
+
+// ampScenario is the load of one amplification run: keys keys, callers
+// GetToken loops per replica, watchers streams per key on every replica.
+type ampScenario struct {
+	keys, callers, watchers int
+}
+
 // runAmplification runs the scenario described at
-// BenchmarkFleetAmplification once on a new fleet of n replicas.
-func runAmplification(b *testing.B, n int) ampResult {
+// BenchmarkFleetAmplification once, with sc's load, on f: a new fleet
+// configured with ampConfig, whose replicas have seen no key yet.
+func runAmplification(b *testing.B, f *testFleet, sc ampScenario) ampResult {
 	b.Helper()
-	f := startFleet(b, n, func(cfg *config.Config) {
-		cfg.Cache.RefreshFraction, cfg.Cache.RefreshJitter = ampFraction, 0
-		cfg.Cache.MinRemaining = config.Duration(time.Second)
-	})
+	n := len(f.replicas)
 	f.issuer.SetLifetime(ampLifetime)
-	sels := make([]*tokenbrokerv1.TokenSelector, ampKeys)
+	sels := make([]*tokenbrokerv1.TokenSelector, sc.keys)
 	for k := range sels {
 		sels[k] = addPassClient(f.issuer, fmt.Sprintf("amp-client-%d", k))
 	}
@@ -164,11 +175,11 @@ func runAmplification(b *testing.B, n int) ampResult {
 	start := make(chan struct{})
 	var wg sync.WaitGroup
 	var calls atomic.Int64
-	pushes := make([]atomic.Int64, n*ampKeys*ampWatchersPerKey)
+	pushes := make([]atomic.Int64, n*sc.keys*sc.watchers)
 	for r, rep := range f.replicas {
 		for k, sel := range sels {
-			for w := range ampWatchersPerKey {
-				count := &pushes[(r*ampKeys+k)*ampWatchersPerKey+w]
+			for w := range sc.watchers {
+				count := &pushes[(r*sc.keys+k)*sc.watchers+w]
 				wg.Go(func() {
 					<-start
 					st, err := rep.client.WatchToken(ctx, &tokenbrokerv1.WatchTokenRequest{Selector: sel})
@@ -189,7 +200,7 @@ func runAmplification(b *testing.B, n int) ampResult {
 				})
 			}
 		}
-		for c := range ampCallersPerReplica {
+		for c := range sc.callers {
 			wg.Go(func() {
 				<-start
 				rnd := rand.New(rand.NewPCG(uint64(r), uint64(c)))
