@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/config"
@@ -441,5 +443,28 @@ func TestFleetValuesAreSealed(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestFleetInvalidationWithRedisDown: an invalidation made while Redis is
+// down still applies on the replica that got it, and the operator is told
+// (UNAVAILABLE) that the other replicas were not.
+func TestFleetInvalidationWithRedisDown(t *testing.T) {
+	f := startFleet(t, 2, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := f.replicas[0].client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Selector: heldSelector("api/read")}); err != nil {
+		t.Fatal(err)
+	}
+	f.redis.Stop()
+	_, err := f.replicas[0].admin.InvalidateTokens(ctx, &tokenbrokerv1.InvalidateTokensRequest{
+		Selector: &tokenbrokerv1.InvalidateTokensRequest_All{All: true},
+	})
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "invalidated on this replica only") {
+		t.Fatalf("got %v, want UNAVAILABLE saying the invalidation held on this replica only", err)
+	}
+	list, err := f.replicas[0].admin.ListTokens(ctx, &tokenbrokerv1.ListTokensRequest{})
+	if err != nil || len(list.GetEntries()) != 0 {
+		t.Errorf("replica A lists %d entries (%v) after the invalidation, want 0", len(list.GetEntries()), err)
 	}
 }
