@@ -405,15 +405,9 @@ func (b *Broker) installed(key string) *tokencache.Record {
 // current returns key's installed token if it is before its refresh point
 // and has at least need of life left.
 func (b *Broker) current(key string, need time.Duration) *tokencache.Record {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	e := b.entries[key]
-	if e == nil || e.current == nil {
-		return nil
-	}
-	now := time.Now()
-	if now.Before(e.current.RefreshAt) && e.current.ExpiresAt.Sub(now) >= need {
-		return e.current
+	rec := b.installed(key)
+	if now := time.Now(); rec != nil && now.Before(rec.RefreshAt) && rec.ExpiresAt.Sub(now) >= need {
+		return rec
 	}
 	return nil
 }

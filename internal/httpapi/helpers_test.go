@@ -76,11 +76,10 @@ type envOptions struct {
 	defaultProvider string
 	// maxBody is Config.MaxBodyBytes.
 	maxBody int64
-	// ready, metrics, authorize and served are the Config fields.
+	// ready, metrics and authorize are the Config fields.
 	ready     func() bool
 	metrics   http.Handler
 	authorize func(*http.Request, broker.Selector) error
-	served    func(time.Duration)
 }
 
 // newEnv starts the issuers, builds the broker the way internal/app does
@@ -147,7 +146,6 @@ func newEnv(t *testing.T, o envOptions) *env {
 		Authorize:       o.authorize,
 		Ready:           o.ready,
 		Metrics:         o.metrics,
-		Served:          o.served,
 		Logger:          logger,
 		MaxBodyBytes:    o.maxBody,
 	})

@@ -98,9 +98,6 @@ type Config struct {
 	Ready func() bool
 	// Metrics is served at /metrics; nil answers 404.
 	Metrics http.Handler
-	// Served, when set, is told the remaining life of every token the
-	// endpoint hands out (for the served-token metric).
-	Served func(remaining time.Duration)
 	// Logger receives one Info line per token request (method, path,
 	// status, duration, provider, key id, error code) and never a client
 	// secret, a token or an Authorization header. Nil means

@@ -181,9 +181,6 @@ func (h *handler) token(w http.ResponseWriter, r *http.Request, provider string)
 		return oerr.status, broker.KeyIDOf(err), oerr
 	}
 	remaining := tok.ExpiresAt.Sub(h.now())
-	if h.cfg.Served != nil {
-		h.cfg.Served(remaining)
-	}
 	tokenType := tok.TokenType
 	if tokenType == "" {
 		tokenType = "Bearer"

@@ -109,6 +109,7 @@ type Tier struct {
 	rdb     redis.UniversalClient
 	cb      *gobreaker.CircuitBreaker[any]
 	self    [8]byte // this replica's id, to skip its own messages
+	tag     string  // "{prefix}", the hash tag every key starts with
 	channel string
 	genKey  string
 
@@ -156,6 +157,7 @@ func New(opt Options) (*Tier, error) {
 	t := &Tier{
 		opt:     opt,
 		rdb:     opt.Client,
+		tag:     tag,
 		channel: tag + ":events",
 		genKey:  tag + ":gen",
 		waiters: make(map[string]map[chan struct{}]struct{}),
@@ -243,11 +245,11 @@ func (t *Tier) do(ctx context.Context, op func(context.Context) error) error {
 }
 
 func (t *Tier) tokenKey(key string) string {
-	return "{" + t.opt.Prefix + "}:t:" + hex.EncodeToString([]byte(key))
+	return t.tag + ":t:" + hex.EncodeToString([]byte(key))
 }
 
 func (t *Tier) lockKey(key string) string {
-	return "{" + t.opt.Prefix + "}:l:" + hex.EncodeToString([]byte(key))
+	return t.tag + ":l:" + hex.EncodeToString([]byte(key))
 }
 
 // read returns the fleet generation, the token filed under key when it was
