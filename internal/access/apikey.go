@@ -49,8 +49,9 @@ var (
 // when there is no authorization metadata; err is set when there is one but
 // it is not a single well-formed "Bearer <key>".
 func bearerKey(ctx context.Context) (key string, ok bool, err error) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get(authorizationKey)
+	// ValueFromIncomingContext, not FromIncomingContext: the latter copies
+	// every header on every call.
+	vals := metadata.ValueFromIncomingContext(ctx, authorizationKey)
 	switch len(vals) {
 	case 0:
 		return "", false, nil

@@ -8,8 +8,6 @@ import (
 	"slices"
 	"strconv"
 
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
-
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 )
@@ -74,7 +72,7 @@ func (h *adminHandler) InvalidateTokens(ctx context.Context, in *tokenbrokerv1.I
 		return nil, StatusFromError(err, false).Err()
 	}
 	if sel.KeyID != "" {
-		logging.AddFields(ctx, logging.Fields{logKeyID, sel.KeyID})
+		setLogKeyID(ctx, sel.KeyID)
 	}
 	n, err := h.admin.Invalidate(sel)
 	if err != nil {

@@ -37,7 +37,6 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -281,17 +280,15 @@ func New(cfg Config) (*Server, error) {
 		cfg.Identity = PeerIdentity
 	}
 
-	logger := callLogger(cfg.Logger)
-	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
 	recoverOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(panicHandler(cfg.Logger))}
 	// Logging is outside recovery, so a recovered panic is logged with the
 	// code the caller sees; the extra interceptors are inside both.
 	unary := append([]grpc.UnaryServerInterceptor{
-		logging.UnaryServerInterceptor(logger, logOpts...),
+		unaryCallLog(cfg.Logger),
 		recovery.UnaryServerInterceptor(recoverOpts...),
 	}, cfg.UnaryInterceptors...)
 	stream := append([]grpc.StreamServerInterceptor{
-		logging.StreamServerInterceptor(logger, logOpts...),
+		streamCallLog(cfg.Logger),
 		recovery.StreamServerInterceptor(recoverOpts...),
 	}, cfg.StreamInterceptors...)
 	opts := []grpc.ServerOption{
@@ -483,14 +480,11 @@ func (h *handler) GetToken(ctx context.Context, in *tokenbrokerv1.GetTokenReques
 	tok, err := h.broker.GetToken(ctx, req)
 	if err != nil {
 		if id := broker.KeyIDOf(err); id != "" {
-			logging.AddFields(ctx, logging.Fields{logKeyID, id})
+			setLogKeyID(ctx, id)
 		}
 		return nil, StatusFromError(err, req.Selector.Credentials != nil).Err()
 	}
-	// AddFields, not InjectFields: the logging interceptor reads the fields
-	// from its own context after the handler returns, so they must be added
-	// to the field set it put there rather than to a derived context.
-	logging.AddFields(ctx, logging.Fields{logKeyID, tok.KeyID})
+	setLogKeyID(ctx, tok.KeyID)
 	return &tokenbrokerv1.GetTokenResponse{Token: toProtoToken(tok)}, nil
 }
 
@@ -529,39 +523,6 @@ func timestamp(t time.Time) *timestamppb.Timestamp {
 		return nil
 	}
 	return timestamppb.New(t)
-}
-
-// Log field names.
-const (
-	logKeyID = "key_id"
-	// logDuration is the key logging.DefaultDurationToFields uses.
-	logDuration = "grpc.time_ms"
-)
-
-// loggedFields are the only call fields written to the log. Everything
-// else the logging interceptor offers is dropped: in particular
-// "grpc.error", since an upstream error description is text chosen by the
-// token endpoint and might echo a pass-through secret.
-var loggedFields = map[string]bool{
-	logging.ServiceFieldKey: true,
-	logging.MethodFieldKey:  true,
-	"grpc.code":             true,
-	logDuration:             true,
-	logKeyID:                true,
-}
-
-// callLogger adapts l to the logging interceptor, keeping only
-// loggedFields.
-func callLogger(l *slog.Logger) logging.Logger {
-	return logging.LoggerFunc(func(ctx context.Context, level logging.Level, msg string, fields ...any) {
-		kept := make([]any, 0, 2*len(loggedFields))
-		for i := 0; i+1 < len(fields); i += 2 {
-			if k, ok := fields[i].(string); ok && loggedFields[k] {
-				kept = append(kept, k, fields[i+1])
-			}
-		}
-		l.Log(ctx, slog.Level(level), msg, kept...)
-	})
 }
 
 // panicHandler returns the recovery handler: it logs the panic value's

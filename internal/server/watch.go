@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -80,7 +79,7 @@ func (h *handler) WatchToken(in *tokenbrokerv1.WatchTokenRequest, stream grpc.Se
 			return shuttingDown()
 		}
 		if id := broker.KeyIDOf(err); id != "" {
-			logging.AddFields(ctx, logging.Fields{logKeyID, id})
+			setLogKeyID(ctx, id)
 		}
 		return StatusFromError(err, passthrough).Err()
 	}
@@ -90,8 +89,7 @@ func (h *handler) WatchToken(in *tokenbrokerv1.WatchTokenRequest, stream grpc.Se
 	}
 
 	initial := sub.Initial()
-	// See GetToken for why AddFields on the stream's own context.
-	logging.AddFields(ctx, logging.Fields{logKeyID, initial.KeyID})
+	setLogKeyID(ctx, initial.KeyID)
 	err = stream.Send(&tokenbrokerv1.WatchTokenResponse{
 		Event: tokenbrokerv1.WatchTokenResponse_EVENT_INITIAL,
 		Token: toProtoToken(initial),
