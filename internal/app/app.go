@@ -85,7 +85,7 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 		}
 	}
 	var b *broker.Broker
-	reg, m, err := newMetrics(func() broker.Stats { return b.Stats() })
+	reg, m, err := newMetrics(cfg.Metrics, func() broker.Stats { return b.Stats() })
 	if err != nil {
 		return nil, err
 	}

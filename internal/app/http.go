@@ -23,7 +23,7 @@ import (
 // newMetrics builds the Prometheus registry: the Go runtime and process
 // collectors and the broker's metrics, whose counters stats reads at
 // scrape time.
-func newMetrics(stats func() broker.Stats) (*prometheus.Registry, *metrics.Metrics, error) {
+func newMetrics(cfg config.Metrics, stats func() broker.Stats) (*prometheus.Registry, *metrics.Metrics, error) {
 	reg := prometheus.NewRegistry()
 	if err := reg.Register(collectors.NewGoCollector()); err != nil {
 		return nil, nil, err
@@ -31,7 +31,14 @@ func newMetrics(stats func() broker.Stats) (*prometheus.Registry, *metrics.Metri
 	if err := reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
 		return nil, nil, err
 	}
-	m, err := metrics.New(reg, stats)
+	var opts []metrics.Option
+	if cfg.ClientIDLabel {
+		opts = append(opts, metrics.WithClientIDLabel())
+	}
+	if cfg.KeyIDLabel {
+		opts = append(opts, metrics.WithKeyIDLabel())
+	}
+	m, err := metrics.New(reg, stats, opts...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -42,8 +49,8 @@ func newMetrics(stats func() broker.Stats) (*prometheus.Registry, *metrics.Metri
 type observer struct{ m *metrics.Metrics }
 
 // UpstreamDone implements broker.Observer.
-func (o observer) UpstreamDone(provider string, err error, d time.Duration) {
-	o.m.UpstreamDone(provider, metrics.Outcome(err), d)
+func (o observer) UpstreamDone(f broker.Fetch, err error, d time.Duration) {
+	o.m.UpstreamDone(f, metrics.Outcome(err), d)
 }
 
 // Refreshed implements broker.Observer.

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -115,5 +116,31 @@ func TestHTTPListenerAppliesPolicy(t *testing.T) {
 	}
 	if got := issuer.Requests(); got != 0 {
 		t.Errorf("got %d upstream requests, want 0", got)
+	}
+}
+
+// TestMetricsOptionalLabels: metrics.client_id_label and key_id_label add
+// the fetch's client id and key id to the upstream histogram on /metrics.
+func TestMetricsOptionalLabels(t *testing.T) {
+	_, tokenURL := startIssuer(t, nil)
+	cfg := stackConfig(tokenURL)
+	cfg.Metrics.ClientIDLabel, cfg.Metrics.KeyIDLabel = true, true
+	addr, httpAddr, _ := serveAppHTTP(t, cfg, Keys{}, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := (&stack{addr: addr}).dial(t).GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Selector: heldSelector("api/read")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+"/metrics", nil)
+	r, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	body, _ := io.ReadAll(r.Body)
+	want := fmt.Sprintf(`tokenbroker_upstream_request_duration_seconds_count{client_id=%q,key_id=%q,outcome="ok",provider="test"} 1`, heldID, resp.GetToken().GetKeyId())
+	if !strings.Contains(string(body), want) {
+		t.Errorf("/metrics lacks %s", want)
 	}
 }

@@ -63,9 +63,9 @@ type Fleet interface {
 // Observer receives the broker's measurements. Durations are never
 // negative.
 type Observer interface {
-	// UpstreamDone reports one upstream fetch of provider: its error (nil
-	// for a token) and how long it took, retries included.
-	UpstreamDone(provider string, err error, d time.Duration)
+	// UpstreamDone reports one upstream fetch f: its error (nil for a
+	// token) and how long it took, retries included.
+	UpstreamDone(f Fetch, err error, d time.Duration)
 	// Refreshed reports a token replaced while the old one still had
 	// lead of its life left.
 	Refreshed(provider string, lead time.Duration)
@@ -73,12 +73,22 @@ type Observer interface {
 	Served(remaining time.Duration)
 }
 
+// Fetch names an upstream fetch to an Observer: none of it is secret.
+type Fetch struct {
+	// Provider is the provider's name.
+	Provider string
+	// ClientID is the OAuth client id the fetch authenticated as.
+	ClientID string
+	// KeyID is the non-secret id of the key the token is filed under.
+	KeyID string
+}
+
 // noObserver is the Observer of a broker configured without one.
 type noObserver struct{}
 
-func (noObserver) UpstreamDone(string, error, time.Duration) {}
-func (noObserver) Refreshed(string, time.Duration)           {}
-func (noObserver) Served(time.Duration)                      {}
+func (noObserver) UpstreamDone(Fetch, error, time.Duration) {}
+func (noObserver) Refreshed(string, time.Duration)          {}
+func (noObserver) Served(time.Duration)                     {}
 
 // Client is a broker-held client: credentials callers name but never see.
 type Client struct {
@@ -440,7 +450,7 @@ func (b *Broker) fetchAndInstall(ctx context.Context, t target) (rec *tokencache
 func (b *Broker) fetchUpstream(ctx context.Context, t target) (*tokencache.Record, error) {
 	start := time.Now()
 	tok, err := t.fetcher.Fetch(ctx, t.req)
-	b.cfg.Observer.UpstreamDone(t.provider, err, time.Since(start))
+	b.cfg.Observer.UpstreamDone(Fetch{Provider: t.provider, ClientID: t.req.ClientID, KeyID: t.keyID}, err, time.Since(start))
 	b.countUpstream(t.provider, err)
 	if err != nil {
 		return nil, err

@@ -485,10 +485,10 @@ type recorder struct {
 	served   []time.Duration
 }
 
-func (r *recorder) UpstreamDone(provider string, err error, d time.Duration) {
+func (r *recorder) UpstreamDone(f Fetch, err error, d time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.upstream = append(r.upstream, fmt.Sprintf("%s %v %v", provider, err, d))
+	r.upstream = append(r.upstream, fmt.Sprintf("%s %v %v", f.Provider, err, d))
 }
 
 func (r *recorder) Refreshed(_ string, lead time.Duration) {

@@ -96,6 +96,8 @@ type Config struct {
 	Server Server `yaml:"server"`
 	// Log configures logging.
 	Log Log `yaml:"log"`
+	// Metrics configures the Prometheus metrics' optional labels.
+	Metrics Metrics `yaml:"metrics"`
 	// TLS configures TLS (and mTLS) for the gRPC listener. Without a
 	// cert_file the listener speaks plaintext (the default).
 	TLS TLS `yaml:"tls"`
@@ -262,6 +264,19 @@ type Log struct {
 	Level string `yaml:"level"`
 	// Format is the log line format: json (default) or text.
 	Format string `yaml:"format"`
+}
+
+// Metrics configures the optional labels of the Prometheus metrics. Both
+// are off by default, which keeps every label's values bounded by the
+// configuration; each records at most 100 distinct values (further ones
+// are recorded as "_other").
+type Metrics struct {
+	// ClientIDLabel adds a client_id label (the OAuth client id, not a
+	// secret) to tokenbroker_upstream_request_duration_seconds.
+	ClientIDLabel bool `yaml:"client_id_label"`
+	// KeyIDLabel adds a key_id label (the cache entry's non-secret id) to
+	// tokenbroker_upstream_request_duration_seconds.
+	KeyIDLabel bool `yaml:"key_id_label"`
 }
 
 // TLS configures TLS for the gRPC listener (and admin.listen). It is on when

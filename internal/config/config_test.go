@@ -328,6 +328,21 @@ func TestLoadErrors(t *testing.T) {
 			want:    []string{`c.yaml:5: providers[1].client_secret: unknown key "client_secret"`},
 		},
 		{
+			name:    "section that is not a mapping",
+			content: "shared: 5\n",
+			want:    []string{"c.yaml:1: shared: must be a mapping of keys to values (got !!int `5`)"},
+		},
+		{
+			name:    "unknown key in a nested shared section",
+			content: "shared:\n  redis:\n    adrs: [x]\n",
+			want:    []string{`c.yaml:3: shared.redis.adrs: unknown key "adrs" (valid keys here: addrs, master_name,`},
+		},
+		{
+			name:    "unknown metrics label",
+			content: "metrics:\n  client_label: true\n",
+			want:    []string{`c.yaml:2: metrics.client_label: unknown key "client_label"`, "valid keys here: client_id_label, key_id_label"},
+		},
+		{
 			name:    "unknown key in flow style",
 			content: "log: {level: info, colour: true}\n",
 			want:    []string{`c.yaml:1: log.colour: unknown key "colour"`},
@@ -492,5 +507,50 @@ func TestReadmeShowsTheExample(t *testing.T) {
 	}
 	if !bytes.Contains(readme, append([]byte("```yaml\n"), example...)) {
 		t.Error("README.md does not contain testdata/example.yaml verbatim in a yaml block; copy it over")
+	}
+}
+
+// TestMetricsLabels: the optional metric labels are off by default and
+// turned on by their keys.
+func TestMetricsLabels(t *testing.T) {
+	if d := Default().Metrics; d.ClientIDLabel || d.KeyIDLabel {
+		t.Errorf("default metrics labels: got %+v, want both off", d)
+	}
+	c, err := Load(writeFile(t, "c.yaml", "metrics:\n  client_id_label: true\n  key_id_label: true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Metrics.ClientIDLabel || !c.Metrics.KeyIDLabel {
+		t.Errorf("got %+v, want both labels on", c.Metrics)
+	}
+}
+
+// TestEverySectionListsItsKeys: every mapping of the configuration file
+// is in sectionKeys, so that an unknown key in it is answered with the
+// keys valid there.
+func TestEverySectionListsItsKeys(t *testing.T) {
+	seen := map[reflect.Type]bool{}
+	var walk func(reflect.Type, string)
+	walk = func(typ reflect.Type, path string) {
+		for typ.Kind() == reflect.Slice || typ.Kind() == reflect.Pointer {
+			typ = typ.Elem()
+		}
+		if typ.Kind() != reflect.Struct || typ.PkgPath() != reflect.TypeOf(Config{}).PkgPath() || seen[typ] {
+			return
+		}
+		seen[typ] = true
+		if _, ok := sectionKeys[typ.String()]; !ok {
+			t.Errorf("%s (%s) is not in sectionKeys", path, typ)
+		}
+		for f := range typ.Fields() {
+			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if name != "" && name != "-" {
+				walk(f.Type, path+"."+name)
+			}
+		}
+	}
+	walk(reflect.TypeOf(Config{}), "config")
+	if len(seen) < 10 {
+		t.Fatalf("walked only %d sections: the walk is broken", len(seen))
 	}
 }

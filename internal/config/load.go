@@ -153,7 +153,7 @@ func yamlKeys(t reflect.Type) []string {
 // to the keys valid there, for "unknown key" errors.
 var sectionKeys = func() map[string][]string {
 	m := map[string][]string{}
-	for _, v := range []any{Config{}, Cache{}, Provider{}, Client{}, Server{}, Log{}, TLS{}, Auth{}, APIKey{}, PolicyRule{}, Admin{}, Sealing{}} {
+	for _, v := range []any{Config{}, Cache{}, Provider{}, Client{}, Server{}, Log{}, Metrics{}, TLS{}, Auth{}, APIKey{}, PolicyRule{}, Admin{}, Sealing{}, Shared{}, Redis{}, RedisTLS{}} {
 		t := reflect.TypeOf(v)
 		m[t.String()] = yamlKeys(t)
 	}
@@ -167,18 +167,6 @@ var typeRules = map[string]string{
 	"uint32":              "must be an integer from 0 to 4294967295",
 	"bool":                "must be true or false",
 	"string":              "must be a string",
-	"config.Config":       "must be a mapping of keys to values",
-	"config.Cache":        "must be a mapping of keys to values",
-	"config.Provider":     "must be a mapping of keys to values",
-	"config.Client":       "must be a mapping of keys to values",
-	"config.Server":       "must be a mapping of keys to values",
-	"config.Log":          "must be a mapping of keys to values",
-	"config.TLS":          "must be a mapping of keys to values",
-	"config.Auth":         "must be a mapping of keys to values",
-	"config.APIKey":       "must be a mapping of keys to values",
-	"config.PolicyRule":   "must be a mapping of keys to values",
-	"config.Admin":        "must be a mapping of keys to values",
-	"config.Sealing":      "must be a mapping of keys to values",
 	"[]config.Provider":   "must be a list",
 	"[]config.Client":     "must be a list",
 	"[]config.APIKey":     "must be a list",
@@ -254,6 +242,8 @@ func typeError(name, msg string, idx lineIndex) error {
 		}
 		if r, ok := typeRules[sm[3]]; ok {
 			rule = r + " (got " + sm[1] + sm[2] + ")"
+		} else if _, ok := sectionKeys[sm[3]]; ok {
+			rule = "must be a mapping of keys to values (got " + sm[1] + sm[2] + ")"
 		}
 	default:
 		key = idx.scalar(line)

@@ -9,7 +9,10 @@
 //
 // Label values are bounded: provider names (configured, and capped at
 // MaxProviders distinct values), the Outcome* constants and the Shared*
-// states. No client id, key id, secret or token is ever a label or a value.
+// states. Only when enabled (WithClientIDLabel, WithKeyIDLabel) does the
+// upstream request histogram also carry the client id or the key id, each
+// capped at MaxLabelValues distinct values. No secret or token is ever a
+// label or a value.
 package metrics
 
 import (
@@ -72,7 +75,27 @@ const MaxProviders = 64
 // OtherProvider is the provider label value of hook calls for an empty
 // provider name or for providers beyond MaxProviders. Configured provider
 // names cannot start with an underscore, so it never names a real one.
+// It is also the overflow value of the optional client_id and key_id
+// labels.
 const OtherProvider = "_other"
+
+// MaxLabelValues is the most distinct values each optional label
+// (client_id, key_id) records; further values are recorded as
+// OtherProvider.
+const MaxLabelValues = 100
+
+// Option adds an optional label to the upstream request histogram.
+type Option func(*options)
+
+type options struct{ clientID, keyID bool }
+
+// WithClientIDLabel adds a client_id label (the OAuth client id, which is
+// not a secret) to tokenbroker_upstream_request_duration_seconds.
+func WithClientIDLabel() Option { return func(o *options) { o.clientID = true } }
+
+// WithKeyIDLabel adds a key_id label (the cache entry's non-secret id) to
+// tokenbroker_upstream_request_duration_seconds.
+func WithKeyIDLabel() Option { return func(o *options) { o.keyID = true } }
 
 const namespace = "tokenbroker"
 
@@ -105,6 +128,7 @@ type Metrics struct {
 	served   prometheus.Histogram
 	grpc     *grpcprom.ServerMetrics
 	stats    *statsCollector
+	opts     options
 
 	// observers caches the histogram series per label values, so that the
 	// hooks neither allocate nor hash labels. It is copied on write: the
@@ -118,6 +142,8 @@ type seriesKey struct {
 	vec      *prometheus.HistogramVec
 	provider string
 	outcome  string
+	clientID string // "" unless the client_id label is enabled
+	keyID    string // "" unless the key_id label is enabled
 }
 
 // New creates tokenbroker's metrics and registers them, and the gRPC
@@ -127,20 +153,32 @@ type seriesKey struct {
 // New fails when reg or stats is nil or when a metric cannot be
 // registered (for example because New already ran with the same reg); it
 // then leaves nothing registered.
-func New(reg prometheus.Registerer, stats func() broker.Stats) (*Metrics, error) {
+func New(reg prometheus.Registerer, stats func() broker.Stats, opts ...Option) (*Metrics, error) {
 	switch {
 	case reg == nil:
 		return nil, errors.New("metrics: registerer is nil, want a prometheus.Registerer")
 	case stats == nil:
 		return nil, errors.New("metrics: stats is nil, want a function returning the broker's statistics")
 	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	upstreamLabels := []string{"provider", "outcome"}
+	if o.clientID {
+		upstreamLabels = append(upstreamLabels, "client_id")
+	}
+	if o.keyID {
+		upstreamLabels = append(upstreamLabels, "key_id")
+	}
 	m := &Metrics{
+		opts: o,
 		upstream: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace,
 			Name:      "upstream_request_duration_seconds",
 			Help:      "Time taken by upstream token fetches (retries and backoff included), by provider and outcome.",
 			Buckets:   upstreamBuckets,
-		}, []string{"provider", "outcome"}),
+		}, upstreamLabels),
 		refresh: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace,
 			Name:      "refresh_lead_seconds",
@@ -173,17 +211,33 @@ func New(reg prometheus.Registerer, stats func() broker.Stats) (*Metrics, error)
 	return m, nil
 }
 
-// UpstreamDone records an upstream fetch for provider that ended with
-// outcome (one of the Outcome* constants; see Outcome) after d. An
-// outcome outside that set is recorded as OutcomeError.
-func (m *Metrics) UpstreamDone(provider, outcome string, d time.Duration) {
+// UpstreamDone records an upstream fetch u that ended with outcome (one
+// of the Outcome* constants; see Outcome) after d. An outcome outside that
+// set is recorded as OutcomeError. u's client id and key id are recorded
+// only when their labels are enabled.
+func (m *Metrics) UpstreamDone(u broker.Fetch, outcome string, d time.Duration) {
 	if m == nil {
 		return
 	}
 	if !validOutcome(outcome) {
 		outcome = OutcomeError
 	}
-	m.observer(m.upstream, provider, outcome).Observe(d.Seconds())
+	k := seriesKey{vec: m.upstream, provider: u.Provider, outcome: outcome}
+	if m.opts.clientID {
+		k.clientID = orOther(u.ClientID)
+	}
+	if m.opts.keyID {
+		k.keyID = orOther(u.KeyID)
+	}
+	m.observer(k).Observe(d.Seconds())
+}
+
+// orOther returns v, or OtherProvider for an empty v.
+func orOther(v string) string {
+	if v == "" {
+		return OtherProvider
+	}
+	return v
 }
 
 // Refreshed records a background refresh for provider whose new token was
@@ -193,7 +247,7 @@ func (m *Metrics) Refreshed(provider string, leadBeforeExpiry time.Duration) {
 	if m == nil {
 		return
 	}
-	m.observer(m.refresh, provider, "").Observe(max(leadBeforeExpiry, 0).Seconds())
+	m.observer(seriesKey{vec: m.refresh, provider: provider}).Observe(max(leadBeforeExpiry, 0).Seconds())
 }
 
 // Served records the remaining life of a token served to a caller. A
@@ -236,13 +290,9 @@ func (m *Metrics) GRPC() *grpcprom.ServerMetrics {
 	return m.grpc
 }
 
-// observer returns the series of vec for provider (and outcome, for the
-// upstream histogram), creating it on first use.
-func (m *Metrics) observer(vec *prometheus.HistogramVec, provider, outcome string) prometheus.Observer {
-	if provider == "" {
-		provider = OtherProvider
-	}
-	k := seriesKey{vec: vec, provider: provider, outcome: outcome}
+// observer returns the series k, creating it on first use.
+func (m *Metrics) observer(k seriesKey) prometheus.Observer {
+	k.provider = orOther(k.provider)
 	if o, ok := (*m.observers.Load())[k]; ok {
 		return o
 	}
@@ -250,7 +300,8 @@ func (m *Metrics) observer(vec *prometheus.HistogramVec, provider, outcome strin
 }
 
 // addObserver creates the series of k and adds it to m.observers. Past
-// MaxProviders distinct providers, new providers become OtherProvider.
+// MaxProviders distinct providers (MaxLabelValues client ids or key ids),
+// new values become OtherProvider.
 func (m *Metrics) addObserver(k seriesKey) prometheus.Observer {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -258,19 +309,26 @@ func (m *Metrics) addObserver(k seriesKey) prometheus.Observer {
 	if o, ok := old[k]; ok {
 		return o
 	}
-	providers := map[string]bool{}
-	for s := range old {
-		providers[s.provider] = true
+	k.provider = capped(old, k.provider, MaxProviders, func(s seriesKey) string { return s.provider })
+	if k.clientID != "" {
+		k.clientID = capped(old, k.clientID, MaxLabelValues, func(s seriesKey) string { return s.clientID })
 	}
-	if !providers[k.provider] && len(providers) >= MaxProviders {
-		k.provider = OtherProvider
-		if o, ok := old[k]; ok {
-			return o
-		}
+	if k.keyID != "" {
+		k.keyID = capped(old, k.keyID, MaxLabelValues, func(s seriesKey) string { return s.keyID })
+	}
+	if o, ok := old[k]; ok {
+		return o
 	}
 	var o prometheus.Observer
 	if k.vec == m.upstream {
-		o = k.vec.WithLabelValues(k.provider, k.outcome)
+		values := []string{k.provider, k.outcome}
+		if m.opts.clientID {
+			values = append(values, k.clientID)
+		}
+		if m.opts.keyID {
+			values = append(values, k.keyID)
+		}
+		o = k.vec.WithLabelValues(values...)
 	} else {
 		o = k.vec.WithLabelValues(k.provider)
 	}
@@ -281,6 +339,20 @@ func (m *Metrics) addObserver(k seriesKey) prometheus.Observer {
 	next[k] = o
 	m.observers.Store(&next)
 	return o
+}
+
+// capped returns v, or OtherProvider when v is new among the values label
+// takes in series and there are already limit of them.
+func capped(series map[seriesKey]prometheus.Observer, v string, limit int, label func(seriesKey) string) string {
+	seen := map[string]bool{}
+	for s := range series {
+		seen[label(s)] = true
+	}
+	delete(seen, "")
+	if !seen[v] && len(seen) >= limit {
+		return OtherProvider
+	}
+	return v
 }
 
 // validOutcome reports whether s is one of the Outcome* constants.

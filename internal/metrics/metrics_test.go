@@ -154,7 +154,7 @@ func bucket(t *testing.T, h *dto.Histogram, le float64) uint64 {
 
 // exercise calls every hook once so that every histogram has a series.
 func exercise(m *Metrics) {
-	m.UpstreamDone("cognito", OutcomeOK, 120*time.Millisecond)
+	m.UpstreamDone(broker.Fetch{Provider: "cognito"}, OutcomeOK, 120*time.Millisecond)
 	m.Refreshed("cognito", 15*time.Minute)
 	m.Served(45 * time.Minute)
 	m.SetSharedState(SharedClosed)
@@ -305,11 +305,11 @@ func TestStatsReadOncePerScrape(t *testing.T) {
 
 func TestUpstreamDone(t *testing.T) {
 	m, reg, _ := newTest(t)
-	m.UpstreamDone("cognito", OutcomeOK, 120*time.Millisecond)
-	m.UpstreamDone("cognito", OutcomeOK, 3*time.Millisecond)
-	m.UpstreamDone("cognito", OutcomeThrottled, 2*time.Second)
-	m.UpstreamDone("okta", OutcomeInvalidClient, 40*time.Millisecond)
-	m.UpstreamDone("okta", "no such outcome", time.Second)
+	m.UpstreamDone(broker.Fetch{Provider: "cognito"}, OutcomeOK, 120*time.Millisecond)
+	m.UpstreamDone(broker.Fetch{Provider: "cognito"}, OutcomeOK, 3*time.Millisecond)
+	m.UpstreamDone(broker.Fetch{Provider: "cognito"}, OutcomeThrottled, 2*time.Second)
+	m.UpstreamDone(broker.Fetch{Provider: "okta"}, OutcomeInvalidClient, 40*time.Millisecond)
+	m.UpstreamDone(broker.Fetch{Provider: "okta"}, "no such outcome", time.Second)
 
 	mfs := gather(t, reg)
 	const name = "tokenbroker_upstream_request_duration_seconds"
@@ -485,10 +485,12 @@ func TestLabelCardinality(t *testing.T) {
 	m, reg, _ := newTest(t)
 	exercise(m)
 	for _, o := range allowedLabels["outcome"] {
-		m.UpstreamDone("okta", o, time.Millisecond)
+		m.UpstreamDone(broker.Fetch{Provider: "okta"}, o, time.Millisecond)
 	}
-	m.UpstreamDone("okta", "client-id-1234", time.Millisecond) // not an outcome
-	m.UpstreamDone("", OutcomeOK, time.Millisecond)
+	m.UpstreamDone(broker.Fetch{Provider: "okta"}, "client-id-1234", time.Millisecond) // not an outcome
+	m.UpstreamDone(broker.Fetch{Provider: ""}, OutcomeOK, time.Millisecond)
+	// Without their options, the client id and key id are no labels.
+	m.UpstreamDone(broker.Fetch{Provider: "okta", ClientID: "client-id-1234", KeyID: "k-1234"}, OutcomeOK, time.Millisecond)
 	m.Refreshed("", time.Minute)
 
 	mfs := gather(t, reg)
@@ -511,11 +513,60 @@ func TestLabelCardinality(t *testing.T) {
 	}
 }
 
+// TestOptionalLabels: WithClientIDLabel and WithKeyIDLabel add the
+// client_id and key_id labels to the upstream histogram only, an empty
+// value is recorded as OtherProvider, and each label keeps at most
+// MaxLabelValues distinct values.
+func TestOptionalLabels(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m, err := New(reg, func() broker.Stats { return sampleStats() }, WithClientIDLabel(), WithKeyIDLabel())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.UpstreamDone(broker.Fetch{Provider: "cognito", ClientID: "app-1", KeyID: "k-1"}, OutcomeOK, time.Second)
+	m.UpstreamDone(broker.Fetch{Provider: "cognito", ClientID: "app-1", KeyID: "k-1"}, OutcomeOK, time.Second)
+	m.UpstreamDone(broker.Fetch{Provider: "cognito"}, OutcomeThrottled, time.Second)
+	m.Refreshed("cognito", time.Minute)
+	const name = "tokenbroker_upstream_request_duration_seconds"
+	mfs := gather(t, reg)
+	if s := series(mfs, name, "client_id", "app-1", "key_id", "k-1", "outcome", OutcomeOK, "provider", "cognito"); s.GetHistogram().GetSampleCount() != 2 {
+		t.Errorf("app-1/k-1 series: got %v, want 2 samples", s)
+	}
+	if s := series(mfs, name, "client_id", OtherProvider, "key_id", OtherProvider, "outcome", OutcomeThrottled, "provider", "cognito"); s.GetHistogram().GetSampleCount() != 1 {
+		t.Errorf("series without ids: got %v, want 1 sample", s)
+	}
+	if s := series(mfs, "tokenbroker_refresh_lead_seconds", "provider", "cognito"); s == nil {
+		t.Error("the refresh histogram gained labels")
+	}
+
+	for i := range MaxLabelValues + 50 {
+		m.UpstreamDone(broker.Fetch{Provider: "cognito", ClientID: fmt.Sprintf("c%d", i), KeyID: fmt.Sprintf("k%d", i)}, OutcomeOK, time.Millisecond)
+	}
+	values := map[string]map[string]uint64{"client_id": {}, "key_id": {}}
+	var total uint64
+	for _, s := range gather(t, reg)[name].GetMetric() {
+		total += s.GetHistogram().GetSampleCount()
+		for _, lp := range s.GetLabel() {
+			if v := values[lp.GetName()]; v != nil {
+				v[lp.GetValue()] += s.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	if want := uint64(3 + MaxLabelValues + 50); total != want {
+		t.Errorf("got %d samples, want %d: none may be lost", total, want)
+	}
+	for label, v := range values {
+		if len(v) > MaxLabelValues+1 || v[OtherProvider] == 0 {
+			t.Errorf("%s: got %d distinct values (%d under %q), want at most %d plus %q", label, len(v), v[OtherProvider], OtherProvider, MaxLabelValues, OtherProvider)
+		}
+	}
+}
+
 func TestProviderCap(t *testing.T) {
 	m, reg, _ := newTest(t)
 	for i := range MaxProviders + 10 {
 		p := fmt.Sprintf("p%d", i)
-		m.UpstreamDone(p, OutcomeOK, time.Millisecond)
+		m.UpstreamDone(broker.Fetch{Provider: p}, OutcomeOK, time.Millisecond)
 		m.Refreshed(p, time.Minute)
 	}
 	mfs := gather(t, reg)
@@ -552,9 +603,9 @@ func TestNoSecretInExposition(t *testing.T) {
 		errors.New("client_secret=" + secretText),
 	}
 	for _, e := range errs {
-		m.UpstreamDone("cognito", Outcome(e), time.Second)
+		m.UpstreamDone(broker.Fetch{Provider: "cognito"}, Outcome(e), time.Second)
 	}
-	m.UpstreamDone("cognito", secretText, time.Second) // a misused hook
+	m.UpstreamDone(broker.Fetch{Provider: "cognito"}, secretText, time.Second) // a misused hook
 	m.SetSharedState(secretText)
 	m.Served(time.Minute)
 	m.Refreshed("okta", time.Minute)
@@ -670,7 +721,7 @@ func TestNewErrors(t *testing.T) {
 
 func TestNilMetricsHooks(t *testing.T) {
 	var m *Metrics
-	m.UpstreamDone("cognito", OutcomeOK, time.Second)
+	m.UpstreamDone(broker.Fetch{Provider: "cognito"}, OutcomeOK, time.Second)
 	m.Refreshed("cognito", time.Second)
 	m.Served(time.Second)
 	m.SetSharedState(SharedOpen)
@@ -683,7 +734,7 @@ func TestHooksDoNotAllocate(t *testing.T) {
 	m, _, _ := newTest(t)
 	exercise(m) // create the series first
 	hooks := map[string]func(){
-		"UpstreamDone":   func() { m.UpstreamDone("cognito", OutcomeOK, 120*time.Millisecond) },
+		"UpstreamDone":   func() { m.UpstreamDone(broker.Fetch{Provider: "cognito"}, OutcomeOK, 120*time.Millisecond) },
 		"Refreshed":      func() { m.Refreshed("cognito", 15*time.Minute) },
 		"Served":         func() { m.Served(45 * time.Minute) },
 		"SetSharedState": func() { m.SetSharedState(SharedOpen) },
@@ -706,7 +757,7 @@ func TestConcurrentHooksAndScrapes(t *testing.T) {
 		wg.Go(func() {
 			p := []string{"cognito", "okta"}[w%2]
 			for i := range calls {
-				m.UpstreamDone(p, allowedLabels["outcome"][i%len(allowedLabels["outcome"])], time.Millisecond)
+				m.UpstreamDone(broker.Fetch{Provider: p}, allowedLabels["outcome"][i%len(allowedLabels["outcome"])], time.Millisecond)
 				m.Refreshed(p, time.Minute)
 				m.Served(time.Hour)
 				m.SetSharedState(sharedStates[i%len(sharedStates)])
