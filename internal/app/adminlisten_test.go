@@ -26,6 +26,8 @@ type listenAddrs struct {
 	addrs chan string
 }
 
+// Handle passes the address of a "tokenbroker listening" record on, then
+// hands every record to the wrapped handler.
 func (h listenAddrs) Handle(ctx context.Context, r slog.Record) error {
 	if r.Message == "tokenbroker listening" {
 		r.Attrs(func(a slog.Attr) bool {

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -133,7 +134,7 @@ type Metrics struct {
 	// observers caches the histogram series per label values, so that the
 	// hooks neither allocate nor hash labels. It is copied on write: the
 	// hooks load it without locking.
-	observers atomic.Pointer[map[seriesKey]prometheus.Observer]
+	observers atomic.Pointer[seriesCache]
 	mu        sync.Mutex // serialises writers of observers
 }
 
@@ -176,7 +177,7 @@ func New(reg prometheus.Registerer, stats func() broker.Stats, opts ...Option) (
 		upstream: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace,
 			Name:      "upstream_request_duration_seconds",
-			Help:      "Time taken by upstream token fetches (retries and backoff included), by provider and outcome.",
+			Help:      "Time taken by upstream token fetches (retries and backoff included), by provider and outcome (and client_id, key_id when enabled).",
 			Buckets:   upstreamBuckets,
 		}, upstreamLabels),
 		refresh: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -196,8 +197,7 @@ func New(reg prometheus.Registerer, stats func() broker.Stats, opts ...Option) (
 		)),
 		stats: newStatsCollector(stats),
 	}
-	empty := map[seriesKey]prometheus.Observer{}
-	m.observers.Store(&empty)
+	m.observers.Store(&seriesCache{series: map[seriesKey]prometheus.Observer{}})
 
 	cs := []prometheus.Collector{m.stats, m.upstream, m.refresh, m.served, m.grpc}
 	for i, c := range cs {
@@ -290,33 +290,84 @@ func (m *Metrics) GRPC() *grpcprom.ServerMetrics {
 	return m.grpc
 }
 
-// observer returns the series k, creating it on first use.
+// seriesCache is one copy-on-write state of Metrics.observers: the series
+// created so far and the distinct values of each capped label among them.
+type seriesCache struct {
+	series    map[seriesKey]prometheus.Observer
+	providers map[string]bool
+	clientIDs map[string]bool
+	keyIDs    map[string]bool
+}
+
+// capped returns k with every value that is new to its label, once the
+// label has reached its cap (MaxProviders, MaxLabelValues), replaced by
+// OtherProvider. Disabled labels ("") stay as they are.
+func (c *seriesCache) capped(k seriesKey) seriesKey {
+	k.provider = capValue(c.providers, orOther(k.provider), MaxProviders)
+	if k.clientID != "" {
+		k.clientID = capValue(c.clientIDs, k.clientID, MaxLabelValues)
+	}
+	if k.keyID != "" {
+		k.keyID = capValue(c.keyIDs, k.keyID, MaxLabelValues)
+	}
+	return k
+}
+
+// capValue returns v, or OtherProvider when v is not among seen and seen
+// already holds limit values.
+func capValue(seen map[string]bool, v string, limit int) string {
+	if !seen[v] && len(seen) >= limit {
+		return OtherProvider
+	}
+	return v
+}
+
+// with returns a copy of c with series k added.
+func (c *seriesCache) with(k seriesKey, o prometheus.Observer) *seriesCache {
+	next := &seriesCache{
+		series:    maps.Clone(c.series),
+		providers: withValue(c.providers, k.provider),
+		clientIDs: withValue(c.clientIDs, k.clientID),
+		keyIDs:    withValue(c.keyIDs, k.keyID),
+	}
+	next.series[k] = o
+	return next
+}
+
+// withValue returns seen, or a copy of it with v added when v is a new
+// value (not "").
+func withValue(seen map[string]bool, v string) map[string]bool {
+	if v == "" || seen[v] {
+		return seen
+	}
+	next := maps.Clone(seen)
+	if next == nil {
+		next = map[string]bool{}
+	}
+	next[v] = true
+	return next
+}
+
+// observer returns the series k (its values capped), creating it on first
+// use.
 func (m *Metrics) observer(k seriesKey) prometheus.Observer {
-	k.provider = orOther(k.provider)
-	if o, ok := (*m.observers.Load())[k]; ok {
+	c := m.observers.Load()
+	k = c.capped(k)
+	if o, ok := c.series[k]; ok {
 		return o
 	}
 	return m.addObserver(k)
 }
 
-// addObserver creates the series of k and adds it to m.observers. Past
-// MaxProviders distinct providers (MaxLabelValues client ids or key ids),
-// new values become OtherProvider.
+// addObserver creates the series of k, whose values observer capped, and
+// adds it to m.observers.
 func (m *Metrics) addObserver(k seriesKey) prometheus.Observer {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	old := *m.observers.Load()
-	if o, ok := old[k]; ok {
-		return o
-	}
-	k.provider = capped(old, k.provider, MaxProviders, func(s seriesKey) string { return s.provider })
-	if k.clientID != "" {
-		k.clientID = capped(old, k.clientID, MaxLabelValues, func(s seriesKey) string { return s.clientID })
-	}
-	if k.keyID != "" {
-		k.keyID = capped(old, k.keyID, MaxLabelValues, func(s seriesKey) string { return s.keyID })
-	}
-	if o, ok := old[k]; ok {
+	c := m.observers.Load()
+	// Cap again: another series may have filled a label meanwhile.
+	k = c.capped(k)
+	if o, ok := c.series[k]; ok {
 		return o
 	}
 	var o prometheus.Observer
@@ -332,27 +383,8 @@ func (m *Metrics) addObserver(k seriesKey) prometheus.Observer {
 	} else {
 		o = k.vec.WithLabelValues(k.provider)
 	}
-	next := make(map[seriesKey]prometheus.Observer, len(old)+1)
-	for s, v := range old {
-		next[s] = v
-	}
-	next[k] = o
-	m.observers.Store(&next)
+	m.observers.Store(c.with(k, o))
 	return o
-}
-
-// capped returns v, or OtherProvider when v is new among the values label
-// takes in series and there are already limit of them.
-func capped(series map[seriesKey]prometheus.Observer, v string, limit int, label func(seriesKey) string) string {
-	seen := map[string]bool{}
-	for s := range series {
-		seen[label(s)] = true
-	}
-	delete(seen, "")
-	if !seen[v] && len(seen) >= limit {
-		return OtherProvider
-	}
-	return v
 }
 
 // validOutcome reports whether s is one of the Outcome* constants.

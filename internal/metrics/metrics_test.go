@@ -744,6 +744,29 @@ func TestHooksDoNotAllocate(t *testing.T) {
 			t.Errorf("%s: got %v allocations per call, want 0", name, got)
 		}
 	}
+
+	// With the optional labels, for a value under the cap and for one
+	// over it (recorded as OtherProvider).
+	labelled, err := New(prometheus.NewRegistry(), func() broker.Stats { return sampleStats() }, WithClientIDLabel(), WithKeyIDLabel())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range MaxLabelValues {
+		labelled.UpstreamDone(broker.Fetch{Provider: "cognito", ClientID: fmt.Sprintf("c%d", i), KeyID: fmt.Sprintf("k%d", i)}, OutcomeOK, time.Millisecond)
+	}
+	for name, f := range map[string]func(){
+		"UpstreamDone with labels": func() {
+			labelled.UpstreamDone(broker.Fetch{Provider: "cognito", ClientID: "c7", KeyID: "k7"}, OutcomeOK, time.Millisecond)
+		},
+		"UpstreamDone over the label cap": func() {
+			labelled.UpstreamDone(broker.Fetch{Provider: "cognito", ClientID: "new", KeyID: "new"}, OutcomeOK, time.Millisecond)
+		},
+	} {
+		f() // create the series
+		if got := testing.AllocsPerRun(100, f); got != 0 {
+			t.Errorf("%s: got %v allocations per call, want 0", name, got)
+		}
+	}
 }
 
 func TestConcurrentHooksAndScrapes(t *testing.T) {

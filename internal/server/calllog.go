@@ -71,8 +71,9 @@ func streamCallLog(l *slog.Logger) grpc.StreamServerInterceptor {
 }
 
 // write logs the call's record at the level go-grpc-middleware's logging
-// gives its code (OK and caller mistakes at info, server-side failures at
-// warn or error).
+// gives its code (info for OK, InvalidArgument or Unauthenticated; warn
+// for PermissionDenied, ResourceExhausted or Unavailable; error for
+// Internal).
 func (c *callLog) write(ctx context.Context, l *slog.Logger, fullMethod string, start time.Time, err error) {
 	code := status.Code(err)
 	level := slog.Level(logging.DefaultServerCodeToLevel(code))

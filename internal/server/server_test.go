@@ -75,8 +75,14 @@ func TestPanicIsInternal(t *testing.T) {
 	if strings.Contains(logs, "hunter2") {
 		t.Errorf("logs contain the panic value:\n%s", logs)
 	}
-	var found bool
+	var found, finished bool
 	for _, rec := range ts.logs.lines(t) {
+		if rec["msg"] == "finished call" && rec["grpc.code"] == "Internal" {
+			finished = true
+			if rec["level"] != "ERROR" {
+				t.Errorf("finished call of the panicking call: level %v, want ERROR", rec["level"])
+			}
+		}
 		if rec["msg"] == "panic in grpc handler" {
 			found = true
 			if rec["panic_type"] != "string" {
@@ -89,6 +95,9 @@ func TestPanicIsInternal(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("no panic log record in:\n%s", logs)
+	}
+	if !finished {
+		t.Errorf("no finished call record with code Internal in:\n%s", logs)
 	}
 }
 
@@ -143,8 +152,8 @@ func TestCallLog(t *testing.T) {
 				t.Errorf("call %d field %s: got %v, want %v", i, k, rec[k], v)
 			}
 		}
-		if _, ok := rec["grpc.time_ms"]; !ok {
-			t.Errorf("call %d: no grpc.time_ms field in %v", i, rec)
+		if ms, ok := rec["grpc.time_ms"].(float64); !ok || ms < 0 {
+			t.Errorf("call %d: grpc.time_ms is %v, want a number of milliseconds, in %v", i, rec["grpc.time_ms"], rec)
 		}
 		var keys []string
 		for k := range rec {
