@@ -241,7 +241,7 @@ func (b *Broker) invalidate(match func(target) bool) int {
 		}
 		// Watched: refetch at once. The watchers keep the old token until
 		// the new one arrives as EventInvalidated.
-		e.current = nil
+		e.current, e.sealed = nil, nil
 		e.invalidated = true
 		e.failures, e.lastErr, e.stopped = 0, nil, false
 		b.unscheduleLocked(e)

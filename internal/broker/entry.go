@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/tokencache"
 )
 
@@ -26,7 +27,11 @@ type entry struct {
 	hits     atomic.Int64
 	lastUsed atomic.Int64
 
-	current  *tokencache.Record // the latest token, possibly no longer servable
+	// current is the latest token's metadata, possibly no longer
+	// servable; see holdLocked. Its AccessToken is empty unless the cache
+	// is unsealed: the token itself is in sealed.
+	current  *tokencache.Record
+	sealed   []byte // current's access token, sealed bound to the key
 	watchers map[*Watcher]struct{}
 
 	due   time.Time // when the scheduler visits the entry next
@@ -71,7 +76,7 @@ func (b *Broker) touch(t target, rec *tokencache.Record, now time.Time) {
 		b.mu.Lock()
 		e = b.entryLocked(t)
 		if e.current == nil {
-			e.current = rec
+			b.holdLocked(e, rec)
 			if e.index < 0 && !e.refreshing {
 				b.scheduleLocked(e, rec.RefreshAt)
 			}
@@ -107,7 +112,7 @@ func (b *Broker) refreshInBackground(t target, rec *tokencache.Record) bool {
 		return false
 	}
 	if e.current == nil {
-		e.current = rec
+		b.holdLocked(e, rec)
 	}
 	if time.Now().Before(e.current.RefreshAt) {
 		// A refresh installed a new token since the caller looked.
@@ -158,21 +163,69 @@ func (b *Broker) installLocked(t target, rec *tokencache.Record, e *entry) {
 	// min_remaining before expiry; this flight's callers get it whether or
 	// not the cache admits it.
 	b.cfg.Cache.Set(t.key, rec, time.Until(rec.ExpiresAt)-b.cfg.MinRemaining)
-	prev := e.current
-	if prev != nil && prev != rec {
+	prev, same := e.current, b.holdsLocked(e, rec)
+	if prev != nil && !same {
 		b.cfg.Observer.Refreshed(t.provider, max(0, time.Until(prev.ExpiresAt)))
 	}
-	e.current = rec
+	b.holdLocked(e, rec)
 	e.refreshing, e.failures, e.lastErr, e.unavailable, e.stopped = false, 0, nil, false, false
 	e.used.Store(false)
 	kind := EventRefreshed
 	if e.invalidated {
 		kind, e.invalidated = EventInvalidated, false
 	}
-	if prev != rec {
+	if !same {
 		b.notifyLocked(e, Event{Kind: kind, Token: toToken(rec, t.keyID)})
 	}
 	b.scheduleLocked(e, rec.RefreshAt)
+}
+
+// holdLocked makes rec e's current token. Like the cache, the entry keeps
+// the access token sealed (bound to the key) and only its metadata in
+// clear, so the tokens of all tracked keys do not sit in memory in clear
+// between their uses; openLocked unseals it for the rare reader (a new
+// watcher, a caller the cache missed). An unsealed cache (benchmarks
+// only) keeps rec as it is. b.mu must be held.
+func (b *Broker) holdLocked(e *entry, rec *tokencache.Record) {
+	kr := b.cfg.Cache.Keyring()
+	if kr == nil || rec == nil {
+		e.current, e.sealed = rec, nil
+		return
+	}
+	meta := *rec
+	meta.AccessToken = ""
+	e.current = &meta
+	e.sealed = kr.Seal(nil, []byte(rec.AccessToken), []byte(e.t.key))
+}
+
+// openLocked returns e's current token whole, or nil when it has none.
+// b.mu must be held (read or write).
+func (b *Broker) openLocked(e *entry) *tokencache.Record {
+	if e.current == nil || e.sealed == nil {
+		return e.current
+	}
+	plain, err := b.cfg.Cache.Keyring().Open(e.sealed, []byte(e.t.key))
+	if err != nil {
+		// The keyring does not change while the broker runs, so only a
+		// bug gets here; the caller then fetches as if there were none.
+		return nil
+	}
+	rec := *e.current
+	rec.AccessToken = secret.String(plain)
+	clear(plain)
+	return &rec
+}
+
+// holdsLocked reports whether rec is the token e holds: the same access
+// token with the same timing (it unseals only when the timing matches,
+// which a refresh's new token never does). b.mu must be held.
+func (b *Broker) holdsLocked(e *entry, rec *tokencache.Record) bool {
+	cur := e.current
+	if cur == nil || !cur.IssuedAt.Equal(rec.IssuedAt) || !cur.ExpiresAt.Equal(rec.ExpiresAt) {
+		return false
+	}
+	held := b.openLocked(e)
+	return held != nil && held.AccessToken == rec.AccessToken
 }
 
 // failed records a failed fetch of t's key. A retryable failure is retried
@@ -397,7 +450,7 @@ func (b *Broker) installed(key string) *tokencache.Record {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	if e := b.entries[key]; e != nil {
-		return e.current
+		return b.openLocked(e)
 	}
 	return nil
 }

@@ -37,13 +37,16 @@ func (b *Broker) Watch(ctx context.Context, req Request) (*Watcher, error) {
 	e := b.entryLocked(t)
 	if e.current == nil || e.current.IssuedAt.Before(rec.IssuedAt) {
 		// The entry was dropped or lost track of the token just served.
-		e.current = rec
+		b.holdLocked(e, rec)
+	} else if cur := b.openLocked(e); cur != nil {
+		// The entry holds a newer token (or this one): start from it.
+		rec = cur
 	}
 	if e.index < 0 && !e.refreshing && !e.stopped {
-		b.scheduleLocked(e, e.current.RefreshAt)
+		b.scheduleLocked(e, rec.RefreshAt)
 	}
-	b.cfg.Observer.Served(max(0, time.Until(e.current.ExpiresAt)))
-	w := &Watcher{b: b, e: e, initial: toToken(e.current, t.keyID), ch: make(chan Event, 1)}
+	b.cfg.Observer.Served(max(0, time.Until(rec.ExpiresAt)))
+	w := &Watcher{b: b, e: e, initial: toToken(rec, t.keyID), ch: make(chan Event, 1)}
 	e.watchers[w] = struct{}{}
 	return w, nil
 }
