@@ -142,7 +142,8 @@ func (h *handler) serveToken(w http.ResponseWriter, r *http.Request, provider st
 		slog.String("method", r.Method),
 		slog.String("path", r.URL.Path),
 		slog.Int("status", status),
-		slog.Duration("duration", h.now().Sub(start)),
+		// Milliseconds as a number, like the gRPC access log's grpc.time_ms.
+		slog.Float64("time_ms", float64(h.now().Sub(start))/float64(time.Millisecond)),
 	}
 	if provider != "" {
 		attrs = append(attrs, slog.String("provider", provider))

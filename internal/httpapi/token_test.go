@@ -408,8 +408,8 @@ func TestNoSecretInLogs(t *testing.T) {
 		t.Fatalf("token request log lines: got %d, want 3:\n%s", len(lines), logs)
 	}
 	for i, want := range []string{"status=200", "status=401", "status=400"} {
-		if !strings.Contains(lines[i], want) || !strings.Contains(lines[i], "level=INFO") || !strings.Contains(lines[i], "duration=") {
-			t.Errorf("log line %d: got %s, want INFO with %s and a duration", i, lines[i], want)
+		if !strings.Contains(lines[i], want) || !strings.Contains(lines[i], "level=INFO") || !strings.Contains(lines[i], "time_ms=") {
+			t.Errorf("log line %d: got %s, want INFO with %s and time_ms", i, lines[i], want)
 		}
 	}
 	for i := range 2 {

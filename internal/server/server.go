@@ -430,7 +430,7 @@ func (s *Server) serve(ctx context.Context, g *grpcServer, l net.Listener, befor
 	case <-ctx.Done():
 	}
 
-	s.logger.Info("grpc server shutting down", "server", g.name, "timeout", s.shutdownTimeout)
+	s.logger.Info("grpc server shutting down", "server", g.name, "timeout", s.shutdownTimeout.String())
 	g.health.Shutdown()
 	beforeStop()
 	stopped := make(chan struct{})
@@ -443,7 +443,7 @@ func (s *Server) serve(ctx context.Context, g *grpcServer, l net.Listener, befor
 	select {
 	case <-stopped:
 	case <-timer.C:
-		s.logger.Warn("grpc graceful stop timed out; closing connections", "server", g.name, "timeout", s.shutdownTimeout)
+		s.logger.Warn("grpc graceful stop timed out; closing connections", "server", g.name, "timeout", s.shutdownTimeout.String())
 		g.grpc.Stop()
 		<-stopped
 	}
