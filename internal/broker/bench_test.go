@@ -126,9 +126,8 @@ func BenchmarkGetTokenHitBaseline(b *testing.B) {
 //     (derivation, miss, shared fetch, cache insert, entry and heap push),
 //     so an upper bound for the scheduling itself;
 //   - B/key: live heap (after GC) the broker holds per scheduled key:
-//     its entry, map and heap slots, and the cached record with the
-//     cache's bookkeeping. The token text itself is shared by all records
-//     and not counted; a real token adds its length.
+//     its entry (with its sealed copy of the token), map and heap slots,
+//     and the cached sealed record with the cache's bookkeeping.
 //
 // B/op and allocs/op are per op (100,000 keys), garbage included.
 func BenchmarkScheduler100kKeys(b *testing.B) {
