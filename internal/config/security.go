@@ -42,12 +42,11 @@ func (c *Config) validateSecurity(v *validator, clients map[string]bool) {
 		v.add("tls.client_auth", "must be none, request or require, got %q", t.ClientAuth)
 	}
 
-	// Plaintext only on loopback, unless explicitly allowed.
+	// Plaintext only on loopback, unless explicitly allowed; -dev only on
+	// loopback, whatever the configuration allows.
 	plaintextOK := t.Enabled() || c.InsecureAllowRemote
-	if checkListen(c.Listen) == "" && !plaintextOK {
-		if host, _, _ := net.SplitHostPort(c.Listen); !isLoopback(host) {
-			v.add("listen", plaintextRemote)
-		}
+	if checkListen(c.Listen) == "" {
+		c.checkRemote(v, "listen", c.Listen, plaintextOK)
 	}
 	if a := c.HTTPListen; a != "" {
 		switch {
@@ -55,10 +54,8 @@ func (c *Config) validateSecurity(v *validator, clients map[string]bool) {
 			v.add("http_listen", "%s", checkListen(a))
 		case (a == c.Listen || a == c.Admin.Listen) && !strings.HasSuffix(a, ":0"):
 			v.add("http_listen", "must differ from listen and admin.listen, got %q", a)
-		case !plaintextOK:
-			if host, _, _ := net.SplitHostPort(a); !isLoopback(host) {
-				v.add("http_listen", plaintextRemote)
-			}
+		default:
+			c.checkRemote(v, "http_listen", a, plaintextOK)
 		}
 	}
 	if a := c.Admin.Listen; a != "" {
@@ -68,10 +65,8 @@ func (c *Config) validateSecurity(v *validator, clients map[string]bool) {
 			v.add("admin.listen", "%s", problem)
 		case a == c.Listen:
 			v.add("admin.listen", "must differ from listen (leave it empty to serve AdminService on the main listener)")
-		case tcp && !plaintextOK:
-			if host, _, _ := net.SplitHostPort(a); !isLoopback(host) {
-				v.add("admin.listen", plaintextRemote)
-			}
+		case tcp:
+			c.checkRemote(v, "admin.listen", a, plaintextOK)
 		}
 	}
 
@@ -140,6 +135,25 @@ func (c *Config) validateSecurity(v *validator, clients map[string]bool) {
 	}
 	if c.Cache.HMACKeyFile != "" && c.Cache.HMACKeyEnv != "" {
 		v.add("cache", "at most one of hmac_key_file and hmac_key_env may be set, got both")
+	}
+}
+
+// devRemote is the problem of a -dev listener on a non-loopback address.
+const devRemote = "-dev serves a demo client and an open admin service to unauthenticated callers, so it listens only on loopback addresses, whatever tls and insecure_allow_remote say; got %q (use a 127.0.0.1 or [::1] address, or drop -dev)"
+
+// checkRemote reports the TCP listen address addr of key when its host is
+// not loopback and either Dev is set (never allowed) or plaintextOK is not
+// (plaintext off loopback). addr must be a valid host:port.
+func (c *Config) checkRemote(v *validator, key, addr string, plaintextOK bool) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || isLoopback(host) {
+		return
+	}
+	switch {
+	case c.Dev:
+		v.add(key, devRemote, addr)
+	case !plaintextOK:
+		v.add(key, plaintextRemote)
 	}
 }
 

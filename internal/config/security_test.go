@@ -275,3 +275,41 @@ func TestExampleKeysNeedNoFiles(t *testing.T) {
 		t.Fatalf("Validate() = %v, want nil (Validate must not read files)", err)
 	}
 }
+
+// TestDevNeverListensBeyondLoopback: -dev refuses every non-loopback TCP
+// listener (listen, http_listen, admin.listen), even with tls and
+// insecure_allow_remote set; each error names the flag and the address.
+func TestDevNeverListensBeyondLoopback(t *testing.T) {
+	c := validConfig()
+	withTLS(&c)
+	c.InsecureAllowRemote = true
+	c.Dev = true
+	c.Listen = "0.0.0.0:7443"
+	c.HTTPListen = "[::]:7080"
+	c.Admin.Listen = "10.0.0.1:7444"
+	got := problems(c.Validate())
+	want := []struct{ key, addr string }{{"listen", "0.0.0.0:7443"}, {"http_listen", "[::]:7080"}, {"admin.listen", "10.0.0.1:7444"}}
+	if len(got) != len(want) {
+		t.Fatalf("Validate() = %q, want %d problems", got, len(want))
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(got[i], w.key+": -dev ") || !strings.Contains(got[i], fmt.Sprintf("%q", w.addr)) {
+			t.Errorf("problem %d = %q, want %q naming -dev and %q", i, got[i], w.key, w.addr)
+		}
+	}
+
+	// An empty host listens on every interface: refused too.
+	c = validConfig()
+	c.Dev, c.InsecureAllowRemote, c.Listen = true, true, ":7443"
+	if got := problems(c.Validate()); len(got) != 1 || !strings.Contains(got[0], "-dev") {
+		t.Errorf("-dev on :7443: Validate() = %q, want one -dev problem", got)
+	}
+
+	// Loopback addresses and a unix admin socket are fine.
+	c = validConfig()
+	c.Dev = true
+	c.Listen, c.HTTPListen, c.Admin.Listen = "[::1]:0", "localhost:0", "unix:/run/tb/admin.sock"
+	if err := c.Validate(); err != nil {
+		t.Errorf("-dev on loopback: Validate() = %v, want nil", err)
+	}
+}

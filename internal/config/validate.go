@@ -24,9 +24,11 @@ const nameRule = "must be 1-63 characters of a-z, 0-9, '_' and '-', starting wit
 // "providers[1].token_url: must be an absolute https URL (http is allowed
 // only for loopback hosts)". Values that may be secret are never quoted.
 //
-// Besides each key's own rule, Validate enforces two rules of safety:
-// without tls, listen and a TCP admin.listen must be loopback addresses
-// unless insecure_allow_remote is set; and callers must have a way to
+// Besides each key's own rule, Validate enforces three rules of safety:
+// without tls, listen, http_listen and a TCP admin.listen must be loopback
+// addresses unless insecure_allow_remote is set; in -dev mode (Dev) they
+// must be loopback addresses whatever tls and insecure_allow_remote say;
+// and callers must have a way to
 // authenticate (tls.client_auth: require or auth.api_keys) unless
 // auth.allow_unauthenticated is set or Dev is. In -dev mode policy may also
 // name the client "demo", which -dev adds after Validate. Validate reads no
