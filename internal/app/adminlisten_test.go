@@ -2,10 +2,12 @@ package app
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/internal/config"
 )
 
 // listenAddrs is a slog.Handler that passes on the address of every
@@ -41,14 +44,34 @@ func (h listenAddrs) Handle(ctx context.Context, r slog.Record) error {
 	return h.Handler.Handle(ctx, r)
 }
 
+// holdDefaultPorts keeps the default gRPC and HTTP listen addresses busy
+// until the test ends, unless something else already holds them.
+func holdDefaultPorts(t *testing.T) {
+	t.Helper()
+	def := config.Default()
+	for _, addr := range []string{def.Listen, def.HTTPListen} {
+		l, err := net.Listen("tcp", addr)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			continue // already taken, which is the point
+		}
+		if err != nil {
+			t.Fatalf("hold %s: %v", addr, err)
+		}
+		t.Cleanup(func() { l.Close() })
+	}
+}
+
 // TestAdminListenOnUnixSocket runs the whole product (Run) with
 // admin.listen on a unix socket that an earlier run left behind: the
 // AdminService, with health, answers there and only there, and the
 // TokenBrokerService only on the main listener.
+//
+// It holds the default ports while it runs, as `make run` in another
+// terminal would: a test that inherits a default listen address fails.
 func TestAdminListenOnUnixSocket(t *testing.T) {
+	holdDefaultPorts(t)
 	_, tokenURL := startIssuer(t, nil)
 	cfg := stackConfig(tokenURL)
-	cfg.Listen = "127.0.0.1:0"
 	sock := filepath.Join(t.TempDir(), "admin.sock")
 	cfg.Admin.Listen = "unix:" + sock
 

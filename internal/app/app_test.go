@@ -91,9 +91,11 @@ func startIssuer(t testing.TB, wrap func(http.Handler) http.Handler) (*devissuer
 
 // stackConfig is the configuration the tests start from: provider "test"
 // at tokenURL, broker-held client "held", pass-through on, every caller
-// accepted and an admin.
+// accepted and an admin. Its listeners are on free ports, never the
+// defaults (a broker started with `make run` may hold those).
 func stackConfig(tokenURL string) config.Config {
 	cfg := config.Default()
+	cfg.Listen, cfg.HTTPListen = "127.0.0.1:0", "127.0.0.1:0"
 	p := config.DefaultProvider()
 	p.Name, p.TokenURL, p.RateLimit, p.Burst = "test", tokenURL, 1000, 100
 	cfg.Providers = []config.Provider{p}

@@ -75,9 +75,11 @@ func StartIssuer(tb testing.TB, extraHeldScopes ...string) (*devissuer.Issuer, s
 // Config returns the configuration the tests start from: provider Provider
 // at tokenURL (with a rate limit no test reaches), the broker-held client
 // HeldClient with HeldID's credentials, pass-through on, every caller
-// accepted without credentials and every caller an admin.
+// accepted without credentials and every caller an admin. Its listen
+// addresses are free ports, never the defaults.
 func Config(tokenURL string) config.Config {
 	cfg := config.Default()
+	cfg.Listen, cfg.HTTPListen = Loopback, Loopback
 	p := config.DefaultProvider()
 	p.Name, p.TokenURL, p.RateLimit, p.Burst = Provider, tokenURL, 1000, 100
 	cfg.Providers = []config.Provider{p}
