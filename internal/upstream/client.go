@@ -458,27 +458,21 @@ func (c *Client) transportError(parent, actx context.Context, status int, err er
 func (c *Client) classify(resp *http.Response, body []byte, scrub scrubber) *Error {
 	status := resp.StatusCode
 	f := parseErrorBody(body)
-	code := f.errCode
-	if code == "" && f.typ != "" {
-		code = f.typ
-		if i := strings.LastIndexByte(code, '#'); i >= 0 {
-			code = code[i+1:]
-		}
-	}
-	desc := f.description
-	if desc == "" {
-		desc = f.message
-	}
+	// Only the RFC 6749 error code and error_description are relayed, and
+	// only once scrubbed; the other fields are looked at, never quoted.
 	e := &Error{
 		Provider:    c.p.Name,
 		Status:      status,
-		Code:        scrub.clean(code, maxCodeLen),
-		Description: scrub.clean(desc, maxDescriptionLen),
+		Code:        scrub.clean(f.errCode, maxCodeLen),
+		Description: scrub.clean(f.description, maxDescriptionLen),
 	}
 	const cognitoThrottle = "TooManyRequestsException"
 	throttleShape := strings.Contains(f.errCode, cognitoThrottle) ||
 		strings.Contains(f.typ, cognitoThrottle) ||
 		strings.Contains(f.message, cognitoThrottle)
+	if e.Code == "" && throttleShape {
+		e.Code = cognitoThrottle
+	}
 
 	switch {
 	case status == http.StatusTooManyRequests:
@@ -514,7 +508,9 @@ func (c *Client) classify(resp *http.Response, body []byte, scrub scrubber) *Err
 	return e
 }
 
-// errorFields are the parts of an error body that are looked at.
+// errorFields are the parts of an error body that are looked at. Only
+// errCode and description may be relayed (scrubbed); typ and message only
+// help recognise throttling.
 type errorFields struct {
 	errCode     string // error
 	description string // error_description

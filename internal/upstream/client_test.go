@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -383,8 +384,15 @@ func TestFetchErrorResponses(t *testing.T) {
 		},
 		{
 			name: "400 Cognito TooManyRequestsException", status: 400,
-			body:     `{"__type":"TooManyRequestsException","message":"Rate exceeded"}`,
-			wantKind: ErrThrottled, wantCode: "TooManyRequestsException", wantDesc: "Rate exceeded", wantRetry: true, wantAfter: time.Millisecond,
+			body: `{"__type":"TooManyRequestsException","message":"Rate exceeded"}`,
+			// AWS's message is not relayed: only error and error_description are.
+			wantKind: ErrThrottled, wantCode: "TooManyRequestsException", wantRetry: true, wantAfter: time.Millisecond,
+		},
+		{
+			name: "400 AWS fields besides an OAuth error", status: 400,
+			body:     `{"error":"invalid_request","__type":"SomeType","message":"echoed text"}`,
+			wantKind: ErrRejected, wantCode: "invalid_request",
+			wantMsg: `provider "test": invalid_request (400)`,
 		},
 		{
 			name: "400 qualified __type", status: 400,
@@ -954,5 +962,47 @@ func TestFetchConcurrent(t *testing.T) {
 		case <-time.After(testTimeout):
 			t.Fatal("Fetch: timed out")
 		}
+	}
+}
+
+// TestErrorBodyNeverLeaksSecretForms: an error body that echoes the secret
+// in any form (issue 10, point 7) reaches neither the error's text nor the
+// log; fields other than error and error_description are never quoted.
+func TestErrorBodyNeverLeaksSecretForms(t *testing.T) {
+	const marker = "OTHER-FIELD-MARKER"
+	for _, tt := range scrubForms() {
+		t.Run(tt.name, func(t *testing.T) {
+			body, _ := json.Marshal(map[string]string{
+				"error":             "invalid_client",
+				"error_description": "client secret " + tt.form + " is wrong",
+				"message":           marker + tt.form,
+				"detail":            marker,
+			})
+			ep := newEndpoint(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
+				w.WriteHeader(http.StatusUnauthorized)
+				_, _ = w.Write(body)
+			})
+			logs := &syncBuffer{}
+			c, _ := newTestClient(t, testProvider(ep.srv.URL), Options{Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+			_, err := fetch(t, c, Request{ClientID: "client-1", ClientSecret: secret.String(scrubSecret)})
+			if !errors.Is(err, ErrInvalidClient) {
+				t.Fatalf("Fetch: got %v, want invalid_client", err)
+			}
+			for _, text := range []string{err.Error(), logs.String()} {
+				rest := text
+				if tt.keep != "" {
+					rest = strings.ReplaceAll(rest, tt.keep, "")
+				}
+				if leak := longestShared(rest, tt.form); len(leak) >= scrubRun {
+					t.Errorf("got %q, which holds %q of the secret's form", text, leak)
+				}
+				if strings.Contains(text, marker) {
+					t.Errorf("got %q, want no field but error and error_description quoted", text)
+				}
+			}
+			if msg := err.Error(); !strings.Contains(msg, secret.Redacted) || !strings.Contains(msg, "client secret ") || !strings.HasSuffix(msg, " is wrong") {
+				t.Errorf("Error(): got %q, want the scrubbed error_description", msg)
+			}
+		})
 	}
 }
