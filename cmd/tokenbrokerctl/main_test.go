@@ -652,7 +652,7 @@ func TestAPIKey(t *testing.T) {
 	s := startStack(t, func(cfg *config.Config) {
 		cfg.Auth.AllowUnauthenticated = false
 		cfg.Auth.APIKeys = []config.APIKey{{Identity: "ops", SHA256: hex.EncodeToString(sum[:])}}
-		cfg.Admin.Identities = []string{"ops"}
+		cfg.Admin.Identities = []string{"apikey:ops"}
 	})
 	tr := &transcript{}
 	defer tr.checkNoSecrets(t)

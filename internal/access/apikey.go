@@ -14,7 +14,9 @@ import (
 // APIKey is a bearer API key as configured: the SHA-256 digest of the key
 // (never the key itself) and the identity it authenticates.
 type APIKey struct {
-	// Identity is the name callers presenting the key are known by.
+	// Identity is the key's name: callers presenting the key are known as
+	// "apikey:" and this name (Identity.Name), which policy rules and
+	// admin identities must spell so.
 	Identity string
 	// SHA256 is the SHA-256 digest of the key's bytes as sent after
 	// "Bearer ".
@@ -79,7 +81,7 @@ func bearerKey(ctx context.Context) (key string, ok bool, err error) {
 // keyTable matches presented keys against configured digests.
 type keyTable []APIKey
 
-// lookup returns the identity whose digest is the SHA-256 of key. It
+// lookup returns the (typed) identity whose digest is the SHA-256 of key. It
 // compares against every configured digest in constant time, whatever
 // matches, so timing tells nothing about which entry (if any) matched.
 func (t keyTable) lookup(key string) (string, bool) {

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tokenbroker/tokenbroker/internal/access/ident"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 )
 
@@ -28,19 +29,24 @@ const (
 	msgAdminDenied   = "admin access denied"
 	msgNoIdentity    = "caller identity unknown"
 	msgReservedIdent = `"anonymous" is reserved for unauthenticated callers`
+	msgKeyKind       = `is the key's name without its kind: callers presenting the key are "apikey:" and this name`
+	msgAnonymousOff  = `"anonymous" names unauthenticated callers, who are refused unless auth.allow_unauthenticated is on`
 )
 
 // Config configures an Authenticator.
 type Config struct {
-	// APIKeys are the accepted bearer keys. Identities must be non-empty and
-	// digests distinct.
+	// APIKeys are the accepted bearer keys. Identities must be non-empty,
+	// must not start with "apikey:" (callers presenting a key are known as
+	// "apikey:" and its Identity) and digests distinct.
 	APIKeys []APIKey
 	// AllowUnauthenticated lets callers without a certificate or key in as
 	// Identity{Name: "anonymous", Source: "anonymous"}. A presented but
-	// invalid key is still refused.
+	// invalid key is still refused. Without it, neither AdminIdentities nor
+	// Policy may name "anonymous".
 	AllowUnauthenticated bool
-	// AdminIdentities may call the AdminService: exact names, "prefix/*"
-	// patterns or "*" (every authenticated identity), as in policy rules.
+	// AdminIdentities may call the AdminService: typed names, prefix
+	// patterns, "*" (every authenticated identity) or "anonymous", as in
+	// policy rules (Rule.Identity).
 	AdminIdentities []string
 	// AdminOpen makes every caller that passes authentication an admin
 	// (for -dev). It overrides AdminIdentities.
@@ -53,9 +59,9 @@ type Config struct {
 // Authenticator resolves callers' identities and guards the AdminService.
 // It is immutable and safe for concurrent use.
 type Authenticator struct {
-	keys                 keyTable
+	keys                 keyTable // Identity holds the typed name
 	allowUnauthenticated bool
-	admins               []pattern
+	admins               []ident.Pattern
 	adminOpen            bool
 	policy               *Policy
 }
@@ -74,6 +80,8 @@ func New(cfg Config) (*Authenticator, error) {
 			return nil, &ConfigError{Field: field + ".identity", Rule: "must not have leading or trailing spaces"}
 		case k.Identity == AnonymousName:
 			return nil, &ConfigError{Field: field + ".identity", Rule: msgReservedIdent}
+		case strings.HasPrefix(k.Identity, ident.APIKeyPrefix):
+			return nil, &ConfigError{Field: field + ".identity", Rule: msgKeyKind}
 		case k.SHA256 == [32]byte{}:
 			return nil, &ConfigError{Field: field + ".sha256", Rule: "must be set"}
 		}
@@ -82,11 +90,21 @@ func New(cfg Config) (*Authenticator, error) {
 				return nil, &ConfigError{Field: field + ".sha256", Rule: "must differ from " + indexed("api_keys", j) + ".sha256"}
 			}
 		}
-		keys = append(keys, k)
+		keys = append(keys, APIKey{Identity: ident.APIKey(k.Identity), SHA256: k.SHA256})
 	}
 	admins, err := parsePatterns("admin_identities", cfg.AdminIdentities)
 	if err != nil {
 		return nil, err
+	}
+	if !cfg.AllowUnauthenticated {
+		for i, p := range admins {
+			if p.IsAnonymous() {
+				return nil, &ConfigError{Field: indexed("admin_identities", i), Rule: msgAnonymousOff}
+			}
+		}
+		if i := cfg.Policy.anonymousRule(); i >= 0 {
+			return nil, &ConfigError{Field: indexed("rules", i) + ".identity", Rule: msgAnonymousOff}
+		}
 	}
 	return &Authenticator{
 		keys:                 keys,

@@ -54,7 +54,11 @@ func TestNewErrors(t *testing.T) {
 		{"missing digest", Config{APIKeys: []APIKey{{Identity: "a"}}}, "api_keys[0].sha256", "must be set"},
 		{"duplicate digest", Config{APIKeys: []APIKey{{Identity: "a", SHA256: digest("k")}, {Identity: "b", SHA256: digest("k")}}},
 			"api_keys[1].sha256", "must differ from api_keys[0].sha256"},
-		{"bad admin pattern", Config{AdminIdentities: []string{"ok", "a*"}}, "admin_identities[1]", `"*" is allowed only`},
+		{"key name with its kind", Config{APIKeys: []APIKey{{Identity: "apikey:a", SHA256: digest("a")}}}, "api_keys[0].identity", "without its kind"},
+		{"bad admin pattern", Config{AdminIdentities: []string{"apikey:ok", "apikey:a*"}}, "admin_identities[1]", `"*" is allowed only`},
+		{"untyped admin identity", Config{AdminIdentities: []string{"apikey:ok", "ops-cli"}}, "admin_identities[1]", "must name its kind"},
+		{"anonymous admin without unauthenticated callers", Config{AdminIdentities: []string{"anonymous"}}, "admin_identities[0]", "auth.allow_unauthenticated"},
+		{"anonymous policy rule without unauthenticated callers", Config{Policy: mustPolicy(t, []Rule{{Identity: "*"}, {Identity: "anonymous"}})}, "rules[1].identity", "auth.allow_unauthenticated"},
 		{"empty admin pattern", Config{AdminIdentities: []string{""}}, "admin_identities[0]", "must not be empty"},
 	}
 	for _, tc := range tests {
@@ -97,6 +101,7 @@ func TestKeyLookup(t *testing.T) {
 func TestAuthenticateMetadata(t *testing.T) {
 	t.Parallel()
 	a, err := New(Config{APIKeys: []APIKey{{Identity: "batch-job", SHA256: digest(batchKey)}}})
+	const batch = "apikey:batch-job"
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -106,9 +111,9 @@ func TestAuthenticateMetadata(t *testing.T) {
 		wantName string
 		wantMsg  string
 	}{
-		{"valid", []string{"Bearer " + batchKey}, "batch-job", ""},
-		{"valid, extra spaces after the scheme", []string{"Bearer   " + batchKey}, "batch-job", ""},
-		{"valid, upper-case scheme", []string{"BEARER " + batchKey}, "batch-job", ""},
+		{"valid", []string{"Bearer " + batchKey}, batch, ""},
+		{"valid, extra spaces after the scheme", []string{"Bearer   " + batchKey}, batch, ""},
+		{"valid, upper-case scheme", []string{"BEARER " + batchKey}, batch, ""},
 		{"two values", []string{"Bearer " + batchKey, "Bearer " + batchKey}, "", "more than one value"},
 		{"tab in key", []string{"Bearer " + batchKey + "\tx"}, "", "malformed"},
 		{"scheme only", []string{"Bearer"}, "", "malformed"},
@@ -159,7 +164,11 @@ func TestAuthenticateCertificate(t *testing.T) {
 	t.Parallel()
 	ca := newTestCA(t, "client CA")
 	both := ca.issue(t, false, []string{workerID, "spiffe://prod/second"}, []string{"dns.example.test"})
-	dnsOnly := ca.issue(t, false, nil, []string{dnsOnlyID, "second.example.test"})
+	dnsOnly := ca.issue(t, false, nil, []string{dnsOnlySAN, "second.example.test"})
+	dnsUpper := ca.issue(t, false, nil, []string{"WWW.Example.TEST"})
+	otherURI := ca.issue(t, false, []string{"https://example.test/worker"}, []string{"dns.example.test"})
+	// A DNS SAN spelling another kind's name stays a DNS identity.
+	dnsSpoof := ca.issue(t, false, nil, []string{workerID})
 	a, err := New(Config{})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -171,6 +180,9 @@ func TestAuthenticateCertificate(t *testing.T) {
 	}{
 		{"verified, first URI SAN", tlsPeerContext(t.Context(), both.tls.Leaf, true), workerID},
 		{"verified, first DNS SAN", tlsPeerContext(t.Context(), dnsOnly.tls.Leaf, true), dnsOnlyID},
+		{"verified, DNS SAN in lower case", tlsPeerContext(t.Context(), dnsUpper.tls.Leaf, true), dnsOnlyID},
+		{"verified, URI SAN that is no SPIFFE ID", tlsPeerContext(t.Context(), otherURI.tls.Leaf, true), "uri:https://example.test/worker"},
+		{"verified, DNS SAN spelling a SPIFFE ID", tlsPeerContext(t.Context(), dnsSpoof.tls.Leaf, true), "dns:" + workerID},
 		{"unverified certificate ignored", tlsPeerContext(t.Context(), both.tls.Leaf, false), ""},
 		{"peer without TLS", peer.NewContext(t.Context(), &peer.Peer{Addr: &net.TCPAddr{}}), ""},
 		{"no peer", t.Context(), ""},
@@ -194,7 +206,7 @@ func TestAuthenticateCertificate(t *testing.T) {
 
 func TestIsAdmin(t *testing.T) {
 	t.Parallel()
-	a, err := New(Config{AdminIdentities: []string{"spiffe://prod/ns/ops/*", "ops-cli"}})
+	a, err := New(Config{AdminIdentities: []string{"spiffe://prod/ns/ops/*", "apikey:ops-cli"}})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -202,7 +214,11 @@ func TestIsAdmin(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	none, err := New(Config{AllowUnauthenticated: true})
+	none, err := New(Config{AllowUnauthenticated: true, AdminIdentities: []string{"*"}})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	anon, err := New(Config{AllowUnauthenticated: true, AdminIdentities: []string{"anonymous"}})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -212,13 +228,18 @@ func TestIsAdmin(t *testing.T) {
 		want bool
 	}{
 		{a, "spiffe://prod/ns/ops/sa/admin", true},
-		{a, "ops-cli", true},
-		{a, "ops-cli2", false},
+		{a, "apikey:ops-cli", true},
+		{a, "apikey:ops-cli2", false},
+		{a, "ops-cli", false},
+		{a, "dns:spiffe://prod/ns/ops/sa/admin", false},
 		{a, "spiffe://prod/ns/ops", false},
 		{a, "", false},
 		{open, "anyone", true},
 		{open, "", false},
 		{none, AnonymousName, false},
+		{none, "apikey:x", true},
+		{anon, AnonymousName, true},
+		{anon, "apikey:x", false},
 	}
 	for _, tc := range tests {
 		if got := tc.a.IsAdmin(Identity{Name: tc.name}); got != tc.want {

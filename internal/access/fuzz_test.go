@@ -25,16 +25,16 @@ const sentinelSecret = "SENTINEL-client-secret-7f3a9c1e"
 func FuzzPolicyAuthorize(f *testing.F) {
 	f.Add("spiffe://prod/ns/payments/*", "payments", "payments/read", false, "spiffe://prod/ns/payments/sa/worker", "payments", "payments/read payments/write", false, "s3cr3t-value")
 	f.Add("*", "*", "*", true, "anonymous", "", "", true, "hunter2hunter2")
-	f.Add("exact", "c", "a b", false, "exact", "c", "a b", false, "x")
-	f.Add("a/*", "", "", true, "a/", "c", "", true, "payments")
+	f.Add("apikey:exact", "c", "a b", false, "apikey:exact", "c", "a b", false, "x")
+	f.Add("dns:a/*", "", "", true, "dns:a/", "c", "", true, "payments")
 	f.Add("a*b", "c*", "d*", false, "a*b", "c*", "d*", false, "identity may not")
 	f.Add("", "", "", false, "", "", "", false, "")
-	f.Add("other/*", "other", "*", false, "other/x", "other", "", false, "other")
+	f.Add("apikey:other/*", "other", "*", false, "apikey:other/x", "other", "", false, "other")
 	f.Fuzz(func(t *testing.T, idPattern, grantClients, grantScopes string, passthrough bool,
 		name, client, scopes string, own bool, clientSecret string) {
 		p, err := NewPolicy([]Rule{
 			{Identity: idPattern, Clients: strings.Split(grantClients, ","), Scopes: strings.Fields(grantScopes), Passthrough: passthrough},
-			{Identity: "other/*", Clients: []string{"other"}},
+			{Identity: "apikey:other/*", Clients: []string{"other"}},
 		})
 		if err != nil {
 			var ce *ConfigError

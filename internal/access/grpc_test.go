@@ -33,7 +33,10 @@ const callTimeout = 10 * time.Second
 const (
 	workerID    = "spiffe://prod/ns/payments/sa/worker"
 	opsAdminID  = "spiffe://prod/ns/ops/sa/admin"
-	dnsOnlyID   = "www.example.test"
+	dnsOnlyID   = "dns:www.example.test"
+	dnsOnlySAN  = "www.example.test"
+	batchID     = "apikey:batch-job"
+	opsCLIID    = "apikey:ops-cli"
 	batchKey    = "tb_batch_0123456789abcdef"
 	opsCLIKey   = "tb_opscli_fedcba9876543210"
 	knownSecret = "s3cr3t-client-secret-value"
@@ -169,7 +172,7 @@ func newFixture(t *testing.T, clientAuth tls.ClientAuthType) *fixture {
 	policy, err := NewPolicy([]Rule{
 		{Identity: workerID, Clients: []string{"payments"}, Scopes: []string{"payments/read"}},
 		{Identity: dnsOnlyID, Clients: []string{"payments"}, Scopes: []string{"payments/read"}},
-		{Identity: "batch-job", Clients: []string{"reports"}, Scopes: []string{"*"}},
+		{Identity: batchID, Clients: []string{"reports"}, Scopes: []string{"*"}},
 	})
 	if err != nil {
 		t.Fatalf("NewPolicy: %v", err)
@@ -289,7 +292,7 @@ func TestInterceptorsTLS(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, tls.VerifyClientCertIfGiven)
 	worker := f.clientCA.issue(t, false, []string{workerID}, []string{"worker.payments.svc"})
-	dnsOnly := f.clientCA.issue(t, false, nil, []string{dnsOnlyID})
+	dnsOnly := f.clientCA.issue(t, false, nil, []string{dnsOnlySAN})
 	admin := f.clientCA.issue(t, false, []string{opsAdminID}, nil)
 	noSAN := f.clientCA.issue(t, false, nil, nil)
 	foreign := f.otherCA.issue(t, false, []string{opsAdminID}, nil)
@@ -338,19 +341,19 @@ func TestInterceptorsTLS(t *testing.T) {
 
 		// Bearer keys.
 		{"key valid", nil, "Bearer " + batchKey, get(clientSelector("reports", "reports/read")),
-			outcome{code: codes.OK, identity: "batch-job", source: SourceAPIKey}},
+			outcome{code: codes.OK, identity: batchID, source: SourceAPIKey}},
 		{"key valid lowercase scheme, default scopes", nil, "bearer " + batchKey, get(clientSelector("reports")),
-			outcome{code: codes.OK, identity: "batch-job", source: SourceAPIKey}},
+			outcome{code: codes.OK, identity: batchID, source: SourceAPIKey}},
 		{"key valid stream", nil, "Bearer " + batchKey, watch(clientSelector("reports")),
-			outcome{code: codes.OK, identity: "batch-job", source: SourceAPIKey}},
+			outcome{code: codes.OK, identity: batchID, source: SourceAPIKey}},
 		{"key valid but client denied", nil, "Bearer " + batchKey, get(clientSelector("payments", "payments/read")),
-			outcome{code: codes.PermissionDenied, msg: `identity may not use client "payments"`, identity: "batch-job", source: SourceAPIKey}},
+			outcome{code: codes.PermissionDenied, msg: `identity may not use client "payments"`, identity: batchID, source: SourceAPIKey}},
 		{"key invalid", nil, "Bearer tb_wrong_key_value", get(clientSelector("reports")),
 			outcome{code: codes.Unauthenticated, msg: msgInvalidKey}},
 		{"key invalid with no-SAN cert", &noSAN, "Bearer tb_wrong_key_value", get(clientSelector("reports")),
 			outcome{code: codes.Unauthenticated, msg: msgInvalidKey}},
 		{"key with no-SAN cert", &noSAN, "Bearer " + batchKey, get(clientSelector("reports")),
-			outcome{code: codes.OK, identity: "batch-job", source: SourceAPIKey}},
+			outcome{code: codes.OK, identity: batchID, source: SourceAPIKey}},
 		{"header without key", nil, "Bearer", get(clientSelector("reports")),
 			outcome{code: codes.Unauthenticated, msg: "malformed authorization"}},
 		{"header with blank key", nil, "Bearer   ", get(clientSelector("reports")),
@@ -461,7 +464,7 @@ func TestInterceptorsPlaintext(t *testing.T) {
 			func(t *testing.T, cc *grpc.ClientConn, auth string) outcome {
 				return getToken(t, cc, auth, clientSelector("payments"))
 			},
-			outcome{code: codes.OK, identity: "batch-job", source: SourceAPIKey}},
+			outcome{code: codes.OK, identity: batchID, source: SourceAPIKey}},
 		{"anonymous allowed, invalid key refused", Config{AllowUnauthenticated: true}, "Bearer tb_wrong_key_value",
 			func(t *testing.T, cc *grpc.ClientConn, auth string) outcome {
 				return getToken(t, cc, auth, clientSelector("payments"))
@@ -476,9 +479,9 @@ func TestInterceptorsPlaintext(t *testing.T) {
 			outcome{code: codes.PermissionDenied, msg: msgAdminDenied}},
 		{"admin open", Config{AllowUnauthenticated: true, AdminOpen: true}, "", getStats,
 			outcome{code: codes.OK, identity: AnonymousName, source: SourceAnonymous}},
-		{"admin by key", Config{APIKeys: []APIKey{{Identity: "ops-cli", SHA256: digest(opsCLIKey)}}, AdminIdentities: []string{"ops-cli"}},
+		{"admin by key", Config{APIKeys: []APIKey{{Identity: "ops-cli", SHA256: digest(opsCLIKey)}}, AdminIdentities: []string{opsCLIID}},
 			"Bearer " + opsCLIKey, getStats,
-			outcome{code: codes.OK, identity: "ops-cli", source: SourceAPIKey}},
+			outcome{code: codes.OK, identity: opsCLIID, source: SourceAPIKey}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -507,7 +510,7 @@ func TestAuthorizeWithoutIdentity(t *testing.T) {
 	if err := a.Authorize(t.Context(), broker.Selector{Client: "payments"}); err == nil {
 		t.Errorf("Authorize without identity: got nil, want a permission error")
 	}
-	ctx := NewContext(t.Context(), Identity{Name: "x", Source: SourceAPIKey})
+	ctx := NewContext(t.Context(), Identity{Name: "apikey:x", Source: SourceAPIKey})
 	if err := a.Authorize(ctx, broker.Selector{Client: "payments"}); err != nil {
 		t.Errorf("Authorize with identity: got %v, want nil", err)
 	}

@@ -7,6 +7,8 @@ import (
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+
+	"github.com/tokenbroker/tokenbroker/internal/access/ident"
 )
 
 // Sources of an Identity.
@@ -21,13 +23,14 @@ const (
 )
 
 // AnonymousName is the Name of unauthenticated callers' Identity.
-const AnonymousName = "anonymous"
+const AnonymousName = ident.Anonymous
 
 // Identity is who a caller is. It is not secret and may be logged.
 type Identity struct {
-	// Name is the identity: a certificate's URI SAN (a SPIFFE ID such as
-	// spiffe://prod/ns/payments/sa/worker) or DNS SAN, an API key's
-	// configured identity, or "anonymous".
+	// Name is the typed identity (package ident): a certificate's SPIFFE
+	// ID as is (spiffe://prod/ns/payments/sa/worker), "uri:" and another
+	// URI SAN, "dns:" and a DNS SAN, "apikey:" and an API key's configured
+	// identity, or "anonymous". Names of different kinds never collide.
 	Name string
 	// Source is how the caller proved it: SourceMTLS, SourceAPIKey or
 	// SourceAnonymous.
@@ -90,19 +93,18 @@ func TLSIdentity(state *tls.ConnectionState) Identity {
 	return Identity{Name: AnonymousName, Source: SourceAnonymous}
 }
 
-// certName returns the certificate's first URI SAN, else its first DNS SAN,
-// else "".
+// certName returns the typed identity of the certificate's first URI SAN
+// (its SPIFFE ID, else "uri:" and the URI), else of its first DNS SAN
+// ("dns:" and the name), else "".
 func certName(c *x509.Certificate) string {
 	for _, u := range c.URIs {
-		if u != nil {
-			if s := u.String(); s != "" {
-				return s
-			}
+		if s := ident.URI(u); s != "" {
+			return s
 		}
 	}
 	for _, d := range c.DNSNames {
 		if d != "" {
-			return d
+			return ident.DNS(d)
 		}
 	}
 	return ""

@@ -3,15 +3,18 @@ package access
 import (
 	"strings"
 
+	"github.com/tokenbroker/tokenbroker/internal/access/ident"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 )
 
 // Rule grants what one or more identities may do.
 type Rule struct {
-	// Identity is an identity name, a prefix ending in "/*" (matching every
-	// name that starts with the prefix and has something after its slash),
-	// or "*" for every authenticated identity (including "anonymous" when
-	// unauthenticated callers are allowed).
+	// Identity is a typed identity name (package ident: "spiffe://…",
+	// "dns:NAME", "uri:URI", "apikey:NAME"), a prefix ending in "/*"
+	// (matching every name that starts with the prefix and has something
+	// after its slash) or "KIND:*" (every identity of the kind), "*" for
+	// every authenticated identity, or "anonymous" for unauthenticated
+	// callers (which "*" does not match). An untyped name is an error.
 	Identity string
 	// Clients are the broker-held clients the identity may use; "*" grants
 	// all of them.
@@ -27,7 +30,7 @@ type Rule struct {
 
 // rule is a checked Rule.
 type rule struct {
-	identity    pattern
+	identity    ident.Pattern
 	clients     set
 	scopes      set
 	passthrough bool
@@ -61,7 +64,7 @@ func NewPolicy(rules []Rule) (*Policy, error) {
 	p := &Policy{rules: make([]rule, 0, len(rules))}
 	for i, r := range rules {
 		field := indexed("rules", i)
-		id, err := parsePattern(r.Identity)
+		id, err := ident.ParsePattern(r.Identity)
 		if err != nil {
 			return nil, &ConfigError{Field: field + ".identity", Rule: err.Error()}
 		}
@@ -97,13 +100,52 @@ func newSet(field string, list []string) (set, error) {
 	return s, nil
 }
 
+// parsePatterns parses every entry of list, naming the failing one as
+// field[i] in the error.
+func parsePatterns(field string, list []string) ([]ident.Pattern, error) {
+	out := make([]ident.Pattern, 0, len(list))
+	for i, s := range list {
+		p, err := ident.ParsePattern(s)
+		if err != nil {
+			return nil, &ConfigError{Field: indexed(field, i), Rule: err.Error()}
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// matchAny reports whether any of ps matches name.
+func matchAny(ps []ident.Pattern, name string) bool {
+	for _, p := range ps {
+		if p.Matches(name) {
+			return true
+		}
+	}
+	return false
+}
+
+// anonymousRule returns the index of the first rule naming the anonymous
+// caller, or -1.
+func (p *Policy) anonymousRule() int {
+	if p == nil {
+		return -1
+	}
+	for i := range p.rules {
+		if p.rules[i].identity.IsAnonymous() {
+			return i
+		}
+	}
+	return -1
+}
+
 // Empty reports whether the policy has no rules, in which case it allows
 // everything.
 func (p *Policy) Empty() bool { return p == nil || len(p.rules) == 0 }
 
 // Authorize reports whether the policy lets id obtain a token for sel. The
-// grants of every rule whose identity pattern matches id are combined; the
-// request must be covered by them:
+// grants of every rule whose identity pattern matches id's typed name are
+// combined (the anonymous caller is matched only by rules naming
+// "anonymous", never by "*"); the request must be covered by them:
 //   - a broker-held client (sel.Client) must be granted by name or by "*";
 //   - pass-through credentials (sel.Credentials) need Passthrough;
 //   - every requested scope must be granted by name or by "*", and a request
@@ -117,7 +159,7 @@ func (p *Policy) Authorize(id Identity, sel broker.Selector) error {
 	}
 	var matched []*rule
 	for i := range p.rules {
-		if p.rules[i].identity.matches(id.Name) {
+		if p.rules[i].identity.Matches(id.Name) {
 			matched = append(matched, &p.rules[i])
 		}
 	}

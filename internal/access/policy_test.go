@@ -28,7 +28,8 @@ func TestPolicyAuthorize(t *testing.T) {
 		{Identity: "spiffe://prod/ns/payments/*", Clients: []string{"payments-batch"}, Scopes: []string{"payments/export"}},
 		{Identity: "spiffe://prod/ns/reports/*", Clients: []string{"*"}, Scopes: []string{"*"}},
 		{Identity: "*", Scopes: []string{"openid"}},
-		{Identity: "partner", Passthrough: true, Scopes: []string{"partner/read"}},
+		{Identity: "apikey:partner", Passthrough: true, Scopes: []string{"partner/read"}},
+		{Identity: "dns:reports.example.test", Clients: []string{"reports"}, Scopes: []string{"reports/read"}},
 	})
 	const worker = "spiffe://prod/ns/payments/sa/worker"
 	creds := &broker.Credentials{Provider: "cognito", ClientID: "abc", ClientSecret: secret.String(knownSecret)}
@@ -64,13 +65,20 @@ func TestPolicyAuthorize(t *testing.T) {
 		{"wildcard client and scopes", "spiffe://prod/ns/reports/sa/nightly", client("anything", "a/b", "c/d"), ""},
 		{"wildcard scopes allow empty scopes", "spiffe://prod/ns/reports/sa/nightly", client("anything"), ""},
 		{"wildcard rule does not grant passthrough", "spiffe://prod/ns/reports/sa/nightly", own("a/b"), ownCreds},
-		{"passthrough allowed", "partner", own("partner/read"), ""},
-		{"passthrough with scopes from * rule", "partner", own("partner/read", "openid"), ""},
-		{"passthrough scope denied", "partner", own("partner/write"), `identity may not request scope "partner/write"`},
-		{"passthrough empty scopes denied", "partner", own(), defaultScopes},
-		{"passthrough identity may not use clients", "partner", client("payments", "partner/read"), `identity may not use client "payments"`},
+		{"passthrough allowed", "apikey:partner", own("partner/read"), ""},
+		{"passthrough with scopes from * rule", "apikey:partner", own("partner/read", "openid"), ""},
+		{"passthrough scope denied", "apikey:partner", own("partner/write"), `identity may not request scope "partner/write"`},
+		{"passthrough empty scopes denied", "apikey:partner", own(), defaultScopes},
+		{"passthrough identity may not use clients", "apikey:partner", client("payments", "partner/read"), `identity may not use client "payments"`},
 		{"unknown identity", "spiffe://prod/ns/other/sa/x", client("payments", "payments/read"), `identity may not use client "payments"`},
-		{"unknown identity, own credentials", "someone", own("openid"), ownCreds},
+		{"unknown identity, own credentials", "apikey:someone", own("openid"), ownCreds},
+		{"DNS identity by its typed name", "dns:reports.example.test", client("reports", "reports/read"), ""},
+		{"a DNS SAN spelling a SPIFFE ID is no SPIFFE ID", "dns:" + worker, client("payments", "payments/read"), `identity may not use client "payments"`},
+		{"a DNS SAN spelling an API key name is no API key", "dns:apikey:partner", own("partner/read"), ownCreds},
+		{"a URI SAN spelling a DNS name is no DNS identity", "uri:dns:reports.example.test", client("reports", "reports/read"), `identity may not use client "reports"`},
+		{"an untyped name matches no typed entry", "partner", own("partner/read"), ownCreds},
+		{"* matches every authenticated identity", "apikey:someone", client("", "openid"), ""},
+		{"* does not match the anonymous caller", AnonymousName, client("", "openid"), `identity may not request scope "openid"`},
 		{"empty identity matches nothing", "", client("anything", "openid"), `identity may not use client "anything"`},
 		{"case matters", "SPIFFE://prod/ns/payments/sa/worker", client("payments", "payments/read"), `identity may not use client "payments"`},
 	}
@@ -125,14 +133,19 @@ func TestNewPolicyErrors(t *testing.T) {
 		wantRule  string
 	}{
 		{"empty identity", []Rule{{Identity: ""}}, "rules[0].identity", "must not be empty"},
-		{"star inside", []Rule{{Identity: "a"}, {Identity: "spiffe://x/*/y"}}, "rules[1].identity", `"*" is allowed only alone or as a trailing "/*"`},
+		{"star inside", []Rule{{Identity: "apikey:a"}, {Identity: "spiffe://x/*/y"}}, "rules[1].identity", `"*" is allowed only alone, as a trailing "/*" or as "KIND:*"`},
 		{"star without slash", []Rule{{Identity: "spiffe://x*"}}, "rules[0].identity", `"*" is allowed only alone`},
-		{"double star", []Rule{{Identity: "**"}}, "rules[0].identity", `"*" is allowed only alone`},
+		{"double star", []Rule{{Identity: "**"}}, "rules[0].identity", "must name its kind"},
 		{"spaces", []Rule{{Identity: " spiffe://x"}}, "rules[0].identity", "leading or trailing spaces"},
-		{"empty client", []Rule{{Identity: "a", Clients: []string{"p", ""}}}, "rules[0].clients[1]", "must not be empty"},
-		{"client pattern", []Rule{{Identity: "a", Clients: []string{"pay*"}}}, "rules[0].clients[0]", `"*" is allowed only as the whole entry`},
-		{"scope pattern", []Rule{{Identity: "a"}, {Identity: "b"}, {Identity: "c", Scopes: []string{"payments/*"}}}, "rules[2].scopes[0]", `"*" is allowed only as the whole entry`},
-		{"scope with spaces", []Rule{{Identity: "a", Scopes: []string{"x "}}}, "rules[0].scopes[0]", "leading or trailing spaces"},
+		{"untyped name", []Rule{{Identity: "batch-jobs"}}, "rules[0].identity", `must name its kind: "spiffe://TRUST-DOMAIN/PATH", "dns:NAME", "uri:URI", "apikey:NAME"`},
+		{"untyped DNS-looking name", []Rule{{Identity: "worker.example.test"}}, "rules[0].identity", "must name its kind"},
+		{"SPIFFE without slashes", []Rule{{Identity: "spiffe:prod"}}, "rules[0].identity", "must name its kind"},
+		{"kind in upper case", []Rule{{Identity: "DNS:worker.example.test"}}, "rules[0].identity", "must name its kind"},
+		{"kind alone", []Rule{{Identity: "apikey:"}}, "rules[0].identity", `must name an identity after its kind "apikey:"`},
+		{"empty client", []Rule{{Identity: "apikey:a", Clients: []string{"p", ""}}}, "rules[0].clients[1]", "must not be empty"},
+		{"client pattern", []Rule{{Identity: "apikey:a", Clients: []string{"pay*"}}}, "rules[0].clients[0]", `"*" is allowed only as the whole entry`},
+		{"scope pattern", []Rule{{Identity: "apikey:a"}, {Identity: "apikey:b"}, {Identity: "apikey:c", Scopes: []string{"payments/*"}}}, "rules[2].scopes[0]", `"*" is allowed only as the whole entry`},
+		{"scope with spaces", []Rule{{Identity: "apikey:a", Scopes: []string{"x "}}}, "rules[0].scopes[0]", "leading or trailing spaces"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -147,37 +160,10 @@ func TestNewPolicyErrors(t *testing.T) {
 			}
 		})
 	}
-	for _, ok := range []string{"*", "/*", "spiffe://prod/*", "exact-name", "spiffe://prod/ns/a/sa/b"} {
+	for _, ok := range []string{"*", "anonymous", "spiffe://*", "spiffe://prod/*", "spiffe://prod/ns/a/sa/b", "dns:a.example", "dns:*",
+		"uri:https://example.test/x", "uri:https://example.test/*", "apikey:exact-name", "apikey:*", "apikey:team/*"} {
 		if _, err := NewPolicy([]Rule{{Identity: ok, Clients: []string{"*"}, Scopes: []string{"*", "a/b"}}}); err != nil {
 			t.Errorf("NewPolicy(identity %q): got %v, want nil", ok, err)
-		}
-	}
-}
-
-func TestPatternMatches(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		pattern, name string
-		want          bool
-	}{
-		{"*", "anyone", true},
-		{"*", "", false},
-		{"a/b", "a/b", true},
-		{"a/b", "a/bc", false},
-		{"a/*", "a/b", true},
-		{"a/*", "a/b/c", true},
-		{"a/*", "a/", false},
-		{"a/*", "a", false},
-		{"a/*", "ab/c", false},
-		{"/*", "/x", true},
-	}
-	for _, tc := range tests {
-		p, err := parsePattern(tc.pattern)
-		if err != nil {
-			t.Fatalf("parsePattern(%q): %v", tc.pattern, err)
-		}
-		if got := p.matches(tc.name); got != tc.want {
-			t.Errorf("%q matches %q: got %v, want %v", tc.pattern, tc.name, got, tc.want)
 		}
 	}
 }

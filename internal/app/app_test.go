@@ -102,7 +102,7 @@ func stackConfig(tokenURL string) config.Config {
 	cfg.Clients = []config.Client{{Name: "held", Provider: "test", ClientID: heldID, Secret: secret.String(heldSecret)}}
 	cfg.Passthrough = true
 	cfg.Auth.AllowUnauthenticated = true
-	cfg.Admin.Identities = []string{"*"}
+	cfg.Admin.Identities = []string{"*", "anonymous"}
 	return cfg
 }
 
@@ -460,8 +460,8 @@ func TestPolicyAndAdminThroughTheApp(t *testing.T) {
 	s := startStackWith(t, func(cfg *config.Config, _ *devissuer.Issuer) {
 		cfg.Auth.AllowUnauthenticated = false
 		cfg.Auth.APIKeys = []config.APIKey{{Identity: "worker", SHA256: digest(workerKey)}, {Identity: "ops", SHA256: digest(adminKey)}}
-		cfg.Policy = []config.PolicyRule{{Identity: "worker", Clients: []string{"held"}, Scopes: []string{"api/read"}}}
-		cfg.Admin.Identities = []string{"ops"}
+		cfg.Policy = []config.PolicyRule{{Identity: "apikey:worker", Clients: []string{"held"}, Scopes: []string{"api/read"}}}
+		cfg.Admin.Identities = []string{"apikey:ops"}
 	})
 	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -127,7 +127,7 @@ func startLeakStack(t *testing.T) *leakStack {
 	cfg.Auth.AllowUnauthenticated = true
 	sum := sha256.Sum256([]byte(leakAPIKey))
 	cfg.Auth.APIKeys = []config.APIKey{{Identity: "ops", SHA256: hex.EncodeToString(sum[:])}}
-	cfg.Admin.Identities = []string{"*"}
+	cfg.Admin.Identities = []string{"*", "anonymous"}
 
 	addr, _ := serveApp(t, cfg, Keys{}, logger)
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))

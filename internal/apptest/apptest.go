@@ -86,7 +86,7 @@ func Config(tokenURL string) config.Config {
 	cfg.Clients = []config.Client{{Name: HeldClient, Provider: Provider, ClientID: HeldID, Secret: secret.String(HeldSecret)}}
 	cfg.Passthrough = true
 	cfg.Auth.AllowUnauthenticated = true
-	cfg.Admin.Identities = []string{"*"}
+	cfg.Admin.Identities = []string{"*", "anonymous"}
 	return cfg
 }
 

@@ -133,7 +133,8 @@ func TestExampleFile(t *testing.T) {
 	wantPolicy := []PolicyRule{
 		{Identity: "spiffe://prod/ns/payments/sa/worker", Clients: []string{"orders"}, Scopes: []string{"orders/read"}},
 		{Identity: "spiffe://prod/ns/billing/*", Clients: []string{"billing"}, Scopes: []string{"*"}},
-		{Identity: "batch-jobs", Clients: []string{"orders", "billing"}, Scopes: []string{"orders/read", "billing/read"}},
+		{Identity: "apikey:batch-jobs", Clients: []string{"orders", "billing"}, Scopes: []string{"orders/read", "billing/read"}},
+		{Identity: "dns:reports.internal.example", Clients: []string{"orders"}, Scopes: []string{"orders/read"}},
 	}
 	if !reflect.DeepEqual(c.Policy, wantPolicy) {
 		t.Errorf("policy = %+v\nwant %+v", c.Policy, wantPolicy)

@@ -5,6 +5,8 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+
+	"github.com/tokenbroker/tokenbroker/internal/access/ident"
 )
 
 // plaintextRemote is the problem of a plaintext listener on a non-loopback
@@ -12,7 +14,7 @@ import (
 const plaintextRemote = "plaintext on a non-loopback address; configure tls or set insecure_allow_remote: true"
 
 // identityRule is how the rule of an identity pattern reads in an error.
-const identityRule = `must be an identity (1-2048 printable ASCII characters without spaces), a prefix ending in "/*", or "*"`
+const identityRule = `must be an identity (1-2048 printable ASCII characters without spaces), a prefix ending in "/*" or ":*", or "*"`
 
 // maxUnixPath is the longest unix socket path admin.listen may name (Linux
 // sun_path less its terminating NUL).
@@ -80,6 +82,8 @@ func (c *Config) validateSecurity(v *validator, clients map[string]bool) {
 			v.add(key+".identity", "must be 1-2048 printable ASCII characters without spaces or '*', got %q", k.Identity)
 		case k.Identity == AnonymousIdentity:
 			v.add(key+".identity", "%q is reserved for unauthenticated callers", k.Identity)
+		case strings.HasPrefix(k.Identity, ident.APIKeyPrefix):
+			v.add(key+".identity", "is the key's name without its kind: callers presenting the key are \"apikey:NAME\", write %q", strings.TrimPrefix(k.Identity, ident.APIKeyPrefix))
 		case dup:
 			v.add(key+".identity", "%q is already the identity of auth.api_keys[%d]", k.Identity, first)
 		default:
@@ -107,6 +111,8 @@ func (c *Config) validateSecurity(v *validator, clients map[string]bool) {
 		key := fmt.Sprintf("policy[%d]", i)
 		if !validIdentityPattern(r.Identity) {
 			v.add(key+".identity", identityRule+", got %q", r.Identity)
+		} else {
+			c.checkIdentityKind(v, key+".identity", r.Identity)
 		}
 		for j, name := range r.Clients {
 			switch {
@@ -127,6 +133,8 @@ func (c *Config) validateSecurity(v *validator, clients map[string]bool) {
 	for i, id := range c.Admin.Identities {
 		if !validIdentityPattern(id) {
 			v.add(fmt.Sprintf("admin.identities[%d]", i), identityRule+", got %q", id)
+		} else {
+			c.checkIdentityKind(v, fmt.Sprintf("admin.identities[%d]", i), id)
 		}
 	}
 
@@ -154,6 +162,19 @@ func (c *Config) checkRemote(v *validator, key, addr string, plaintextOK bool) {
 		v.add(key, devRemote, addr)
 	case !plaintextOK:
 		v.add(key, plaintextRemote)
+	}
+}
+
+// checkIdentityKind checks that the policy or admin identity p names its
+// kind (package ident), and that it names "anonymous" only when
+// unauthenticated callers are allowed.
+func (c *Config) checkIdentityKind(v *validator, key, p string) {
+	pat, err := ident.ParsePattern(p)
+	switch {
+	case err != nil:
+		v.add(key, "%v, got %q", err, p)
+	case pat.IsAnonymous() && !c.Auth.AllowUnauthenticated && !c.Dev:
+		v.add(key, "%q matches only unauthenticated callers, who are refused unless auth.allow_unauthenticated: true", p)
 	}
 }
 
@@ -199,7 +220,7 @@ func validIdentity(id string) bool {
 }
 
 // validIdentityPattern reports whether p is an identity, a prefix ending in
-// "/*", or "*".
+// "/*" or ":*", or "*" (checkIdentityKind checks the kinds).
 func validIdentityPattern(p string) bool {
 	if p == "*" {
 		return true
@@ -208,7 +229,7 @@ func validIdentityPattern(p string) bool {
 		return false
 	}
 	n := strings.Count(p, "*")
-	return n == 0 || (n == 1 && strings.HasSuffix(p, "/*"))
+	return n == 0 || (n == 1 && (strings.HasSuffix(p, "/*") || strings.HasSuffix(p, ":*")))
 }
 
 // validScope reports whether s is a scope token of RFC 6749 §3.3: one or

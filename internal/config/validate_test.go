@@ -148,8 +148,10 @@ func TestValidateValid(t *testing.T) {
 				{Identity: "spiffe://prod/ns/ops/*", Clients: []string{"*"}, Scopes: []string{"*"}, Passthrough: true},
 				{Identity: "*"},
 				{Identity: "anonymous", Clients: []string{"billing", "orders"}},
+				{Identity: "apikey:batch-jobs"}, {Identity: "dns:*"}, {Identity: "uri:https://example.test/*"},
 			}
-			c.Admin.Identities = []string{"spiffe://prod/ns/ops/sa/admin", "spiffe://prod/ns/sre/*", "*"}
+			c.Auth.AllowUnauthenticated = true
+			c.Admin.Identities = []string{"spiffe://prod/ns/ops/sa/admin", "spiffe://prod/ns/sre/*", "*", "apikey:ops"}
 		},
 		func(c *Config) { c.Dev = true; c.Policy = []PolicyRule{{Identity: "*", Clients: []string{"demo"}}} },
 
@@ -317,7 +319,12 @@ func TestValidateRules(t *testing.T) {
 			c.Auth.APIKeys = append(c.Auth.APIKeys, APIKey{Identity: "other", SHA256: strings.ToUpper(digestA)})
 		}, "auth.api_keys[1].sha256: is the same digest as auth.api_keys[0].sha256"},
 
-		{"policy identity empty", func(c *Config) { c.Policy = []PolicyRule{{Identity: ""}} }, `policy[0].identity: must be an identity (1-2048 printable ASCII characters without spaces), a prefix ending in "/*", or "*", got ""`},
+		{"policy identity untyped", func(c *Config) { c.Policy = []PolicyRule{{Identity: "batch-jobs"}} }, `policy[0].identity: must name its kind: "spiffe://TRUST-DOMAIN/PATH", "dns:NAME", "uri:URI", "apikey:NAME"`},
+		{"admin identity untyped", func(c *Config) { c.Admin.Identities = []string{"apikey:ops", "ops.example.test"} }, `admin.identities[1]: must name its kind`},
+		{"policy anonymous without unauthenticated callers", func(c *Config) { c.Policy = []PolicyRule{{Identity: "anonymous"}} }, `policy[0].identity: "anonymous" matches only unauthenticated callers, who are refused unless auth.allow_unauthenticated: true`},
+		{"admin anonymous without unauthenticated callers", func(c *Config) { c.Admin.Identities = []string{"anonymous"} }, `admin.identities[0]: "anonymous" matches only unauthenticated callers`},
+		{"api key identity with its kind", func(c *Config) { c.Auth.APIKeys[0].Identity = "apikey:batch-jobs" }, `auth.api_keys[0].identity: is the key's name without its kind: callers presenting the key are "apikey:NAME", write "batch-jobs"`},
+		{"policy identity empty", func(c *Config) { c.Policy = []PolicyRule{{Identity: ""}} }, `policy[0].identity: must be an identity (1-2048 printable ASCII characters without spaces), a prefix ending in "/*" or ":*", or "*", got ""`},
 		{"policy identity inner star", func(c *Config) { c.Policy = []PolicyRule{{Identity: "spiffe://prod/*/sa/x"}} }, `policy[0].identity: must be an identity`},
 		{"policy identity trailing star without slash", func(c *Config) { c.Policy = []PolicyRule{{Identity: "spiffe://prod/ns*"}} }, `policy[0].identity: must be an identity`},
 		{"policy identity two stars", func(c *Config) { c.Policy = []PolicyRule{{Identity: "a/*/*"}} }, `policy[0].identity: must be an identity`},
@@ -336,7 +343,7 @@ func TestValidateRules(t *testing.T) {
 		{"policy second rule", func(c *Config) {
 			c.Policy = []PolicyRule{{Identity: "*"}, {Identity: "x*"}}
 		}, `policy[1].identity: must be an identity`},
-		{"admin identity empty", func(c *Config) { c.Admin.Identities = []string{"spiffe://a/b", ""} }, `admin.identities[1]: must be an identity (1-2048 printable ASCII characters without spaces), a prefix ending in "/*", or "*", got ""`},
+		{"admin identity empty", func(c *Config) { c.Admin.Identities = []string{"spiffe://a/b", ""} }, `admin.identities[1]: must be an identity (1-2048 printable ASCII characters without spaces), a prefix ending in "/*" or ":*", or "*", got ""`},
 		{"admin identity inner star", func(c *Config) { c.Admin.Identities = []string{"spiffe://*/admin"} }, `admin.identities[0]: must be an identity`},
 
 		{"sealing both", func(c *Config) { c.Sealing = Sealing{KeysFile: "/k", KeysEnv: "K"} }, "sealing: at most one of keys_file and keys_env may be set, got both"},
