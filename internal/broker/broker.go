@@ -184,7 +184,7 @@ type Broker struct {
 	byUpstream map[string]*upstreamCounters // by provider name; fixed at New
 
 	negMu    sync.Mutex
-	negative map[string]rejection // key → remembered non-retryable failure
+	negative map[string]rejection // key, or credentials HMAC (invalid_client) → remembered non-retryable failure
 }
 
 // rejection is a remembered non-retryable upstream failure.
@@ -348,7 +348,7 @@ func (b *Broker) get(ctx context.Context, t target, need time.Duration) (*tokenc
 			return cached, nil
 		}
 	}
-	if err := b.holdOff(t.key, now); err != nil {
+	if err := b.holdOff(t, now); err != nil {
 		if servable {
 			b.hit(t, cached, now)
 			return cached, nil
@@ -511,16 +511,23 @@ func (b *Broker) remember(t target, err error) {
 		}
 	}
 	if len(b.negative) < maxRejections {
-		b.negative[t.key] = rejection{err: err, until: now.Add(b.cfg.NegativeTTL), t: t}
+		key := t.key
+		if errors.Is(err, upstream.ErrInvalidClient) {
+			// The credentials themselves were refused: whatever scopes,
+			// audience or resource a caller asks for next, the answer is
+			// the same.
+			key = b.keyer.deriveCredentials(t.provider, t.req)
+		}
+		b.negative[key] = rejection{err: err, until: now.Add(b.cfg.NegativeTTL), t: t}
 	}
 }
 
-// holdOff returns the reason not to ask the endpoint about key now: a
-// remembered non-retryable rejection (for negative_ttl), or throttling
-// whose backoff has not ended.
-func (b *Broker) holdOff(key string, now time.Time) error {
+// holdOff returns the reason not to ask the endpoint about t's key now: a
+// remembered non-retryable rejection of the key or of its credentials (for
+// negative_ttl), or throttling whose backoff has not ended.
+func (b *Broker) holdOff(t target, now time.Time) error {
 	b.mu.RLock()
-	e := b.entries[key]
+	e := b.entries[t.key]
 	var throttled error
 	if e != nil && e.failures > 0 && now.Before(e.retryAt) && errors.Is(e.lastErr, upstream.ErrThrottled) {
 		throttled = e.lastErr
@@ -531,6 +538,18 @@ func (b *Broker) holdOff(key string, now time.Time) error {
 	}
 	b.negMu.Lock()
 	defer b.negMu.Unlock()
+	if len(b.negative) == 0 {
+		return nil
+	}
+	if err := b.rejectedLocked(t.key, now); err != nil {
+		return err
+	}
+	return b.rejectedLocked(b.keyer.deriveCredentials(t.provider, t.req), now)
+}
+
+// rejectedLocked returns the rejection remembered under key, dropping it
+// once expired. b.negMu must be held.
+func (b *Broker) rejectedLocked(key string, now time.Time) error {
 	r, ok := b.negative[key]
 	if !ok {
 		return nil

@@ -66,6 +66,30 @@ func (k *keyer) derive(provider string, r upstream.Request) string {
 	return string(st.sum)
 }
 
+// deriveCredentials computes the HMAC of a client's credentials alone:
+// provider, client id and client secret, each followed by a NUL byte. A
+// full cache key always encodes more fields after the secret (the number
+// of scopes at least), so the two never share an input. It files a
+// rejection of the credentials (invalid_client), which holds whatever
+// scopes a caller asks for.
+func (k *keyer) deriveCredentials(provider string, r upstream.Request) string {
+	st := k.pool.Get().(*keyState)
+	defer k.pool.Put(st)
+	b := st.buf[:0]
+	for _, f := range []string{provider, r.ClientID, r.ClientSecret.Reveal()} {
+		b = append(b, f...)
+		b = append(b, 0)
+	}
+	st.mac.Reset()
+	st.mac.Write(b)
+	st.sum = st.mac.Sum(st.sum[:0])
+	clear(b)
+	if cap(b) <= 4096 {
+		st.buf = b[:0]
+	}
+	return string(st.sum)
+}
+
 // keyID is the non-secret identifier of a key shown to operators and
 // callers: the first 64 bits of the HMAC, in hex. The HMAC reveals nothing
 // of the secret it covers.
