@@ -51,6 +51,52 @@ func Example() {
 	fmt.Println(resp.Status)
 }
 
+// A complete program against `make run` (the -dev broker on
+// 127.0.0.1:7443 and its demo client), as the README shows it with
+// package main: its body is main's, word for word (TestREADMEProgram
+// checks that, and runs the README's text against an in-process -dev
+// broker).
+func Example_devBroker() {
+	// The broker: plaintext is fine on loopback; use TLS anywhere else.
+	conn, err := grpc.NewClient("127.0.0.1:7443", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+
+	// Subscribe to the token of the broker-held client "demo", waiting at
+	// most 10 s for the first one.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	src, err := tokensource.New(ctx, conn, &tokenbrokerv1.TokenSelector{
+		Credentials: &tokenbrokerv1.TokenSelector_Client{Client: "demo"},
+		Scopes:      []string{"demo/read"},
+	})
+	if err != nil {
+		log.Fatal(err) // no token within 10 s, or refused (NotFound, PermissionDenied, …)
+	}
+	defer src.Close()
+
+	// Token makes no RPC: it returns the latest token the broker pushed,
+	// or an error wrapping tokensource.ErrNoToken, never an expired token.
+	tok, err := src.Token()
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s token, expires in %s\n", tok.Type(), time.Until(tok.Expiry).Round(time.Second))
+
+	// An HTTP client that sends "Authorization: Bearer <token>" with every
+	// request; here to the broker's own /healthz, which ignores it. For
+	// gRPC, dial with grpc.WithPerRPCCredentials(src) (over TLS).
+	client := &http.Client{Transport: &oauth2.Transport{Source: src}, Timeout: 10 * time.Second}
+	resp, err := client.Get("http://127.0.0.1:7080/healthz")
+	if err != nil {
+		log.Fatal(err)
+	}
+	resp.Body.Close()
+	fmt.Println("GET /healthz:", resp.Status)
+}
+
 // A gRPC client sends the token with every call: the Source is its
 // PerRPCCredentials. gRPC refuses to send it over a connection without
 // transport security unless the Source was made WithInsecure.
