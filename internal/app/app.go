@@ -113,6 +113,7 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 		WatchOpenBurst:        cfg.Server.WatchOpenBurst,
 		MaxConnectionAge:      time.Duration(cfg.Server.MaxConnectionAge),
 		MaxConnectionAgeGrace: time.Duration(cfg.Server.MaxConnectionAgeGrace),
+		MaxHeaderListSize:     uint32(cfg.Server.MaxHeaderListSize),
 	})
 	if err != nil {
 		a.close()

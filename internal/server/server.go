@@ -9,8 +9,8 @@
 // bounded number of concurrent watch streams and open them at a bounded
 // rate.
 //
-// The server also sets the transport limits (64 KiB messages, a cap on
-// concurrent streams, keepalive enforcement, a maximum connection age so
+// The server also sets the transport limits (64 KiB messages, 16 KiB of
+// metadata per call, a cap on concurrent streams, keepalive enforcement, a maximum connection age so
 // long-lived subscribers rebalance across replicas), recovers panics as
 // codes.Internal, logs one line per call (method, code, duration and key
 // id; never a payload, a secret, a token or an error text), serves the
@@ -85,6 +85,12 @@ const (
 	// MaxRecvMsgSize is the largest request message accepted, in bytes.
 	// Larger ones fail with codes.ResourceExhausted.
 	MaxRecvMsgSize = 64 << 10
+	// DefaultMaxHeaderListSize is the most metadata (the HTTP/2 header
+	// list, as HTTP/2 counts it) a call may carry, in bytes. It is
+	// enforced by the transport, before any interceptor runs, so
+	// unauthenticated callers cannot make the server hold megabytes of
+	// headers per call.
+	DefaultMaxHeaderListSize = 16 << 10
 )
 
 // keepaliveTime is how long a connection may be idle before the server
@@ -160,6 +166,11 @@ type Config struct {
 	// Identity names the caller of a stream for the per-caller limits.
 	// Nil means PeerIdentity.
 	Identity IdentityFunc
+	// MaxHeaderListSize bounds the metadata of one call (the HTTP/2
+	// header list), in bytes; larger header lists are refused by the
+	// transport before authentication. Zero means
+	// DefaultMaxHeaderListSize.
+	MaxHeaderListSize uint32
 
 	// Admin serves the AdminService. Nil means the AdminService is not
 	// registered (its RPCs are codes.Unimplemented).
@@ -279,6 +290,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Identity == nil {
 		cfg.Identity = PeerIdentity
 	}
+	if cfg.MaxHeaderListSize == 0 {
+		cfg.MaxHeaderListSize = DefaultMaxHeaderListSize
+	}
 
 	recoverOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(panicHandler(cfg.Logger))}
 	// Logging is outside recovery, so a recovered panic is logged with the
@@ -293,6 +307,7 @@ func New(cfg Config) (*Server, error) {
 	}, cfg.StreamInterceptors...)
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
+		grpc.MaxHeaderListSize(cfg.MaxHeaderListSize),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             cfg.KeepaliveMinTime,
