@@ -255,6 +255,10 @@ type Server struct {
 	// WatchOpenBurst is how many WatchToken streams one caller may open at
 	// once above WatchOpensPerSecond. Default 100; must be >= 1.
 	WatchOpenBurst int `yaml:"watch_open_burst"`
+	// MaxHeaderListSize bounds the metadata (HTTP/2 header list) a client
+	// may send with one call; it is checked before authentication, and
+	// larger header lists are refused. Default 16KiB; from 1KiB to 1MiB.
+	MaxHeaderListSize ByteSize `yaml:"max_header_list_size"`
 }
 
 // Log configures logging.
@@ -406,6 +410,7 @@ func Default() Config {
 			MaxWatchesPerCaller:   1000,
 			WatchOpensPerSecond:   50,
 			WatchOpenBurst:        100,
+			MaxHeaderListSize:     16 * KiB,
 		},
 		Log:         Log{Level: "info", Format: "json"},
 		TLS:         TLS{ClientAuth: ClientAuthNone},

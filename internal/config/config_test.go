@@ -46,6 +46,7 @@ func TestDefault(t *testing.T) {
 			MaxWatchesPerCaller:   1000,
 			WatchOpensPerSecond:   50,
 			WatchOpenBurst:        100,
+			MaxHeaderListSize:     16 * KiB,
 		},
 		Log:         Log{Level: "info", Format: "json"},
 		TLS:         TLS{ClientAuth: "none"},

@@ -170,6 +170,9 @@ func (c *Config) Validate() error {
 	if c.Server.WatchOpenBurst < 1 {
 		v.add("server.watch_open_burst", "must be >= 1, got %d", c.Server.WatchOpenBurst)
 	}
+	if s := c.Server.MaxHeaderListSize; s < KiB || s > MiB {
+		v.add("server.max_header_list_size", "must be between %s and %s, got %s", ByteSize(KiB), ByteSize(MiB), s)
+	}
 
 	c.validateSecurity(&v, clientNames)
 	c.validateShared(&v)

@@ -274,6 +274,8 @@ func TestValidateRules(t *testing.T) {
 		{"watch_opens_per_second NaN", func(c *Config) { c.Server.WatchOpensPerSecond = math.NaN() }, "server.watch_opens_per_second: must be a finite number > 0"},
 		{"watch_opens_per_second Inf", func(c *Config) { c.Server.WatchOpensPerSecond = math.Inf(1) }, "server.watch_opens_per_second: must be a finite number > 0"},
 		{"watch_open_burst 0", func(c *Config) { c.Server.WatchOpenBurst = 0 }, "server.watch_open_burst: must be >= 1, got 0"},
+		{"max_header_list_size too small", func(c *Config) { c.Server.MaxHeaderListSize = 512 }, "server.max_header_list_size: must be between 1KiB and 1MiB, got 512B"},
+		{"max_header_list_size too large", func(c *Config) { c.Server.MaxHeaderListSize = 2 * MiB }, "server.max_header_list_size: must be between 1KiB and 1MiB, got 2MiB"},
 
 		{"tls cert without key", func(c *Config) { withTLS(c); c.TLS.KeyFile = "" }, "tls.key_file: must be set when tls.cert_file is"},
 		{"tls key without cert", func(c *Config) { c.TLS.KeyFile = "/tls/key.pem" }, "tls.cert_file: must be set when tls.key_file is"},
