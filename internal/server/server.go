@@ -296,15 +296,19 @@ func New(cfg Config) (*Server, error) {
 
 	recoverOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(panicHandler(cfg.Logger))}
 	// Logging is outside recovery, so a recovered panic is logged with the
-	// code the caller sees; the extra interceptors are inside both.
+	// code the caller sees; the extra interceptors are inside both, and the
+	// deadline interceptor inside them all, so that every one of them sees
+	// a call cancelled at its deadline as DeadlineExceeded.
 	unary := append([]grpc.UnaryServerInterceptor{
 		unaryCallLog(cfg.Logger),
 		recovery.UnaryServerInterceptor(recoverOpts...),
 	}, cfg.UnaryInterceptors...)
+	unary = append(unary, unaryDeadline)
 	stream := append([]grpc.StreamServerInterceptor{
 		streamCallLog(cfg.Logger),
 		recovery.StreamServerInterceptor(recoverOpts...),
 	}, cfg.StreamInterceptors...)
+	stream = append(stream, streamDeadline)
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.MaxHeaderListSize(cfg.MaxHeaderListSize),

@@ -2,11 +2,17 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -16,6 +22,7 @@ import (
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/metrics"
 )
 
 // startTCPServer serves cfg on a loopback TCP port (port 0) through Serve
@@ -80,5 +87,108 @@ func TestMaxHeaderListSize(t *testing.T) {
 	// The connection stays usable.
 	if _, err := client.GetToken(rpcContext(t), req); err != nil {
 		t.Fatalf("call after the refused one: got %v, want success", err)
+	}
+}
+
+// blockingBroker answers GetToken only when the call's context ends, with
+// its error, as the broker does for a caller whose token does not come in
+// time.
+func blockingBroker() *stubBroker {
+	return &stubBroker{getToken: func(ctx context.Context, _ broker.Request) (broker.Token, error) {
+		<-ctx.Done()
+		return broker.Token{}, ctx.Err()
+	}}
+}
+
+// TestDeadlineExceededLoggedAndCounted: calls whose deadline passes while
+// the broker waits are DeadlineExceeded in the access log and in the gRPC
+// metrics, although the client's cancellation (RST_STREAM) usually reaches
+// the server before the server's own copy of the deadline passes.
+func TestDeadlineExceededLoggedAndCounted(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg, func() broker.Stats { return broker.Stats{} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	cfg := Config{
+		Broker:             blockingBroker(),
+		Logger:             slog.New(slog.NewJSONHandler(logs, nil)),
+		UnaryInterceptors:  []grpc.UnaryServerInterceptor{m.GRPC().UnaryServerInterceptor()},
+		StreamInterceptors: []grpc.StreamServerInterceptor{m.GRPC().StreamServerInterceptor()},
+	}
+	client := tokenbrokerv1.NewTokenBrokerServiceClient(startTCPServer(t, cfg))
+	req := &tokenbrokerv1.GetTokenRequest{Selector: &tokenbrokerv1.TokenSelector{Credentials: &tokenbrokerv1.TokenSelector_Client{Client: "orders"}}}
+
+	const calls = 20
+	var wg sync.WaitGroup
+	for range calls {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			defer cancel()
+			if _, err := client.GetToken(ctx, req); status.Code(err) != codes.DeadlineExceeded {
+				t.Errorf("client: got %v, want DeadlineExceeded", err)
+			}
+		})
+	}
+	wg.Wait()
+
+	// The server logs each call when its handler returns, which may be
+	// after the client gave up: wait for all of them.
+	var records []map[string]any
+	for wait := time.Now().Add(rpcTimeout); ; time.Sleep(10 * time.Millisecond) {
+		records = logs.lines(t)
+		if len(records) >= calls || time.Now().After(wait) {
+			break
+		}
+	}
+	if len(records) != calls {
+		t.Fatalf("access log: got %d records, want %d", len(records), calls)
+	}
+	for _, r := range records {
+		if r[logCode] != codes.DeadlineExceeded.String() {
+			t.Errorf("access log record: got %s %v, want DeadlineExceeded", logCode, r[logCode])
+		}
+	}
+	want := fmt.Sprintf(`
+# HELP grpc_server_handled_total Total number of RPCs completed on the server, regardless of success or failure.
+# TYPE grpc_server_handled_total counter
+grpc_server_handled_total{grpc_code="DeadlineExceeded",grpc_method="GetToken",grpc_service="tokenbroker.v1.TokenBrokerService",grpc_type="unary"} %d
+`, calls)
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "grpc_server_handled_total"); err != nil {
+		t.Errorf("metrics: %v", err)
+	}
+}
+
+// TestDeadlineCode: a Canceled result counts as DeadlineExceeded when the
+// call's deadline has passed or is within deadlineSlack, and stays
+// Canceled when the caller gave up well before its deadline or had none.
+func TestDeadlineCode(t *testing.T) {
+	canceled := status.Error(codes.Canceled, "context canceled")
+	soon, cancelSoon := context.WithDeadline(context.Background(), time.Now().Add(deadlineSlack/2))
+	cancelSoon()
+	later, cancelLater := context.WithTimeout(context.Background(), time.Hour)
+	cancelLater()
+	none, cancelNone := context.WithCancel(context.Background())
+	cancelNone()
+	passed, cancelPassed := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancelPassed()
+	tests := []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want codes.Code
+	}{
+		{"cancelled just before the deadline", soon, canceled, codes.DeadlineExceeded},
+		{"deadline passed", passed, canceled, codes.DeadlineExceeded},
+		{"cancelled long before the deadline", later, canceled, codes.Canceled},
+		{"cancelled without a deadline", none, canceled, codes.Canceled},
+		{"other codes untouched", soon, status.Error(codes.Unavailable, "x"), codes.Unavailable},
+		{"success untouched", soon, nil, codes.OK},
+	}
+	for _, tc := range tests {
+		if got := status.Code(deadlineCode(tc.ctx, tc.err)); got != tc.want {
+			t.Errorf("%s: got %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
