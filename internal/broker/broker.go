@@ -331,15 +331,16 @@ func (b *Broker) get(ctx context.Context, t target, need time.Duration) (*tokenc
 	}
 	servable := hit && cached.ExpiresAt.Sub(now) >= need
 	if hit {
+		// A caller who wants more life than the provider's tokens can
+		// give is refused whatever the age of the token at hand; one who
+		// wants more than the token has left gets a new one below.
+		if err := b.checkMinTTL(need, cached); err != nil {
+			return nil, err
+		}
 		switch {
 		case servable && now.Before(cached.RefreshAt):
 			b.hit(t, cached, now)
 			return cached, nil
-		case now.Before(cached.RefreshAt) && need > time.Duration(b.cfg.RefreshFraction*float64(cached.ExpiresAt.Sub(cached.IssuedAt))):
-			// The caller wants more life than tokens of this key keep
-			// until their refresh point: serving it would take one
-			// upstream request per call.
-			return nil, ErrTokenTooShort
 		case servable && b.refreshInBackground(t, cached):
 			// Past the refresh point: the refresher replaces the token
 			// (or is already at it, or waits to retry), and the old one
@@ -367,11 +368,35 @@ func (b *Broker) get(ctx context.Context, t target, need time.Duration) (*tokenc
 		}
 		return nil, err
 	}
-	if fresh.ExpiresAt.Sub(now) < need {
-		return nil, ErrTokenTooShort
+	if err := b.checkMinTTL(need, fresh); err != nil {
+		return nil, err
+	}
+	if left := fresh.ExpiresAt.Sub(now); left < need {
+		// The fetch itself took the life the caller wanted.
+		return nil, &FieldError{Field: "min_ttl", Kind: ErrTokenTooShort,
+			Rule: fmt.Sprintf("the token just obtained has %v left, less than the %v asked for", left.Round(time.Second), need)}
 	}
 	b.touch(t, fresh, now)
 	return fresh, nil
+}
+
+// checkMinTTL applies the min_ttl rule: a caller may ask for up to the
+// lifetime of the key's tokens (rec's, as the provider issues them) less
+// min_remaining, and gets a new token when the current one has less left;
+// asking for more is an error that states the numbers. need is
+// max(min_remaining, min_ttl).
+func (b *Broker) checkMinTTL(need time.Duration, rec *tokencache.Record) error {
+	if need <= b.cfg.MinRemaining {
+		return nil
+	}
+	lifetime := rec.ExpiresAt.Sub(rec.IssuedAt)
+	largest := max(b.cfg.MinRemaining, lifetime-b.cfg.MinRemaining)
+	if need <= largest {
+		return nil
+	}
+	return &FieldError{Field: "min_ttl", Kind: ErrTokenTooShort,
+		Rule: fmt.Sprintf("must be at most %v for this key: the provider issues tokens living %v, and a token is served only while it keeps min_remaining (%v) of that life (asked for %v)",
+			largest.Round(time.Second), lifetime.Round(time.Second), b.cfg.MinRemaining, need)}
 }
 
 // fetch gets a new token for t, sharing one upstream request with every

@@ -114,9 +114,10 @@ func TestServingRule(t *testing.T) {
 	})
 }
 
-// TestMinTTL: a caller may ask for up to refresh_fraction of the tokens'
-// lifetime (7m30s of 10m here); a token with less left is replaced, and
-// more than that is refused without an upstream request.
+// TestMinTTL: a caller may ask for up to the tokens' lifetime less
+// min_remaining (9m30s of 10m here); a token with less left is replaced
+// (also before its refresh point), and more than that is refused without
+// an upstream request, with an error that states the largest min_ttl.
 func TestMinTTL(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := lifetimeFetcher(10 * time.Minute)
@@ -131,17 +132,23 @@ func TestMinTTL(t *testing.T) {
 		if got := mustGet(t, b, Request{Selector: held().Selector, MinTTL: need}).AccessToken.Reveal(); got != "tok-2" {
 			t.Errorf("min_ttl %v with a second less left: got %q, want tok-2", need, got)
 		}
-		// tok-2 now has 7m30s left: enough for need, and a caller who
-		// wants more is refused rather than served a new token per call.
+		// tok-2 now has 7m30s left: enough for need; a caller who wants
+		// more than the refresh window (but no more than a new token
+		// gives) gets a new token.
 		time.Sleep(10*time.Minute - need)
-		for _, tooLong := range []time.Duration{need + time.Second, 11 * time.Minute} {
+		if got := mustGet(t, b, Request{Selector: held().Selector, MinTTL: need + time.Second}).AccessToken.Reveal(); got != "tok-3" {
+			t.Errorf("min_ttl %v beyond the refresh window: got %q, want a new token tok-3", need+time.Second, got)
+		}
+		// More than the tokens' lifetime less min_remaining is refused
+		// without an upstream request, and the error says the numbers.
+		for _, tooLong := range []time.Duration{9*time.Minute + 31*time.Second, 11 * time.Minute} {
 			_, err := b.GetToken(context.Background(), Request{Selector: held().Selector, MinTTL: tooLong})
-			if !errors.Is(err, ErrTokenTooShort) {
-				t.Errorf("min_ttl %v: got %v, want ErrTokenTooShort", tooLong, err)
+			if !errors.Is(err, ErrTokenTooShort) || !strings.Contains(err.Error(), "at most 9m30s") || !strings.Contains(err.Error(), "10m0s") {
+				t.Errorf("min_ttl %v: got %v, want ErrTokenTooShort naming the largest min_ttl 9m30s and the 10m0s lifetime", tooLong, err)
 			}
 		}
-		if got := f.calls.Load(); got != 2 {
-			t.Errorf("got %d upstream calls, want 2", got)
+		if got := f.calls.Load(); got != 3 {
+			t.Errorf("got %d upstream calls, want 3", got)
 		}
 	})
 }

@@ -74,8 +74,9 @@ var (
 	// ErrPassthroughDisabled: the caller presented its own credentials but
 	// the broker does not accept pass-through credentials.
 	ErrPassthroughDisabled = errors.New("pass-through credentials are not accepted")
-	// ErrTokenTooShort: the freshly fetched token has less life than the
-	// caller asked for (the endpoint issues shorter-lived tokens).
+	// ErrTokenTooShort: the provider's tokens live less than the caller
+	// asked for with min_ttl (a *FieldError for "min_ttl" states the
+	// largest min_ttl the key can serve), or less than min_remaining.
 	ErrTokenTooShort = errors.New("token lifetime too short")
 	// ErrFleetNotTold: an invalidation was applied on this replica, but the
 	// fleet (the Redis tier) could not be told; the operator should retry.
@@ -112,7 +113,8 @@ type FieldError struct {
 	Field string
 	// Rule says what the field must be.
 	Rule string
-	// Kind is ErrInvalidArgument or ErrUnknownProvider.
+	// Kind is ErrInvalidArgument, ErrUnknownProvider or (for "min_ttl")
+	// ErrTokenTooShort.
 	Kind error
 }
 
