@@ -39,30 +39,33 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	cfg, err := config.Parse(args, getenv)
+	cfg, src, err := config.ParseSources(args, getenv)
 	if err != nil {
 		return err
 	}
 	if cfg.DevIssuer != "" {
+		if err := src.Err(); err != nil {
+			return fmt.Errorf("invalid configuration:\n%w", err)
+		}
 		logger, err := newLogger(cfg.Log, stderr)
 		if err != nil {
 			return err
 		}
 		return app.ServeDevIssuer(ctx, cfg.DevIssuer, cfg.DevSecret, time.Duration(cfg.DevLifetime), logger)
 	}
-	if err := cfg.Validate(); err != nil {
+	// Every problem at once: the file's values that could not be read and
+	// the rules the others break, each with where its key came from.
+	if err := errors.Join(src.Err(), src.Locate(cfg.Validate())); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
-	}
-	if err := cfg.LoadSecrets(getenv); err != nil {
-		return err
-	}
-	sealing, hmacKey, err := cfg.LoadKeys(getenv)
-	if err != nil {
-		return err
 	}
 	logger, err := newLogger(cfg.Log, stderr)
 	if err != nil {
 		return err
+	}
+	secretsErr := cfg.LoadSecrets(getenv, logger)
+	sealing, hmacKey, keysErr := cfg.LoadKeys(getenv, logger)
+	if err := src.Locate(errors.Join(secretsErr, keysErr)); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	return app.Run(ctx, cfg, app.Keys{Sealing: sealing, HMAC: hmacKey}, logger, stdout)
 }

@@ -280,7 +280,7 @@ func Run(ctx context.Context, cfg config.Config, keys Keys, logger *slog.Logger,
 			if httpL != nil {
 				httpAddr = httpL.Addr().String()
 			}
-			printDevBanner(out, l.Addr().String(), httpAddr, cfg.DevSecret != "")
+			printDevBanner(out, l.Addr().String(), httpAddr, cfg)
 		}
 		g.Go(func() error { return a.Serve(ctx, l, adminL, httpL) })
 		return nil
@@ -338,6 +338,10 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Met
 			RateLimit:       p.RateLimit,
 			Burst:           p.Burst,
 			DefaultLifetime: time.Duration(p.DefaultLifetime),
+
+			PassthroughShare:       p.PassthroughShare,
+			PassthroughCallerShare: p.PassthroughCallerShare,
+			PassthroughClientShare: p.PassthroughClientShare,
 		}, upstream.Options{Logger: logger})
 		if err != nil {
 			return nil, fmt.Errorf("provider %q: %w", p.Name, err)
@@ -481,8 +485,14 @@ func startDevIssuer(ctx context.Context, g *errgroup.Group, cfg *config.Config, 
 	return nil
 }
 
-// printDevBanner shows ready-to-paste grpcurl commands for -dev mode.
-func printDevBanner(out io.Writer, addr, httpAddr string, secretFromEnv bool) {
+// printDevBanner shows ready-to-paste grpcurl and curl commands for -dev
+// mode; cfg is the configuration after startDevIssuer. The drop-in curl
+// command must work in whatever shell it is pasted into: a demo secret made
+// for this run (random, valid only on loopback and only until the process
+// ends) is printed in it; a secret from $TOKENBROKER_DEV_SECRET is the
+// user's own and is not printed: the command names the variable and fails
+// with a message where it is unset, instead of sending an empty secret.
+func printDevBanner(out io.Writer, addr, httpAddr string, cfg config.Config) {
 	fmt.Fprintf(out, `
 tokenbroker is running in -dev mode on %[1]s with an embedded token endpoint.
 Provider %[2]q, client %[3]q (scopes %[4]s). Try:
@@ -494,10 +504,18 @@ Provider %[2]q, client %[3]q (scopes %[4]s). Try:
 `, addr, DevProvider, DevClient, fmt.Sprint(DevScopes))
 	if httpAddr != "" {
 		fmt.Fprintf(out, "\n  curl -s http://%s/metrics | grep ^tokenbroker_\n", httpAddr)
-		if secretFromEnv {
-			fmt.Fprintf(out, "  curl -s -u %s:$%s -d grant_type=client_credentials http://%s/oauth2/token\n", DevIssuerClientID, config.EnvDevSecret, httpAddr)
+		if cfg.DevSecret != "" {
+			fmt.Fprintf(out, "  curl -s -u \"%s:${%s:?set it to the secret tokenbroker was started with}\" -d grant_type=client_credentials http://%s/oauth2/token\n",
+				DevIssuerClientID, config.EnvDevSecret, httpAddr)
 		} else {
-			fmt.Fprintf(out, "  (set $%s to call the drop-in token endpoint at http://%s/oauth2/token as client %s)\n", config.EnvDevSecret, httpAddr, DevIssuerClientID)
+			var sec string
+			for _, c := range cfg.Clients {
+				if c.Name == DevClient {
+					sec = c.Secret.Reveal()
+				}
+			}
+			fmt.Fprintf(out, "  curl -s -u %s:%s -d grant_type=client_credentials http://%s/oauth2/token\n", DevIssuerClientID, sec, httpAddr)
+			fmt.Fprintf(out, "  (%s's secret above was made for this run and works only on loopback; set $%s to choose it)\n", DevIssuerClientID, config.EnvDevSecret)
 		}
 	}
 	fmt.Fprint(out, "\nPress Ctrl-C to stop.\n\n")

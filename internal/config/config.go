@@ -194,6 +194,19 @@ type Provider struct {
 	// Burst is how many requests may exceed RateLimit at once. Default 20;
 	// must be >= 1.
 	Burst int `yaml:"burst"`
+	// PassthroughShare is the largest fraction of RateLimit and Burst that
+	// requests with caller-presented (pass-through) credentials may spend
+	// together; the rest is kept for broker-held clients. Default 0.5; must
+	// be > 0 and <= 1.
+	PassthroughShare float64 `yaml:"passthrough_share"`
+	// PassthroughCallerShare is the largest fraction of the pass-through
+	// budget one caller identity may spend (every anonymous caller is one
+	// identity). Default 0.25; must be > 0 and <= 1.
+	PassthroughCallerShare float64 `yaml:"passthrough_caller_share"`
+	// PassthroughClientShare is the largest fraction of the pass-through
+	// budget one presented client id may spend. Default 0.25; must be > 0
+	// and <= 1.
+	PassthroughClientShare float64 `yaml:"passthrough_client_share"`
 	// DefaultLifetime is the lifetime assumed for a token whose response
 	// has no expires_in. Default 1h; must be > 0.
 	DefaultLifetime Duration `yaml:"default_lifetime"`
@@ -224,7 +237,7 @@ type Client struct {
 // Server tunes the gRPC server.
 type Server struct {
 	// MaxConcurrentStreams bounds the concurrent streams (RPCs) per client
-	// connection. Default 1000; must be >= 1.
+	// connection. Default 1000; must be from 1 to 4294967295.
 	MaxConcurrentStreams uint32 `yaml:"max_concurrent_streams"`
 	// ShutdownTimeout bounds a graceful shutdown; after it, remaining RPCs
 	// are cut off. Default 10s; must be > 0.
@@ -429,5 +442,9 @@ func DefaultProvider() Provider {
 		RateLimit:       100,
 		Burst:           20,
 		DefaultLifetime: Duration(time.Hour),
+
+		PassthroughShare:       0.5,
+		PassthroughCallerShare: 0.25,
+		PassthroughClientShare: 0.25,
 	}
 }

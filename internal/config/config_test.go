@@ -91,6 +91,10 @@ func TestDefault(t *testing.T) {
 		RateLimit:       100,
 		Burst:           20,
 		DefaultLifetime: Duration(time.Hour),
+
+		PassthroughShare:       0.5,
+		PassthroughCallerShare: 0.25,
+		PassthroughClientShare: 0.25,
 	}
 	if p != wantP {
 		t.Fatalf("DefaultProvider() = %+v, want %+v", p, wantP)
@@ -369,7 +373,7 @@ func TestLoadErrors(t *testing.T) {
 			content: "cache:\n  refresh_fraction: lots\nserver:\n  max_concurrent_streams: -1\n  reflection: maybe\n",
 			want: []string{
 				"c.yaml:2: cache.refresh_fraction: must be a number (got !!str `lots`)",
-				"c.yaml:4: server.max_concurrent_streams: must be an integer from 0 to 4294967295",
+				"c.yaml:4: server.max_concurrent_streams: must be an integer from 1 to 4294967295",
 				"c.yaml:5: server.reflection: must be true or false",
 			},
 		},

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 )
@@ -54,8 +53,30 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	return parse(args, getenv, os.Stderr)
 }
 
+// ParseSources is Parse that goes on past problems of single values in the
+// file, so that they can be reported together with Validate's: it returns
+// the configuration (holding every value that could be read) with its
+// Sources, whose Err holds those problems, and whose Locate tells where the
+// key of each of Validate's problems came from. Its error is that of a flag,
+// or of a file that cannot be read or parsed at all.
+func ParseSources(args []string, getenv func(string) string) (Config, *Sources, error) {
+	return parseSources(args, getenv, os.Stderr)
+}
+
 // parse is Parse writing the usage to out.
 func parse(args []string, getenv func(string) string, out io.Writer) (Config, error) {
+	cfg, src, err := parseSources(args, getenv, out)
+	if err == nil {
+		err = src.Err()
+	}
+	if err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// parseSources is ParseSources writing the usage to out.
+func parseSources(args []string, getenv func(string) string, out io.Writer) (Config, *Sources, error) {
 	if getenv == nil {
 		getenv = func(string) string { return "" }
 	}
@@ -63,10 +84,11 @@ func parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 	fs := flag.NewFlagSet("tokenbroker", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
+	devLifetime := durationFlag(def.DevLifetime)
+	fs.Var(&devLifetime, "dev-lifetime", "lifetime of the tokens the -dev token endpoint issues (a Go duration such as 5m or 90s)")
 	var (
 		path        = fs.String("config", "", "configuration `file` (YAML); overrides $"+EnvConfig)
-		dev         = fs.Bool("dev", false, "development mode: run an embedded token endpoint")
-		devLifetime = fs.Duration("dev-lifetime", time.Duration(def.DevLifetime), "lifetime of the tokens the -dev token endpoint issues")
+		dev         = fs.Bool("dev", false, "development mode: run an embedded token endpoint (loopback addresses only)")
 		devIssuer   = fs.String("dev-issuer", "", "serve only the development token endpoint on this loopback `address` (client demo-client, secret from $"+EnvDevSecret+"), for replicas to share")
 		listen      = fs.String("listen", def.Listen, "gRPC listen `address` (host:port); overrides $"+EnvListen+" and the file")
 		httpListen  = fs.String("http-listen", def.HTTPListen, "HTTP `address` of the drop-in token endpoint and /metrics (host:port, \"\" for none); overrides $"+EnvHTTPListen+" and the file")
@@ -77,12 +99,12 @@ func parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printUsage(fs, out)
-			return Config{}, flag.ErrHelp
+			return Config{}, nil, flag.ErrHelp
 		}
-		return Config{}, fmt.Errorf("flags: %w", err)
+		return Config{}, nil, fmt.Errorf("flags: %w", err)
 	}
 	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("flags: unexpected argument %q (tokenbroker takes only flags)", fs.Arg(0))
+		return Config{}, nil, fmt.Errorf("flags: unexpected argument %q (tokenbroker takes only flags)", fs.Arg(0))
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -91,48 +113,70 @@ func parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 	if set["config"] {
 		file = *path
 	}
-	cfg := def
+	cfg, src := def, newSources("")
 	if file != "" {
 		var err error
-		if cfg, err = Load(file); err != nil {
-			return Config{}, err
+		if cfg, src, err = loadFile(file); err != nil {
+			return Config{}, nil, err
 		}
 	}
 
 	for _, o := range []struct {
-		env string
-		dst *string
+		env, key string
+		dst      *string
 	}{
-		{EnvListen, &cfg.Listen},
-		{EnvHTTPListen, &cfg.HTTPListen},
-		{EnvLogLevel, &cfg.Log.Level},
-		{EnvLogFormat, &cfg.Log.Format},
+		{EnvListen, "listen", &cfg.Listen},
+		{EnvHTTPListen, "http_listen", &cfg.HTTPListen},
+		{EnvLogLevel, "log.level", &cfg.Log.Level},
+		{EnvLogFormat, "log.format", &cfg.Log.Format},
 	} {
 		if v := getenv(o.env); v != "" {
 			*o.dst = v
+			src.setBy(o.key, "env "+o.env)
 		}
 	}
 
-	if set["listen"] {
-		cfg.Listen = *listen
-	}
-	if set["http-listen"] {
-		cfg.HTTPListen = *httpListen
-	}
-	if set["log-level"] {
-		cfg.Log.Level = *logLevel
-	}
-	if set["log-format"] {
-		cfg.Log.Format = *logFormat
+	for _, o := range []struct {
+		flag, key string
+		dst, val  *string
+	}{
+		{"listen", "listen", &cfg.Listen, listen},
+		{"http-listen", "http_listen", &cfg.HTTPListen, httpListen},
+		{"log-level", "log.level", &cfg.Log.Level, logLevel},
+		{"log-format", "log.format", &cfg.Log.Format, logFormat},
+	} {
+		if set[o.flag] {
+			*o.dst = *o.val
+			src.setBy(o.key, "flag -"+o.flag)
+		}
 	}
 	if set["passthrough"] {
 		cfg.Passthrough = *passthrough
+		src.setBy("passthrough", "flag -passthrough")
 	}
 	cfg.Dev = *dev
-	cfg.DevLifetime = Duration(*devLifetime)
+	cfg.DevLifetime = Duration(devLifetime)
 	cfg.DevIssuer = *devIssuer
 	cfg.DevSecret = secret.String(getenv(EnvDevSecret))
-	return cfg, nil
+	return cfg, src, nil
+}
+
+// durationFlag is a flag.Value read by ParseDuration, so that a duration
+// flag gives the hints a duration in the file gives ("missing unit; write
+// e.g. "10s"").
+type durationFlag Duration
+
+// String implements flag.Value.
+func (d *durationFlag) String() string { return Duration(*d).String() }
+
+// Set implements flag.Value.
+func (d *durationFlag) Set(s string) error {
+	v, err := ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = durationFlag(v)
+	return nil
 }
 
 // printUsage writes the help text to out.
@@ -143,12 +187,14 @@ func printUsage(fs *flag.FlagSet, out io.Writer) {
 	_, _ = fmt.Fprintf(out, `
 Environment (flags override it; it overrides the file):
   %s	configuration file, when -config is not given
-  %s	listen address
+  %s	listen address (gRPC)
+  %s	http_listen address (an empty value is ignored: -http-listen "" turns it off)
   %s	log level
   %s	log format
+  %s	client secret of the -dev and -dev-issuer token endpoints' client
 
 Precedence: defaults < file < environment < flags. Client secrets, sealing
 keys and the cache HMAC key are read from the files or environment
 variables the configuration names.
-`, EnvConfig, EnvListen, EnvLogLevel, EnvLogFormat)
+`, EnvConfig, EnvListen, EnvHTTPListen, EnvLogLevel, EnvLogFormat, EnvDevSecret)
 }

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // env returns a getenv reading m.
@@ -173,5 +175,58 @@ func TestParseErrors(t *testing.T) {
 				t.Errorf("Parse(%q) wrote %q, want nothing (errors are returned)", tt.args, out.String())
 			}
 		})
+	}
+}
+
+// TestDurationFlagHint: a duration flag without a unit gets the hint a
+// duration in the file gets.
+func TestDurationFlagHint(t *testing.T) {
+	_, err := Parse([]string{"-dev", "-dev-lifetime", "10"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "-dev-lifetime") || !strings.Contains(err.Error(), `write e.g. "10s"`) {
+		t.Errorf("Parse(-dev-lifetime 10) error = %v, want one naming the flag and hinting \"10s\"", err)
+	}
+	c, err := Parse([]string{"-dev-lifetime", "90s"}, nil)
+	if err != nil || c.DevLifetime != Duration(90*time.Second) {
+		t.Errorf("Parse(-dev-lifetime 90s) = %v, %v; want 1m30s", c.DevLifetime, err)
+	}
+}
+
+// TestUsageAndReadmeListEveryFlagAndVariable: -h lists every flag and
+// every environment variable Parse reads, and the README's flag table
+// lists each of them too.
+func TestUsageAndReadmeListEveryFlagAndVariable(t *testing.T) {
+	var out bytes.Buffer
+	if _, err := parse([]string{"-h"}, nil, &out); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("parse(-h) = %v", err)
+	}
+	usage := out.String()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := string(readme)
+	if i := strings.Index(table, "| flag | environment | key |"); i >= 0 {
+		table = table[i:]
+		if j := strings.Index(table, "\n\n"); j >= 0 {
+			table = table[:j]
+		}
+	} else {
+		t.Fatal("README.md has no flag table")
+	}
+	for _, f := range []string{"config", "listen", "http-listen", "log-level", "log-format", "passthrough", "dev", "dev-lifetime", "dev-issuer"} {
+		if !strings.Contains(usage, "  -"+f+" ") && !strings.Contains(usage, "  -"+f+"\n") {
+			t.Errorf("-h does not list -%s:\n%s", f, usage)
+		}
+		if !strings.Contains(table, "`-"+f+"`") && !strings.Contains(table, "`-"+f+" ") {
+			t.Errorf("README flag table does not list -%s", f)
+		}
+	}
+	for _, v := range []string{EnvConfig, EnvListen, EnvHTTPListen, EnvLogLevel, EnvLogFormat, EnvDevSecret} {
+		if !strings.Contains(usage, "  "+v+"\t") {
+			t.Errorf("-h's environment list does not name %s:\n%s", v, usage)
+		}
+		if !strings.Contains(table, "`"+v+"`") {
+			t.Errorf("README flag table does not name %s", v)
+		}
 	}
 }

@@ -4,7 +4,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
 	"os"
 	"strings"
 )
@@ -21,19 +21,26 @@ import (
 //     neither is set.
 //
 // A file must be a regular file of at most MaxKeyFileSize bytes and not
-// empty; a variable must be set and not empty. Every problem is returned,
-// joined, each naming its key (for example "cache.hmac_key_env: ..."); no
+// empty; a variable must be set and not empty. LoadKeys also looks at the
+// TLS files (tls.cert_file, tls.key_file, tls.client_ca_file and those of
+// shared.redis.tls), which others read later: each must be a regular file
+// that can be opened. Key files and TLS private keys must pass
+// CheckSecretFileMode: group or others may not write them, and one they
+// can read is logged as a warning to logger (nil: slog.Default()).
+//
+// Every problem is returned, joined, each a *FieldError naming its key
+// (for example "cache.hmac_key_env: ...") and the file, made absolute; no
 // error contains key material. On error both results are nil.
-func (c *Config) LoadKeys(getenv func(string) string) (sealingKeys []byte, hmacKey []byte, err error) {
+func (c *Config) LoadKeys(getenv func(string) string, logger *slog.Logger) (sealingKeys []byte, hmacKey []byte, err error) {
 	if getenv == nil {
 		getenv = func(string) string { return "" }
 	}
 	var errs []error
-	sealingKeys, err = readKeyText("sealing", "keys_file", c.Sealing.KeysFile, "keys_env", c.Sealing.KeysEnv, getenv)
+	sealingKeys, err = readKeyText("sealing", "keys_file", c.Sealing.KeysFile, "keys_env", c.Sealing.KeysEnv, getenv, logger)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	hmacText, err := readKeyText("cache", "hmac_key_file", c.Cache.HMACKeyFile, "hmac_key_env", c.Cache.HMACKeyEnv, getenv)
+	hmacText, err := readKeyText("cache", "hmac_key_file", c.Cache.HMACKeyFile, "hmac_key_env", c.Cache.HMACKeyEnv, getenv, logger)
 	if err != nil {
 		errs = append(errs, err)
 	} else if hmacText != nil {
@@ -44,9 +51,10 @@ func (c *Config) LoadKeys(getenv func(string) string) (sealingKeys []byte, hmacK
 		hmacKey, err = decodeHMACKey(hmacText)
 		clear(hmacText)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", key, err))
+			errs = append(errs, &FieldError{Key: key, Err: err})
 		}
 	}
+	errs = append(errs, c.checkTLSFiles(logger)...)
 	if len(errs) > 0 {
 		clear(sealingKeys)
 		clear(hmacKey)
@@ -55,22 +63,78 @@ func (c *Config) LoadKeys(getenv func(string) string) (sealingKeys []byte, hmacK
 	return sealingKeys, hmacKey, nil
 }
 
+// checkTLSFiles returns the problems of the TLS files the configuration
+// names: each must be a regular file that can be opened, and a private key
+// must pass CheckSecretFileMode.
+func (c *Config) checkTLSFiles(logger *slog.Logger) []error {
+	rt := c.Shared.Redis.TLS
+	files := []struct {
+		key, path string
+		private   bool
+	}{
+		{"tls.cert_file", c.TLS.CertFile, false},
+		{"tls.key_file", c.TLS.KeyFile, true},
+		{"tls.client_ca_file", c.TLS.ClientCAFile, false},
+	}
+	if c.Shared.Redis.Enabled() && rt.Enabled {
+		files = append(files, []struct {
+			key, path string
+			private   bool
+		}{
+			{"shared.redis.tls.ca_file", rt.CAFile, false},
+			{"shared.redis.tls.cert_file", rt.CertFile, false},
+			{"shared.redis.tls.key_file", rt.KeyFile, true},
+		}...)
+	}
+	var errs []error
+	for _, f := range files {
+		if f.path == "" {
+			continue
+		}
+		if err := checkReadable(f.path, f.private, logger); err != nil {
+			errs = append(errs, &FieldError{Key: f.key, Err: err})
+		}
+	}
+	return errs
+}
+
+// checkReadable checks that path is a regular file that can be opened
+// and, when private, that its mode passes CheckSecretFileMode.
+func checkReadable(path string, private bool, logger *slog.Logger) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileProblem(path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%q is not a regular file", absPath(path))
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fileProblem(path, err)
+	}
+	_ = f.Close()
+	if private {
+		return checkMode(path, fi.Mode(), logger)
+	}
+	return nil
+}
+
 // readKeyText reads the key text named by the file or the environment
 // variable of section; nil, nil when neither is set.
-func readKeyText(section, fileKey, file, envKey, env string, getenv func(string) string) ([]byte, error) {
+func readKeyText(section, fileKey, file, envKey, env string, getenv func(string) string, logger *slog.Logger) ([]byte, error) {
 	switch {
 	case file != "" && env != "":
-		return nil, fmt.Errorf("%s: at most one of %s and %s may be set, got both", section, fileKey, envKey)
+		return nil, fieldErr(section, "at most one of %s and %s may be set, got both", fileKey, envKey)
 	case file != "":
-		data, err := readKeyFile(file)
+		data, err := readKeyFile(file, logger)
 		if err != nil {
-			return nil, fmt.Errorf("%s.%s: %w", section, fileKey, err)
+			return nil, &FieldError{Key: section + "." + fileKey, Err: err}
 		}
 		return data, nil
 	case env != "":
 		v := getenv(env)
 		if strings.TrimSpace(v) == "" {
-			return nil, fmt.Errorf("%s.%s: environment variable %q is not set or is empty", section, envKey, env)
+			return nil, fieldErr(section+"."+envKey, "environment variable %q is not set or is empty", env)
 		}
 		return []byte(v), nil
 	}
@@ -79,30 +143,13 @@ func readKeyText(section, fileKey, file, envKey, env string, getenv func(string)
 
 // readKeyFile reads a key file. Its errors name the file and the problem,
 // never the content.
-func readKeyFile(path string) ([]byte, error) {
-	// Stat first, so a FIFO or device cannot block or flood the read.
-	fi, err := os.Stat(path)
+func readKeyFile(path string, logger *slog.Logger) ([]byte, error) {
+	data, err := readPrivateFile(path, MaxKeyFileSize, logger)
 	if err != nil {
-		return nil, fileProblem(path, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%q is not a regular file", path)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fileProblem(path, err)
-	}
-	defer func() { _ = f.Close() }()
-	data, err := io.ReadAll(io.LimitReader(f, MaxKeyFileSize+1))
-	if err != nil {
-		return nil, fileProblem(path, err)
-	}
-	if len(data) > MaxKeyFileSize {
-		clear(data)
-		return nil, fmt.Errorf("%q is larger than %d bytes", path, MaxKeyFileSize)
+		return nil, err
 	}
 	if strings.TrimSpace(string(data)) == "" {
-		return nil, fmt.Errorf("%q is empty", path)
+		return nil, fmt.Errorf("%q is empty", absPath(path))
 	}
 	return data, nil
 }

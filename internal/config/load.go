@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -21,33 +22,62 @@ const maxFileSize = 1 << 20
 // Load returns Default() overlaid with the YAML file at path. Keys the file
 // omits, or sets to null, keep their defaults; a provider's omitted keys
 // take theirs from DefaultProvider. Unknown keys, values of the wrong type
-// and files holding more than one YAML document are errors; each error
-// names the file, the line and, where it can tell, the key. A relative path
-// in clients[].client_secret_file, tls.cert_file, tls.key_file,
+// (a fraction for an integer key included) and files holding more than one
+// YAML document are errors; every such problem is reported at once, each
+// naming the file, the line and, where it can tell, the key. A relative
+// path in clients[].client_secret_file, tls.cert_file, tls.key_file,
 // tls.client_ca_file, sealing.keys_file, cache.hmac_key_file,
 // shared.redis.password_file or shared.redis.tls's files is resolved
-// against the file's directory.
+// against the file's directory, made absolute.
 //
 // Load does not validate the result.
 func Load(path string) (Config, error) {
+	cfg, src, err := loadFile(path)
+	if err == nil {
+		err = src.Err()
+	}
+	if err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// loadFile is Load that also returns the file's Sources. A non-nil error
+// means the file could not be read or parsed at all; problems of single
+// values are in src.Err(), and cfg holds every value that could be read.
+func loadFile(path string) (cfg Config, src *Sources, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return Config{}, fmt.Errorf("config: %w", err)
+		return Config{}, nil, fmt.Errorf("config: %w", err)
 	}
 	defer func() { _ = f.Close() }()
 	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
 	if err != nil {
-		return Config{}, fmt.Errorf("config: read %s: %w", path, err)
+		return Config{}, nil, fmt.Errorf("config: read %s: %w", path, err)
 	}
 	if len(data) > maxFileSize {
-		return Config{}, fmt.Errorf("%s: file is larger than %d bytes", path, maxFileSize)
+		return Config{}, nil, fmt.Errorf("%s: file is larger than %d bytes", path, maxFileSize)
 	}
-	return loadBytes(data, path)
+	return decodeFile(data, path)
 }
 
 // loadBytes is Load on data read from the file called name.
 func loadBytes(data []byte, name string) (Config, error) {
+	cfg, src, err := decodeFile(data, name)
+	if err == nil {
+		err = src.Err()
+	}
+	if err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// decodeFile decodes data, read from the file called name, over the
+// defaults; see loadFile for its results.
+func decodeFile(data []byte, name string) (Config, *Sources, error) {
 	cfg := Default()
+	src := newSources(name)
 
 	// First pass: the node tree, to count documents, to learn which keys
 	// each provider sets, and to map error lines to keys.
@@ -55,29 +85,49 @@ func loadBytes(data []byte, name string) (Config, error) {
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
-			return cfg, nil // empty file: all defaults
+			return cfg, src, nil // empty file: all defaults
 		}
-		return Config{}, fileError(name, err, nil)
+		return Config{}, nil, syntaxError(name, err, data)
 	}
 	var extra yaml.Node
 	switch err := dec.Decode(&extra); {
 	case errors.Is(err, io.EOF):
 	case err != nil:
-		return Config{}, fileError(name, err, nil)
+		return Config{}, nil, syntaxError(name, err, data)
 	default:
-		return Config{}, fmt.Errorf("%s:%d: a second YAML document starts here; the file must hold exactly one", name, extra.Line)
+		return Config{}, nil, fmt.Errorf("%s:%d: a second YAML document starts here; the file must hold exactly one", name, extra.Line)
 	}
+	src.index(&doc)
 
-	// Second pass: strict decoding into the defaults.
+	// Second pass: strict decoding into the defaults. Type errors leave
+	// the value they concern as it was and do not stop the decoding.
+	idx := indexLines(&doc)
 	strict := yaml.NewDecoder(bytes.NewReader(data))
 	strict.KnownFields(true)
 	if err := strict.Decode(&cfg); err != nil {
-		return Config{}, fileError(name, err, &doc)
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return Config{}, nil, fmt.Errorf("%s: %w", name, err)
+		}
+		for _, msg := range te.Errors {
+			key, err := typeError(name, msg, idx)
+			src.errs = append(src.errs, err)
+			if key != "" {
+				src.bad[key] = true
+			}
+		}
 	}
-	if err := applyProviderDefaults(&doc, cfg.Providers); err != nil {
-		return Config{}, fileError(name, err, &doc)
+	for _, p := range fractions(&doc, reflect.TypeOf(cfg)) {
+		src.errs = append(src.errs, fmt.Errorf("%s:%d: %s: must be an integer, got %s", name, p.line, p.key, p.value))
+		src.bad[p.key] = true
+	}
+	if err := applyProviderDefaults(&doc, cfg.Providers); err != nil && len(src.errs) == 0 {
+		src.errs = append(src.errs, fileError(name, err, &doc))
 	}
 	base := filepath.Dir(name)
+	if abs, err := filepath.Abs(base); err == nil {
+		base = abs
+	}
 	rt := &cfg.Shared.Redis.TLS
 	paths := []*string{&cfg.TLS.CertFile, &cfg.TLS.KeyFile, &cfg.TLS.ClientCAFile, &cfg.Sealing.KeysFile, &cfg.Cache.HMACKeyFile,
 		&cfg.Shared.Redis.PasswordFile, &rt.CAFile, &rt.CertFile, &rt.KeyFile}
@@ -89,7 +139,119 @@ func loadBytes(data []byte, name string) (Config, error) {
 			*p = filepath.Join(base, *p)
 		}
 	}
-	return cfg, nil
+	return cfg, src, nil
+}
+
+// fraction is a number with a fractional part where an integer belongs.
+type fraction struct {
+	key   string
+	line  int
+	value string
+}
+
+// fractions returns the scalars of doc that hold a number with a fractional
+// part (or an infinity or NaN) for a key of t whose type is an integer: the
+// YAML library would silently truncate them.
+func fractions(doc *yaml.Node, t reflect.Type) []fraction {
+	var out []fraction
+	var walk func(n *yaml.Node, t reflect.Type, segs []string, depth int)
+	walk = func(n *yaml.Node, t reflect.Type, segs []string, depth int) {
+		if n == nil || depth > 100 {
+			return
+		}
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(c, t, segs, depth+1)
+			}
+		case yaml.MappingNode:
+			if t.Kind() != reflect.Struct {
+				return
+			}
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				for f := 0; f < t.NumField(); f++ {
+					if yamlKey(t.Field(f)) == k.Value {
+						walk(v, t.Field(f).Type, append(segs[:len(segs):len(segs)], k.Value), depth+1)
+					}
+				}
+			}
+		case yaml.SequenceNode:
+			if t.Kind() != reflect.Slice {
+				return
+			}
+			for i, c := range n.Content {
+				walk(c, t.Elem(), append(segs[:len(segs):len(segs)], "["+strconv.Itoa(i)+"]"), depth+1)
+			}
+		case yaml.ScalarNode:
+			switch t.Kind() {
+			case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+				reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+			default:
+				return
+			}
+			if t.Implements(unmarshalerType) || reflect.PointerTo(t).Implements(unmarshalerType) {
+				return // decodes itself (ByteSize, Duration)
+			}
+			if n.ShortTag() != "!!float" {
+				return
+			}
+			if f, err := strconv.ParseFloat(strings.ReplaceAll(n.Value, "_", ""), 64); err == nil && f == math.Trunc(f) && !math.IsInf(f, 0) {
+				return
+			}
+			out = append(out, fraction{key: renderPath(segs), line: n.Line, value: n.Value})
+		}
+	}
+	walk(doc, t, nil, 0)
+	return out
+}
+
+// unmarshalerType is yaml.Unmarshaler's type.
+var unmarshalerType = reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem()
+
+// maxSyntaxScanLines bounds the files whose syntax errors syntaxError
+// places by parsing their prefixes (which costs a parse per line).
+const maxSyntaxScanLines = 5000
+
+// syntaxError turns a syntax error of the YAML library into one naming the
+// file and the line where the problem is. The library names the line where
+// the enclosing block starts, or the one before the problem; so the line is
+// found as the first line whose inclusion makes the text fail the same way.
+func syntaxError(name string, err error, data []byte) error {
+	m := syntaxRE.FindStringSubmatch(err.Error())
+	if m == nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	line, msg := m[1], m[2]
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	if len(lines) <= maxSyntaxScanLines {
+		for n := 1; n <= len(lines); n++ {
+			if perr := parseAll(bytes.Join(lines[:n], nil)); perr != nil {
+				if pm := syntaxRE.FindStringSubmatch(perr.Error()); pm != nil && pm[2] == msg {
+					line = strconv.Itoa(n)
+					break
+				}
+			}
+		}
+	}
+	return fmt.Errorf("%s:%s: %s", name, line, msg)
+}
+
+// parseAll parses every YAML document of data, returning the first error.
+func parseAll(data []byte) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var n yaml.Node
+		if err := dec.Decode(&n); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+	}
 }
 
 // applyProviderDefaults sets every field of providers[i] whose key the i-th
@@ -164,7 +326,7 @@ var sectionKeys = func() map[string][]string {
 var typeRules = map[string]string{
 	"float64":             "must be a number",
 	"int":                 "must be an integer",
-	"uint32":              "must be an integer from 0 to 4294967295",
+	"uint32":              "must be an integer from 1 to 4294967295",
 	"bool":                "must be true or false",
 	"string":              "must be a string",
 	"[]config.Provider":   "must be a list",
@@ -196,16 +358,18 @@ func fileError(name string, err error, doc *yaml.Node) error {
 	idx := indexLines(doc)
 	errs := make([]error, 0, len(te.Errors))
 	for _, msg := range te.Errors {
-		errs = append(errs, typeError(name, msg, idx))
+		_, err := typeError(name, msg, idx)
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
 
-// typeError rewrites one "line N: message" of a yaml.TypeError.
-func typeError(name, msg string, idx lineIndex) error {
+// typeError rewrites one "line N: message" of a yaml.TypeError, and
+// returns the key it concerns ("" if it cannot tell).
+func typeError(name, msg string, idx lineIndex) (string, error) {
 	m := lineRE.FindStringSubmatch(msg)
 	if m == nil {
-		return fmt.Errorf("%s: %s", name, msg)
+		return "", fmt.Errorf("%s: %s", name, msg)
 	}
 	line, _ := strconv.Atoi(m[1])
 	rule := m[2]
@@ -249,9 +413,9 @@ func typeError(name, msg string, idx lineIndex) error {
 		key = idx.scalar(line)
 	}
 	if key == "" {
-		return fmt.Errorf("%s:%d: %s", name, line, rule)
+		return "", fmt.Errorf("%s:%d: %s", name, line, rule)
 	}
-	return fmt.Errorf("%s:%d: %s: %s", name, line, key, rule)
+	return key, fmt.Errorf("%s:%d: %s: %s", name, line, key, rule)
 }
 
 // nodeKind classifies what a path recorded in a lineIndex came from.

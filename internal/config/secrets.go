@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 
@@ -14,14 +15,17 @@ import (
 // client_secret_env, and shared.redis's Password from its password_file or
 // password_env, reading the environment through getenv (nil means an
 // empty environment). A file must be a regular file of at most
-// MaxSecretSize bytes; one trailing newline ("\n" or "\r\n") is dropped, and
-// what remains must not be empty. A variable must be set and not empty.
+// MaxSecretSize bytes that group and others cannot write (see
+// CheckSecretFileMode; one they can read is logged as a warning to logger,
+// nil meaning slog.Default()); one trailing newline ("\n" or "\r\n") is
+// dropped, and what remains must not be empty. A variable must be set and
+// not empty.
 //
-// It returns every problem, joined, each naming the key it concerns
-// (clients[i].client_secret_file or clients[i].client_secret_env). No error
-// contains a secret or a part of one. A client whose secret cannot be read
-// keeps its previous Secret.
-func (c *Config) LoadSecrets(getenv func(string) string) error {
+// It returns every problem, joined, each a *FieldError naming the key it
+// concerns (clients[i].client_secret_file or clients[i].client_secret_env)
+// and the file, made absolute. No error contains a secret or a part of
+// one. A client whose secret cannot be read keeps its previous Secret.
+func (c *Config) LoadSecrets(getenv func(string) string, logger *slog.Logger) error {
 	if getenv == nil {
 		getenv = func(string) string { return "" }
 	}
@@ -31,62 +35,88 @@ func (c *Config) LoadSecrets(getenv func(string) string) error {
 		key := fmt.Sprintf("clients[%d]", i)
 		switch {
 		case cl.ClientSecretFile != "" && cl.ClientSecretEnv != "":
-			errs = append(errs, fmt.Errorf("%s: exactly one of client_secret_file and client_secret_env must be set, got both", key))
+			errs = append(errs, fieldErr(key, "exactly one of client_secret_file and client_secret_env must be set, got both"))
 		case cl.ClientSecretFile != "":
-			s, err := readSecretFile(cl.ClientSecretFile)
+			s, err := readSecretFile(cl.ClientSecretFile, logger)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("%s.client_secret_file: %w", key, err))
+				errs = append(errs, &FieldError{Key: key + ".client_secret_file", Err: err})
 				continue
 			}
 			cl.Secret = s
 		case cl.ClientSecretEnv != "":
 			v := getenv(cl.ClientSecretEnv)
 			if v == "" {
-				errs = append(errs, fmt.Errorf("%s.client_secret_env: environment variable %q is not set or is empty", key, cl.ClientSecretEnv))
+				errs = append(errs, fieldErr(key+".client_secret_env", "environment variable %q is not set or is empty", cl.ClientSecretEnv))
 				continue
 			}
 			cl.Secret = secret.String(v)
 		default:
-			errs = append(errs, fmt.Errorf("%s: exactly one of client_secret_file and client_secret_env must be set, got neither", key))
+			errs = append(errs, fieldErr(key, "exactly one of client_secret_file and client_secret_env must be set, got neither"))
 		}
 	}
-	if err := c.loadRedisPassword(getenv); err != nil {
+	if err := c.loadRedisPassword(getenv, logger); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
 
-// readSecretFile reads a secret file. Its errors name the file and the
-// problem, never the content.
-func readSecretFile(path string) (secret.String, error) {
-	// Stat first, so a FIFO or device cannot block or flood the read.
-	fi, err := os.Stat(path)
+// readSecretFile reads a secret file. Its errors name the file (made
+// absolute) and the problem, never the content.
+func readSecretFile(path string, logger *slog.Logger) (secret.String, error) {
+	data, err := readPrivateFile(path, MaxSecretSize, logger)
 	if err != nil {
-		return "", fileProblem(path, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("%q is not a regular file", path)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return "", fileProblem(path, err)
-	}
-	defer func() { _ = f.Close() }()
-	data, err := io.ReadAll(io.LimitReader(f, MaxSecretSize+1))
-	if err != nil {
-		return "", fileProblem(path, err)
-	}
-	if len(data) > MaxSecretSize {
-		return "", fmt.Errorf("%q is larger than %d bytes", path, MaxSecretSize)
+		return "", err
 	}
 	s := string(data)
+	clear(data)
 	if t, ok := strings.CutSuffix(s, "\n"); ok {
 		s, _ = strings.CutSuffix(t, "\r")
 	}
 	if s == "" {
-		return "", fmt.Errorf("%q is empty", path)
+		return "", fmt.Errorf("%q is empty", absPath(path))
 	}
 	return secret.String(s), nil
+}
+
+// readPrivateFile reads a file holding a secret or key: a regular file of
+// at most limit bytes whose mode passes CheckSecretFileMode (a warning
+// goes to logger). Its errors name the file, made absolute, and the
+// problem, never the content.
+func readPrivateFile(path string, limit int64, logger *slog.Logger) ([]byte, error) {
+	// Stat first, so a FIFO or device cannot block or flood the read.
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fileProblem(path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%q is not a regular file", absPath(path))
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fileProblem(path, err)
+	}
+	defer func() { _ = f.Close() }()
+	// The mode of the file opened, which a rename since the Stat cannot
+	// change.
+	if fi, err = f.Stat(); err != nil {
+		return nil, fileProblem(path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%q is not a regular file", absPath(path))
+	}
+	if err := checkMode(path, fi.Mode(), logger); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		clear(data)
+		return nil, fileProblem(path, err)
+	}
+	if int64(len(data)) > limit {
+		clear(data)
+		return nil, fmt.Errorf("%q is larger than %d bytes", absPath(path), limit)
+	}
+	return data, nil
 }
 
 // fileProblem describes an error of the file system as "cannot read PATH:
@@ -96,5 +126,5 @@ func fileProblem(path string, err error) error {
 	if errors.As(err, &pe) {
 		err = pe.Err
 	}
-	return fmt.Errorf("cannot read %q: %w", path, err)
+	return fmt.Errorf("cannot read %q: %w", absPath(path), err)
 }

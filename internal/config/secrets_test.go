@@ -36,7 +36,7 @@ func TestLoadSecrets(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := Config{Clients: []Client{tt.client}}
-			if err := c.LoadSecrets(env(tt.env)); err != nil {
+			if err := c.LoadSecrets(env(tt.env), nil); err != nil {
 				t.Fatalf("LoadSecrets() = %v, want nil", err)
 			}
 			if got := c.Clients[0].Secret.Reveal(); got != tt.want {
@@ -91,7 +91,7 @@ func TestLoadSecretsErrors(t *testing.T) {
 				t.Skip("permissions are not enforced for this user")
 			}
 			c := Config{Clients: []Client{tt.client}}
-			err := c.LoadSecrets(env(tt.env))
+			err := c.LoadSecrets(env(tt.env), nil)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("LoadSecrets() = %v, want an error containing %q", err, tt.want)
 			}
@@ -119,7 +119,7 @@ func TestLoadSecretsAll(t *testing.T) {
 		{Name: "c", ClientSecretEnv: "PRESENT"},
 		{Name: "d", ClientSecretFile: filepath.Join(dir, "missing")},
 	}}
-	err := c.LoadSecrets(env(map[string]string{"PRESENT": "s3cr3t-env"}))
+	err := c.LoadSecrets(env(map[string]string{"PRESENT": "s3cr3t-env"}), nil)
 	got := problems(err)
 	if len(got) != 2 || !strings.HasPrefix(got[0], "clients[1].client_secret_env: ") || !strings.HasPrefix(got[1], "clients[3].client_secret_file: ") {
 		t.Fatalf("LoadSecrets() problems = %q, want clients[1].client_secret_env and clients[3].client_secret_file", got)

@@ -17,7 +17,7 @@ func TestLoadSecretsFIFO(t *testing.T) {
 		t.Skipf("mkfifo: %v", err)
 	}
 	c := Config{Clients: []Client{{ClientSecretFile: fifo}}}
-	err := c.LoadSecrets(nil)
+	err := c.LoadSecrets(nil, nil)
 	if want := "clients[0].client_secret_file: \"" + fifo + "\" is not a regular file"; err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("LoadSecrets() = %v, want an error containing %q", err, want)
 	}
@@ -30,7 +30,7 @@ func TestLoadKeysFIFO(t *testing.T) {
 		t.Skipf("mkfifo: %v", err)
 	}
 	for _, c := range []Config{{Sealing: Sealing{KeysFile: fifo}}, {Cache: Cache{HMACKeyFile: fifo}}} {
-		_, _, err := c.LoadKeys(nil)
+		_, _, err := c.LoadKeys(nil, nil)
 		if want := "\"" + fifo + "\" is not a regular file"; err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("LoadKeys() = %v, want an error containing %q", err, want)
 		}

@@ -163,7 +163,7 @@ func TestLoadKeys(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := Config{Sealing: tt.sealing, Cache: Cache{HMACKeyFile: tt.hmacFile, HMACKeyEnv: tt.hmacEnv}}
-			sealing, hmac, err := c.LoadKeys(env(tt.env))
+			sealing, hmac, err := c.LoadKeys(env(tt.env), nil)
 			if err != nil {
 				t.Fatalf("LoadKeys() error = %v, want nil", err)
 			}
@@ -178,7 +178,7 @@ func TestLoadKeys(t *testing.T) {
 
 	// A nil getenv is an empty environment.
 	c := Config{Sealing: Sealing{KeysEnv: "SEAL"}}
-	if _, _, err := c.LoadKeys(nil); err == nil || !strings.Contains(err.Error(), "sealing.keys_env") {
+	if _, _, err := c.LoadKeys(nil, nil); err == nil || !strings.Contains(err.Error(), "sealing.keys_env") {
 		t.Errorf("LoadKeys(nil) error = %v, want one naming sealing.keys_env", err)
 	}
 }
@@ -238,7 +238,7 @@ func TestLoadKeysErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := Config{Sealing: tt.sealing, Cache: tt.cache}
-			sealing, hmac, err := c.LoadKeys(env(tt.env))
+			sealing, hmac, err := c.LoadKeys(env(tt.env), nil)
 			got := problems(err)
 			if len(got) != len(tt.want) {
 				t.Fatalf("LoadKeys() problems = %q, want %d starting with %q", got, len(tt.want), tt.want)

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"time"
@@ -145,20 +146,20 @@ func (c *Config) validateShared(v *validator) {
 
 // loadRedisPassword reads shared.redis's password from its file or
 // variable, if one is named.
-func (c *Config) loadRedisPassword(getenv func(string) string) error {
+func (c *Config) loadRedisPassword(getenv func(string) string, logger *slog.Logger) error {
 	r := &c.Shared.Redis
 	switch {
 	case !r.Enabled():
 	case r.PasswordFile != "":
-		s, err := readSecretFile(r.PasswordFile)
+		s, err := readSecretFile(r.PasswordFile, logger)
 		if err != nil {
-			return fmt.Errorf("shared.redis.password_file: %w", err)
+			return &FieldError{Key: "shared.redis.password_file", Err: err}
 		}
 		r.Password = s
 	case r.PasswordEnv != "":
 		s := getenv(r.PasswordEnv)
 		if s == "" {
-			return fmt.Errorf("shared.redis.password_env: environment variable %q is not set or is empty", r.PasswordEnv)
+			return fieldErr("shared.redis.password_env", "environment variable %q is not set or is empty", r.PasswordEnv)
 		}
 		r.Password = secret.String(s)
 	}

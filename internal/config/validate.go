@@ -99,6 +99,14 @@ func (c *Config) Validate() error {
 		if p.Burst < 1 {
 			v.add(key+".burst", "must be >= 1, got %d", p.Burst)
 		}
+		for _, f := range []struct {
+			name  string
+			value float64
+		}{{"passthrough_share", p.PassthroughShare}, {"passthrough_caller_share", p.PassthroughCallerShare}, {"passthrough_client_share", p.PassthroughClientShare}} {
+			if !(f.value > 0 && f.value <= 1) {
+				v.add(key+"."+f.name, "must be a fraction > 0 and <= 1, got %v", f.value)
+			}
+		}
 		if p.DefaultLifetime <= 0 {
 			v.add(key+".default_lifetime", "must be > 0, got %s", p.DefaultLifetime)
 		}
@@ -147,7 +155,7 @@ func (c *Config) Validate() error {
 	}
 
 	if c.Server.MaxConcurrentStreams < 1 {
-		v.add("server.max_concurrent_streams", "must be >= 1, got %d", c.Server.MaxConcurrentStreams)
+		v.add("server.max_concurrent_streams", "must be an integer from 1 to 4294967295, got %d", c.Server.MaxConcurrentStreams)
 	}
 	if c.Server.ShutdownTimeout <= 0 {
 		v.add("server.shutdown_timeout", "must be > 0, got %s", c.Server.ShutdownTimeout)
@@ -188,7 +196,7 @@ type validator struct{ errs []error }
 
 // add records the problem "key: rule".
 func (v *validator) add(key, format string, args ...any) {
-	v.errs = append(v.errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	v.errs = append(v.errs, fieldErr(key, format, args...))
 }
 
 // checkListen returns what is wrong with a listen address, "" if nothing.

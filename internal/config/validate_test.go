@@ -260,7 +260,7 @@ func TestValidateRules(t *testing.T) {
 		{"log level case", func(c *Config) { c.Log.Level = "INFO" }, "log.level: must be debug, info, warn or error"},
 		{"log format", func(c *Config) { c.Log.Format = "logfmt" }, `log.format: must be json or text, got "logfmt"`},
 
-		{"max_concurrent_streams 0", func(c *Config) { c.Server.MaxConcurrentStreams = 0 }, "server.max_concurrent_streams: must be >= 1, got 0"},
+		{"max_concurrent_streams 0", func(c *Config) { c.Server.MaxConcurrentStreams = 0 }, "server.max_concurrent_streams: must be an integer from 1 to 4294967295, got 0"},
 		{"shutdown_timeout 0", func(c *Config) { c.Server.ShutdownTimeout = 0 }, "server.shutdown_timeout: must be > 0, got 0s"},
 		{"keepalive_min_time negative", func(c *Config) { c.Server.KeepaliveMinTime = Duration(-time.Second) }, "server.keepalive_min_time: must be >= 0, got -1s"},
 		{"max_connection_age 0", func(c *Config) { c.Server.MaxConnectionAge = 0 }, "server.max_connection_age: must be at least 1s, got 0s"},

@@ -116,6 +116,10 @@ func newEnv(t *testing.T, o envOptions) *env {
 			Timeout:    testTimeout,
 			RateLimit:  1000,
 			Burst:      100,
+
+			PassthroughShare:       1,
+			PassthroughCallerShare: 1,
+			PassthroughClientShare: 1,
 		}, upstream.Options{Logger: logger, MaxAttempts: 1})
 		if err != nil {
 			t.Fatalf("upstream.New: %v", err)

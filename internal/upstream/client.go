@@ -14,8 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"golang.org/x/time/rate"
 )
 
 // Defaults for the zero values of Options.
@@ -67,7 +65,7 @@ type Client struct {
 	maxAttempts int
 	baseBackoff time.Duration
 	maxBackoff  time.Duration
-	limiter     *rate.Limiter
+	budget      *budget
 
 	// Seams for tests.
 	now    func() time.Time
@@ -101,7 +99,7 @@ func New(p Provider, o Options) (*Client, error) {
 		maxAttempts: o.MaxAttempts,
 		baseBackoff: o.BaseBackoff,
 		maxBackoff:  o.MaxBackoff,
-		limiter:     rate.NewLimiter(rate.Limit(p.RateLimit), p.Burst),
+		budget:      newBudget(p),
 		now:         time.Now,
 		wait:        sleepCtx,
 		jitter:      rand.Int64N,
@@ -141,6 +139,14 @@ func validateProvider(p Provider) error {
 	}
 	if p.Burst < 1 {
 		return bad("Burst", "must be at least 1")
+	}
+	for _, f := range []struct {
+		name  string
+		share float64
+	}{{"PassthroughShare", p.PassthroughShare}, {"PassthroughCallerShare", p.PassthroughCallerShare}, {"PassthroughClientShare", p.PassthroughClientShare}} {
+		if !(f.share > 0 && f.share <= 1) {
+			return bad(f.name, "must be greater than 0 and at most 1")
+		}
 	}
 	if p.DefaultLifetime < 0 || p.DefaultLifetime > maxLifetime {
 		return bad("DefaultLifetime", "must be between 0 and 8760h")
@@ -184,7 +190,9 @@ func (c *Client) Provider() Provider { return c.p }
 // Throttling and transient failures (ErrThrottled, ErrUnavailable) are
 // retried up to Options.MaxAttempts times, after the delay the endpoint asks
 // for with Retry-After or else an exponential backoff with full jitter. Every
-// attempt first takes a token from the provider's request budget. Nothing
+// attempt first takes a token from the provider's request budget, and a
+// pass-through request (Request.Passthrough) from the pass-through share
+// and its caller's and client id's limits as well (see budget). Nothing
 // waits past ctx's deadline: when the next wait would end after it, Fetch
 // returns the last failure at once (throttling errors with RetryAfter set to
 // the wait). When the very first attempt would have to wait past the
@@ -217,7 +225,7 @@ func (c *Client) Fetch(ctx context.Context, r Request) (Token, error) {
 				return Token{}, last
 			}
 		}
-		if err := c.takeBudget(ctx, last); err != nil {
+		if err := c.takeBudget(ctx, r, last); err != nil {
 			return Token{}, err
 		}
 		tok, err := c.attempt(ctx, r, form, scrub)
@@ -334,47 +342,6 @@ func (c *Client) backoffCeiling(n int) time.Duration {
 		d *= 2
 	}
 	return min(d, c.maxBackoff)
-}
-
-// takeBudget waits for a token from the request budget. If the wait would
-// end after ctx's deadline it reserves nothing and returns last when there
-// is one (the budget only stopped a retry), else a Local ErrThrottled error.
-func (c *Client) takeBudget(ctx context.Context, last *Error) error {
-	now := c.now()
-	res := c.limiter.ReserveN(now, 1)
-	if !res.OK() {
-		// Not reachable with Burst >= 1; handled for safety.
-		return c.budgetExhausted(last, c.maxBackoff)
-	}
-	d := res.DelayFrom(now)
-	if d <= 0 {
-		return nil
-	}
-	if !c.fits(ctx, d) {
-		res.CancelAt(now)
-		return c.budgetExhausted(last, d)
-	}
-	if err := c.wait(ctx, d); err != nil {
-		res.CancelAt(c.now())
-		if last != nil {
-			return last
-		}
-		return c.ctxError(err)
-	}
-	return nil
-}
-
-func (c *Client) budgetExhausted(last *Error, d time.Duration) error {
-	if last != nil {
-		return withDelay(last, d)
-	}
-	return &Error{
-		Kind:        ErrThrottled,
-		Provider:    c.p.Name,
-		Local:       true,
-		RetryAfter:  d,
-		Description: "request budget exhausted",
-	}
 }
 
 // ctxError wraps a context error with the provider's name.

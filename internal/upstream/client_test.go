@@ -42,6 +42,13 @@ func TestNewValidation(t *testing.T) {
 		{"zero rate", func(p *Provider, _ *Options) { p.RateLimit = 0 }, "RateLimit"},
 		{"NaN rate", func(p *Provider, _ *Options) { p.RateLimit = math.NaN() }, "RateLimit"},
 		{"zero burst", func(p *Provider, _ *Options) { p.Burst = 0 }, "Burst"},
+		{"zero pass-through share", func(p *Provider, _ *Options) { p.PassthroughShare = 0 }, "PassthroughShare"},
+		{"pass-through share above 1", func(p *Provider, _ *Options) { p.PassthroughShare = 1.5 }, "PassthroughShare"},
+		{"NaN caller share", func(p *Provider, _ *Options) { p.PassthroughCallerShare = math.NaN() }, "PassthroughCallerShare"},
+		{"negative client share", func(p *Provider, _ *Options) { p.PassthroughClientShare = -0.1 }, "PassthroughClientShare"},
+		{"whole budget to pass-through", func(p *Provider, _ *Options) {
+			p.PassthroughShare, p.PassthroughCallerShare, p.PassthroughClientShare = 1, 1, 1
+		}, ""},
 		{"negative default lifetime", func(p *Provider, _ *Options) { p.DefaultLifetime = -time.Second }, "DefaultLifetime"},
 		{"negative attempts", func(_ *Provider, o *Options) { o.MaxAttempts = -1 }, "MaxAttempts"},
 		{"negative base", func(_ *Provider, o *Options) { o.BaseBackoff = -1 }, "BaseBackoff"},

@@ -108,6 +108,10 @@ func testProvider(tokenURL string) Provider {
 		RateLimit:       1000,
 		Burst:           100,
 		DefaultLifetime: time.Hour,
+
+		PassthroughShare:       0.5,
+		PassthroughCallerShare: 0.25,
+		PassthroughClientShare: 0.25,
 	}
 }
 

@@ -46,6 +46,16 @@ type Provider struct {
 	RateLimit float64
 	// Burst is the most requests that may be sent at once.
 	Burst int
+	// PassthroughShare is the largest fraction of RateLimit and Burst that
+	// pass-through requests (Request.Passthrough) may spend together, in
+	// (0, 1]; the rest is kept for broker-held clients.
+	PassthroughShare float64
+	// PassthroughCallerShare is the largest fraction of the pass-through
+	// budget that the requests of one Request.Caller may spend, in (0, 1].
+	PassthroughCallerShare float64
+	// PassthroughClientShare is the largest fraction of the pass-through
+	// budget that the requests of one ClientID may spend, in (0, 1].
+	PassthroughClientShare float64
 	// DefaultLifetime is assumed, with a warning, when the endpoint reports
 	// neither expires_in nor a JWT exp claim.
 	DefaultLifetime time.Duration
@@ -63,6 +73,14 @@ type Request struct {
 	Audience string
 	// Resource is sent as `resource` (RFC 8707) when set.
 	Resource string
+	// Passthrough marks credentials a caller presented (not held by the
+	// broker): the request is limited to the provider's pass-through share
+	// of the budget, and to the shares of its Caller and ClientID.
+	Passthrough bool
+	// Caller is the identity of the caller a pass-through request is made
+	// for (access.Identity.Name; every anonymous caller is one identity).
+	// It is not sent and must not be part of a cache key.
+	Caller string
 }
 
 // Token is an access token as obtained from the endpoint.

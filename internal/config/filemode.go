@@ -1,0 +1,72 @@
+package config
+
+import (
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+)
+
+// FileModeError is the problem of a file holding a secret or a private key
+// that group or others can write: whoever can write it can replace the
+// credential the broker uses.
+type FileModeError struct {
+	// Path is the file, made absolute.
+	Path string
+	// Mode is its permission bits.
+	Mode fs.FileMode
+}
+
+// Error names the file, its mode and the fix.
+func (e *FileModeError) Error() string {
+	return fmt.Sprintf("%q has mode %04o: group or others can write it, so they could replace the secret; run chmod 0600 %s (or 0400)",
+		e.Path, uint32(e.Mode.Perm()), e.Path)
+}
+
+// CheckSecretFileMode applies the file-mode rule of secret and private key
+// files to the file at path with the given mode (which the caller took
+// from the opened file, following symbolic links): it returns a
+// *FileModeError when group or others can write the file, and otherwise,
+// when group or others can read it, a warning for the log (warn is true);
+// else false, nil. Kubernetes secret volumes are 0644 unless their
+// defaultMode says otherwise, so readable files are allowed.
+func CheckSecretFileMode(path string, mode fs.FileMode) (warn bool, err error) {
+	perm := mode.Perm()
+	switch {
+	case perm&0o022 != 0:
+		return false, &FileModeError{Path: absPath(path), Mode: perm}
+	case perm&0o044 != 0:
+		return true, nil
+	}
+	return false, nil
+}
+
+// CheckSecretFile applies CheckSecretFileMode to the file at path, as it
+// is now, and logs the warning (when logger is not nil) itself: "secret
+// file is readable by group or others" with the file, its mode and the
+// fix. A file that cannot be looked at is an error naming it.
+func CheckSecretFile(path string, logger *slog.Logger) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileProblem(path, err)
+	}
+	return checkMode(path, fi.Mode(), logger)
+}
+
+// checkMode is CheckSecretFileMode with the warning logged to logger (nil:
+// slog.Default()).
+func checkMode(path string, mode fs.FileMode, logger *slog.Logger) error {
+	warn, err := CheckSecretFileMode(path, mode)
+	if err != nil {
+		return err
+	}
+	if warn {
+		if logger == nil {
+			logger = slog.Default()
+		}
+		p := absPath(path)
+		logger.Warn("secret file is readable by group or others; run chmod 0600 on it (Kubernetes: set the secret volume's defaultMode: 0400)",
+			"file", p, "mode", fmt.Sprintf("%04o", uint32(mode.Perm())))
+	}
+	return nil
+}
