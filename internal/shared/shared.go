@@ -15,6 +15,18 @@
 // own (still coalescing its own callers), and callers see no error caused
 // by Redis. The breaker closes again by itself when Redis answers.
 //
+// The tier tells why Redis fails, not only that it does: each failure has
+// a reason from a small fixed set (Reason*: authentication failed,
+// connection refused, timeout…), logged once when the breaker opens and
+// again only when the reason changes, with the recovery logged once too.
+// Authentication failures open the breaker at once (they do not heal by
+// themselves), as does any failure before Redis has answered once, so a
+// replica started with a wrong password or address says so at start-up.
+// Run probes Redis every ProbeInterval, so an outage, and its end, are
+// noticed without traffic. Nothing the tier logs quotes a Redis error
+// reply beyond its code (a reply may echo a command's arguments, and the
+// AUTH command's argument is the password).
+//
 // All keys share one Redis Cluster hash slot (the prefix is a hash tag),
 // so the lock, the value and the fleet generation can be read in one round
 // trip. The tier carries one small value per token, so one slot is plenty.
@@ -23,13 +35,19 @@ package shared
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -47,6 +65,7 @@ const (
 	DefaultPollInterval    = 250 * time.Millisecond
 	DefaultBreakerFailures = 3
 	DefaultBreakerCooldown = 5 * time.Second
+	DefaultProbeInterval   = time.Second
 )
 
 // States of the tier, as Stats reports them.
@@ -55,6 +74,31 @@ const (
 	StateHalfOpen = "half_open" // probing Redis after an outage
 	StateOpen     = "open"      // Redis skipped: local coalescing and upstream only
 )
+
+// Reasons why a Redis operation failed, as the log (field "reason"),
+// Health and OnFailure name them. The set is closed: every failure has
+// one of them, so they are safe as metric label values.
+const (
+	ReasonAuth        = "auth_failed"        // WRONGPASS, NOAUTH, NOPERM: wrong or missing credentials
+	ReasonRefused     = "connection_refused" // nothing listens at the address
+	ReasonTimeout     = "timeout"            // no answer in time (op_timeout, dial timeout, pool wait)
+	ReasonUnreachable = "unreachable"        // name resolution, routing, or a connection reset or closed
+	ReasonTLS         = "tls"                // TLS handshake or certificate verification failed
+	ReasonError       = "error"              // anything else, such as an error reply (LOADING, READONLY, OOM…)
+)
+
+// Reasons lists every Reason* value, in a fixed order.
+var Reasons = []string{ReasonAuth, ReasonRefused, ReasonTimeout, ReasonUnreachable, ReasonTLS, ReasonError}
+
+// reasonText says what a reason means, for the log message.
+var reasonText = map[string]string{
+	ReasonAuth:        "authentication failed",
+	ReasonRefused:     "connection refused",
+	ReasonTimeout:     "timed out",
+	ReasonUnreachable: "unreachable",
+	ReasonTLS:         "TLS failed",
+	ReasonError:       "error",
+}
 
 // Options configure a Tier.
 type Options struct {
@@ -81,12 +125,20 @@ type Options struct {
 	// BreakerCooldown is how long the breaker stays open before it lets
 	// one operation probe Redis.
 	BreakerCooldown time.Duration
-	// Logger receives one line per breaker transition and per dropped
-	// message; nil discards.
+	// ProbeInterval is how often Run pings Redis, so that an outage and
+	// its end are noticed without traffic. While the breaker is open the
+	// ping waits for the cooldown like any operation.
+	ProbeInterval time.Duration
+	// Logger receives a warning when the breaker opens (with the reason)
+	// and when the reason of an ongoing outage changes, an info line when
+	// it closes again, and a warning per dropped message; nil discards.
 	Logger *slog.Logger
 	// OnStateChange, when set, is called with the new state (StateClosed,
 	// StateHalfOpen or StateOpen) at each breaker transition.
 	OnStateChange func(state string)
+	// OnFailure, when set, is called with the reason (a Reason* value) of
+	// each failed Redis operation.
+	OnFailure func(reason string)
 }
 
 // Receiver is what the tier tells about other replicas' doings.
@@ -120,6 +172,16 @@ type Tier struct {
 	mu      sync.Mutex
 	waiters map[string]map[chan struct{}]struct{}
 
+	// hmu guards the health fields: the last failure, whether Redis ever
+	// answered, and the outage the log reported.
+	hmu            sync.Mutex
+	failReason     string // reason of the last failed operation
+	failDetail     string // its non-secret detail
+	answered       bool   // an operation has succeeded
+	outageReason   string // reason the log reported for the current outage; "" when none
+	outageSince    time.Time
+	outageFailures int64 // failed operations since the outage began
+
 	transitions, hits, waits, fetches, fallbacks, errs, received atomic.Int64
 }
 
@@ -150,6 +212,9 @@ func New(opt Options) (*Tier, error) {
 	if opt.BreakerCooldown <= 0 {
 		opt.BreakerCooldown = DefaultBreakerCooldown
 	}
+	if opt.ProbeInterval <= 0 {
+		opt.ProbeInterval = DefaultProbeInterval
+	}
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -170,24 +235,142 @@ func New(opt Options) (*Tier, error) {
 		Name:        "redis",
 		MaxRequests: 1,
 		Timeout:     opt.BreakerCooldown,
-		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= failures },
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= failures || t.tripAtOnce() },
 		IsExcluded:  func(err error) bool { return errors.Is(err, errCallerGone) },
-		OnStateChange: func(_ string, from, to gobreaker.State) {
+		OnStateChange: func(_ string, _, to gobreaker.State) {
 			t.transitions.Add(1)
 			if t.opt.OnStateChange != nil {
 				t.opt.OnStateChange(stateName(to))
 			}
 			switch to {
 			case gobreaker.StateOpen:
-				if from == gobreaker.StateClosed {
-					t.opt.Logger.Warn("redis tier unavailable: fetching without the fleet until it answers again")
-				}
+				t.opened()
 			case gobreaker.StateClosed:
-				t.opt.Logger.Info("redis tier available again: sharing tokens with the fleet")
+				t.closed()
 			}
 		},
 	})
 	return t, nil
+}
+
+// failed records a failed operation: its reason and detail, for the
+// breaker's decision and the log.
+func (t *Tier) failed(err error) {
+	reason, detail := classify(err)
+	t.hmu.Lock()
+	t.failReason, t.failDetail = reason, detail
+	t.outageFailures++
+	t.hmu.Unlock()
+	if t.opt.OnFailure != nil {
+		t.opt.OnFailure(reason)
+	}
+}
+
+// succeeded records an operation Redis answered.
+func (t *Tier) succeeded() {
+	t.hmu.Lock()
+	t.answered = true
+	if t.outageReason == "" {
+		t.outageFailures = 0
+	}
+	t.hmu.Unlock()
+}
+
+// tripAtOnce reports whether the last failure opens the breaker without
+// waiting for BreakerFailures in a row: wrong credentials do not heal by
+// themselves, and a replica whose Redis never answered should say so now.
+func (t *Tier) tripAtOnce() bool {
+	t.hmu.Lock()
+	defer t.hmu.Unlock()
+	return t.failReason == ReasonAuth || !t.answered
+}
+
+// opened logs the breaker opening, or, when it reopens after a failed
+// probe, a change of the outage's reason.
+func (t *Tier) opened() {
+	t.hmu.Lock()
+	defer t.hmu.Unlock()
+	reason, detail := t.failReason, t.failDetail
+	if reason == "" {
+		reason = ReasonError
+	}
+	switch {
+	case t.outageReason == "":
+		t.outageReason, t.outageSince = reason, time.Now()
+		t.opt.Logger.Warn("redis tier unavailable: "+reasonText[reason]+"; fetching without the fleet until it answers again",
+			"reason", reason, "error", detail)
+	case t.outageReason != reason:
+		t.outageReason = reason
+		t.opt.Logger.Warn("redis tier still unavailable, now: "+reasonText[reason],
+			"reason", reason, "error", detail)
+	}
+}
+
+// closed logs the end of an outage.
+func (t *Tier) closed() {
+	t.hmu.Lock()
+	defer t.hmu.Unlock()
+	if t.outageReason == "" {
+		return
+	}
+	t.opt.Logger.Info("redis tier available again: sharing tokens with the fleet",
+		"reason", t.outageReason, "down_for", time.Since(t.outageSince).Round(time.Millisecond).String(),
+		"failed_operations", t.outageFailures)
+	t.outageReason, t.outageFailures = "", 0
+}
+
+// Health returns the breaker's state (StateClosed, StateHalfOpen or
+// StateOpen) and, during an outage, its reason (a Reason* value; "" when
+// Redis is in use).
+func (t *Tier) Health() (state, reason string) {
+	state = stateName(t.cb.State())
+	t.hmu.Lock()
+	defer t.hmu.Unlock()
+	if state != StateClosed {
+		reason = t.outageReason
+	}
+	return state, reason
+}
+
+// classify returns the reason of a failed operation and a detail that is
+// safe to log: an error reply only by its code (the rest of a reply may
+// quote the command, and AUTH's argument is the password), any other
+// error as is (network and TLS errors name addresses, never credentials).
+func classify(err error) (reason, detail string) {
+	var reply redis.Error
+	if errors.As(err, &reply) {
+		code, _, _ := strings.Cut(reply.Error(), " ")
+		switch code {
+		case "WRONGPASS", "NOAUTH", "NOPERM":
+			return ReasonAuth, code
+		}
+		return ReasonError, code
+	}
+	detail = err.Error()
+	var (
+		netErr   net.Error
+		certErr  *tls.CertificateVerificationError
+		alertErr tls.AlertError
+		recErr   tls.RecordHeaderError
+		authErr  x509.UnknownAuthorityError
+		hostErr  x509.HostnameError
+		dnsErr   *net.DNSError
+		opErr    *net.OpError
+	)
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return ReasonRefused, detail
+	case errors.As(err, &certErr), errors.As(err, &alertErr), errors.As(err, &recErr),
+		errors.As(err, &authErr), errors.As(err, &hostErr), strings.HasPrefix(detail, "tls: "):
+		return ReasonTLS, detail
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, redis.ErrPoolTimeout),
+		errors.As(err, &netErr) && netErr.Timeout():
+		return ReasonTimeout, detail
+	case errors.As(err, &dnsErr), errors.As(err, &opErr), errors.Is(err, io.EOF),
+		errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return ReasonUnreachable, detail
+	}
+	return ReasonError, detail
 }
 
 // Close closes the Redis client.
@@ -230,12 +413,16 @@ func (t *Tier) do(ctx context.Context, op func(context.Context) error) error {
 		octx, cancel := context.WithTimeout(ctx, t.opt.OpTimeout)
 		defer cancel()
 		err := op(octx)
-		if errors.Is(err, redis.Nil) {
-			err = nil
+		switch {
+		case err == nil || errors.Is(err, redis.Nil):
+			t.succeeded()
+			return nil, nil
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("%w: %w", errCallerGone, err)
 		}
-		if err != nil && ctx.Err() != nil {
-			err = fmt.Errorf("%w: %w", errCallerGone, err)
-		}
+		// Recorded before the breaker counts it, so that ReadyToTrip and
+		// the transition's log line see this failure's reason.
+		t.failed(err)
 		return nil, err
 	})
 	if err != nil && !errors.Is(err, gobreaker.ErrOpenState) && !errors.Is(err, gobreaker.ErrTooManyRequests) && !errors.Is(err, errCallerGone) {
@@ -533,14 +720,23 @@ func appendKey(b []byte, key string) []byte {
 // outage; what was announced meanwhile is lost, which costs at most an
 // upstream request per key (a token) or leaves other replicas' entries
 // to expire (an invalidation).
+//
+// Run also pings Redis at once and then every ProbeInterval, so that a
+// wrong password or address is logged at start-up, and an outage, and its
+// end, without traffic.
 func (t *Tier) Run(ctx context.Context, recv Receiver) error {
+	t.probe(ctx)
 	ps := t.rdb.Subscribe(ctx, t.channel)
 	defer ps.Close()
 	ch := ps.Channel()
+	tick := time.NewTicker(t.opt.ProbeInterval)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-tick.C:
+			t.probe(ctx)
 		case m, ok := <-ch:
 			if !ok {
 				return nil
@@ -550,6 +746,12 @@ func (t *Tier) Run(ctx context.Context, recv Receiver) error {
 			}
 		}
 	}
+}
+
+// probe pings Redis under the breaker; the outcome is recorded like any
+// operation's.
+func (t *Tier) probe(ctx context.Context) {
+	_ = t.do(ctx, func(ctx context.Context) error { return t.rdb.Ping(ctx).Err() })
 }
 
 // handle decodes one announcement and acts on it.

@@ -13,6 +13,9 @@
 // Linux-only. redis-server must be on PATH; a missing binary fails the test
 // (it never skips), with a message that says how to install it.
 //
+// WithPassword starts the server with requirepass, for tests of
+// authentication failures; Client authenticates with that password.
+//
 // Every method reports failures through the testing.TB given to Start, so
 // call them from the test's own goroutine, as with tb.Fatal.
 package redistest
@@ -61,11 +64,12 @@ var errPortInUse = errors.New("port already in use")
 // for concurrent use, but they report failures with tb.Fatal, so call them
 // from the test goroutine.
 type Server struct {
-	tb     testing.TB
-	bin    string
-	dir    string
-	addr   string
-	client *redis.Client
+	tb       testing.TB
+	bin      string
+	dir      string
+	addr     string
+	password string // requirepass, "" for none
+	client   *redis.Client
 
 	mu      sync.Mutex
 	proc    *process // nil while stopped
@@ -81,16 +85,28 @@ type process struct {
 	err  error         // result of cmd.Wait, set before done is closed
 }
 
+// Option configures Start.
+type Option func(*Server)
+
+// WithPassword makes the server require password (requirepass) from every
+// client, as it does again after Restart. Client authenticates with it.
+func WithPassword(password string) Option {
+	return func(s *Server) { s.password = password }
+}
+
 // Start starts redis-server on a free 127.0.0.1 port with no persistence,
 // waits until it answers, and registers a cleanup that stops it and closes
 // the Client. A missing redis-server binary fails the test.
-func Start(tb testing.TB) *Server {
+func Start(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		tb.Fatal(notFoundMsg)
 	}
 	s := &Server{tb: tb, bin: bin, dir: tb.TempDir()}
+	for _, o := range opts {
+		o(s)
+	}
 
 	for attempt := 1; ; attempt++ {
 		addr, err := freeAddr()
@@ -110,6 +126,7 @@ func Start(tb testing.TB) *Server {
 
 	s.client = redis.NewClient(&redis.Options{
 		Addr:                  s.addr,
+		Password:              s.password,
 		DialTimeout:           time.Second,
 		DialerRetries:         1,
 		ReadTimeout:           2 * time.Second,
@@ -262,7 +279,7 @@ func (s *Server) launch(addr string) (*process, error) {
 		return nil, err
 	}
 	out := &tailBuffer{}
-	cmd := exec.Command(s.bin,
+	args := []string{
 		"--bind", "127.0.0.1",
 		"--port", port,
 		"--protected-mode", "yes",
@@ -271,7 +288,11 @@ func (s *Server) launch(addr string) (*process, error) {
 		"--save", "",
 		"--appendonly", "no",
 		"--logfile", "", // log to stdout, which out captures
-	)
+	}
+	if s.password != "" {
+		args = append(args, "--requirepass", s.password)
+	}
+	cmd := exec.Command(s.bin, args...)
 	cmd.Dir = s.dir
 	cmd.Stdout = out
 	cmd.Stderr = out
@@ -288,7 +309,7 @@ func (s *Server) launch(addr string) (*process, error) {
 		close(p.done)
 	}()
 
-	if err := p.waitReady(addr); err != nil {
+	if err := p.waitReady(addr, s.password); err != nil {
 		_ = cmd.Process.Kill()
 		if !p.waitExit(killWait) {
 			err = fmt.Errorf("%w; and the process did not exit after SIGKILL", err)
@@ -303,7 +324,8 @@ func (s *Server) launch(addr string) (*process, error) {
 
 // waitReady polls addr until this process (not some other server that
 // took the port) answers, the process exits, or readyTimeout passes.
-func (p *process) waitReady(addr string) error {
+// password, when set, authenticates each probe.
+func (p *process) waitReady(addr, password string) error {
 	deadline := time.Now().Add(readyTimeout)
 	for {
 		select {
@@ -311,7 +333,7 @@ func (p *process) waitReady(addr string) error {
 			return fmt.Errorf("redis-server on %s exited before answering (%v)", addr, p.err)
 		default:
 		}
-		err := probe(addr, p.cmd.Process.Pid)
+		err := probe(addr, password, p.cmd.Process.Pid)
 		if err == nil {
 			return nil
 		}
@@ -337,9 +359,10 @@ func (p *process) waitExit(d time.Duration) bool {
 	}
 }
 
-// probe asks the server at addr for INFO server and checks that it answers
-// as the process with the given pid.
-func probe(addr string, pid int) error {
+// probe asks the server at addr for INFO server, after AUTH password when
+// one is set, and checks that it answers as the process with the given
+// pid.
+func probe(addr, password string, pid int) error {
 	conn, err := net.DialTimeout("tcp", addr, probeTimeout)
 	if err != nil {
 		return err
@@ -348,10 +371,24 @@ func probe(addr string, pid int) error {
 	if err := conn.SetDeadline(time.Now().Add(probeTimeout)); err != nil {
 		return err
 	}
+	r := bufio.NewReader(conn)
+	if password != "" {
+		// RESP array form, so that the password needs no quoting.
+		cmd := fmt.Sprintf("*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n", len(password), password)
+		if _, err := io.WriteString(conn, cmd); err != nil {
+			return err
+		}
+		reply, err := r.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if reply != "+OK\r\n" {
+			return fmt.Errorf("AUTH reply: got %q, want +OK", strings.TrimRight(reply, "\r\n"))
+		}
+	}
 	if _, err := io.WriteString(conn, "INFO server\r\n"); err != nil {
 		return err
 	}
-	r := bufio.NewReader(conn)
 	header, err := r.ReadString('\n')
 	if err != nil {
 		return err
