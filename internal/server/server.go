@@ -299,17 +299,22 @@ func New(cfg Config) (*Server, error) {
 	// code the caller sees; the extra interceptors are inside both, and the
 	// deadline interceptor inside them all, so that every one of them sees
 	// a call cancelled at its deadline as DeadlineExceeded.
+	// The UTF-8 interceptors come first (see utf8.go).
+	marks := &utf8Marks{}
 	unary := append([]grpc.UnaryServerInterceptor{
+		unaryUTF8Mark(marks),
 		unaryCallLog(cfg.Logger),
 		recovery.UnaryServerInterceptor(recoverOpts...),
 	}, cfg.UnaryInterceptors...)
-	unary = append(unary, unaryDeadline)
+	unary = append(unary, unaryDeadline, unaryUTF8Reject)
 	stream := append([]grpc.StreamServerInterceptor{
+		streamUTF8(marks),
 		streamCallLog(cfg.Logger),
 		recovery.StreamServerInterceptor(recoverOpts...),
 	}, cfg.StreamInterceptors...)
 	stream = append(stream, streamDeadline)
 	opts := []grpc.ServerOption{
+		grpc.ForceServerCodecV2(newUTF8Codec(marks)),
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.MaxHeaderListSize(cfg.MaxHeaderListSize),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
@@ -493,6 +498,7 @@ func (h *handler) GetToken(ctx context.Context, in *tokenbrokerv1.GetTokenReques
 	if err != nil {
 		return nil, StatusFromError(err, false).Err()
 	}
+	req.Caller = callerName(ctx)
 	if err := h.authorized(ctx, req.Selector); err != nil {
 		return nil, err
 	}
