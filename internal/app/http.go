@@ -72,6 +72,7 @@ func newHTTPServer(cfg config.Config, b *broker.Broker, guard *access.Authentica
 		Providers:       providers,
 		DefaultProvider: cfg.HTTPDefaultProvider,
 		Authorize:       httpAuthorize(guard),
+		Caller:          httpCaller,
 		Ready:           ready,
 		Metrics:         metrics.Handler(reg),
 		Logger:          logger,
@@ -102,6 +103,11 @@ func httpAuthorize(guard *access.Authenticator) func(*http.Request, broker.Selec
 		return nil
 	}
 }
+
+// httpCaller names an HTTP caller for the pass-through limits: the
+// identity of its verified client certificate over HTTPS, else anonymous
+// (every anonymous caller is one identity).
+func httpCaller(r *http.Request) string { return access.TLSIdentity(r.TLS).Name }
 
 // serveHTTP serves s on l until ctx ends, then shuts it down within
 // timeout.

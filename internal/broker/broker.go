@@ -283,6 +283,7 @@ func (b *Broker) resolve(sel Selector) (target, error) {
 		}
 		provider = sel.Credentials.Provider
 		req.ClientID, req.ClientSecret = sel.Credentials.ClientID, sel.Credentials.ClientSecret
+		req.Passthrough = true // limited to the provider's pass-through share
 	case sel.Client != "":
 		c, ok := b.cfg.Clients[sel.Client]
 		if !ok {
@@ -309,6 +310,7 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (Token, error) {
 	if err != nil {
 		return Token{}, err
 	}
+	t.req.Caller = req.Caller // for the pass-through limits; not in the key
 	rec, err := b.get(ctx, t, max(b.cfg.MinRemaining, req.MinTTL))
 	if err != nil {
 		return Token{}, &keyedError{keyID: t.keyID, err: err}

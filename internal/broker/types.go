@@ -40,6 +40,10 @@ type Request struct {
 	// MinTTL is the least remaining life the caller needs; the broker's
 	// min_remaining applies when MinTTL is smaller.
 	MinTTL time.Duration
+	// Caller is the caller's identity (access.Identity.Name), charged for
+	// the upstream requests of pass-through credentials (the provider's
+	// per-caller limit). It is not part of the cache key.
+	Caller string
 }
 
 // Token is a token as served to callers.

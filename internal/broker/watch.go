@@ -28,6 +28,7 @@ func (b *Broker) Watch(ctx context.Context, req Request) (*Watcher, error) {
 	if err != nil {
 		return nil, err
 	}
+	t.req.Caller = req.Caller // for the pass-through limits; not in the key
 	rec, err := b.get(ctx, t, max(b.cfg.MinRemaining, req.MinTTL))
 	if err != nil {
 		return nil, &keyedError{keyID: t.keyID, err: err}

@@ -93,6 +93,10 @@ type Config struct {
 	// holds the credentials: the upstream checks them, and the secret is
 	// part of the cache key).
 	Authorize func(r *http.Request, sel broker.Selector) error
+	// Caller, when set, names the caller of a request (its typed identity,
+	// "anonymous" for a caller without one) for the broker's per-caller
+	// pass-through limits; nil counts every caller as one.
+	Caller func(r *http.Request) string
 	// Ready reports whether the broker is ready to serve (the gRPC health
 	// status is SERVING). Nil means always ready.
 	Ready func() bool

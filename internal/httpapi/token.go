@@ -175,6 +175,9 @@ func (h *handler) token(w http.ResponseWriter, r *http.Request, provider string)
 			return oerr.status, "", oerr
 		}
 	}
+	if h.cfg.Caller != nil {
+		p.req.Caller = h.cfg.Caller(r)
+	}
 	tok, err := h.getToken(r, p.req)
 	if err != nil {
 		oerr := errorFor(err, p.basic)

@@ -44,6 +44,7 @@ func (h *handler) WatchToken(in *tokenbrokerv1.WatchTokenRequest, stream grpc.Se
 		return StatusFromError(err, false).Err()
 	}
 	ctx := stream.Context()
+	req.Caller = callerName(ctx)
 	if h.stopping.Err() != nil {
 		return shuttingDown()
 	}
