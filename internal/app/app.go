@@ -122,7 +122,7 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 	a.server = srv
 	m.GRPC().InitializeMetrics(srv.GRPCServer())
 	if cfg.HTTPListen != "" {
-		if a.http, err = newHTTPServer(cfg, b, guard, reg, srv.Serving, tlsConfig, logger); err != nil {
+		if a.http, err = newHTTPServer(cfg, b, guard, reg, srv.Serving, a.tierHealth, tlsConfig, logger); err != nil {
 			a.close()
 			return nil, err
 		}
@@ -365,7 +365,7 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Met
 	m.SetSharedState(metrics.SharedDisabled)
 	if cfg.Shared.Redis.Enabled() {
 		m.SetSharedState(metrics.SharedClosed)
-		if a.tier, err = newTier(cfg.Shared.Redis, kr, logger, m.SetSharedState); err != nil {
+		if a.tier, err = newTier(cfg.Shared.Redis, kr, logger, m); err != nil {
 			cache.Close()
 			return nil, err
 		}

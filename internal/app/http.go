@@ -61,8 +61,9 @@ func (o observer) Served(remaining time.Duration) { o.m.Served(remaining) }
 
 // newHTTPServer builds the HTTP listener's server: the drop-in token
 // endpoint over b, /metrics from reg, /healthz, and /readyz following
-// ready. It speaks HTTPS when tlsConfig is set.
-func newHTTPServer(cfg config.Config, b *broker.Broker, guard *access.Authenticator, reg prometheus.Gatherer, ready func() bool, tlsConfig *tls.Config, logger *slog.Logger) (*http.Server, error) {
+// ready, with readyDetail's lines (nil for none). It speaks HTTPS when
+// tlsConfig is set.
+func newHTTPServer(cfg config.Config, b *broker.Broker, guard *access.Authenticator, reg prometheus.Gatherer, ready func() bool, readyDetail func() string, tlsConfig *tls.Config, logger *slog.Logger) (*http.Server, error) {
 	providers := make([]string, len(cfg.Providers))
 	for i, p := range cfg.Providers {
 		providers[i] = p.Name
@@ -74,6 +75,7 @@ func newHTTPServer(cfg config.Config, b *broker.Broker, guard *access.Authentica
 		Authorize:       httpAuthorize(guard),
 		Caller:          httpCaller,
 		Ready:           ready,
+		ReadyDetail:     readyDetail,
 		Metrics:         metrics.Handler(reg),
 		Logger:          logger,
 	})

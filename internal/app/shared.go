@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenbroker/tokenbroker/internal/config"
+	"github.com/tokenbroker/tokenbroker/internal/metrics"
 	"github.com/tokenbroker/tokenbroker/internal/shared"
 	"github.com/tokenbroker/tokenbroker/internal/tokencache"
 )
@@ -31,11 +32,11 @@ func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
 // logger for all its clients).
 var setRedisLogger sync.Once
 
-// newTier builds the Redis tier of cfg, sealing with kr, telling onState
-// of its breaker's transitions. The client fails
+// newTier builds the Redis tier of cfg, sealing with kr, telling m of its
+// breaker's transitions and of each failure's reason. The client fails
 // fast: each operation is bounded by op_timeout and never retried, since
 // the tier's breaker decides when Redis is worth another try.
-func newTier(cfg config.Redis, kr *tokencache.Keyring, logger *slog.Logger, onState func(string)) (*shared.Tier, error) {
+func newTier(cfg config.Redis, kr *tokencache.Keyring, logger *slog.Logger, m *metrics.Metrics) (*shared.Tier, error) {
 	var tlsConfig *tls.Config
 	if cfg.TLS.Enabled {
 		var err error
@@ -69,8 +70,28 @@ func newTier(cfg config.Redis, kr *tokencache.Keyring, logger *slog.Logger, onSt
 		BreakerFailures: uint32(cfg.BreakerFailures),
 		BreakerCooldown: time.Duration(cfg.BreakerCooldown),
 		Logger:          logger,
-		OnStateChange:   onState,
+		OnStateChange:   m.SetSharedState,
+		OnFailure:       m.SharedFailed,
 	})
+}
+
+// tierHealth is the /readyz line about the Redis tier while it is not in
+// use, "" otherwise. A replica whose tier fails stays ready: it serves
+// tokens on its own (each fetching its own), and taking every replica of
+// a fleet out of service because their shared Redis failed would turn a
+// degraded fleet into an outage.
+func (a *App) tierHealth() string {
+	if a.tier == nil {
+		return ""
+	}
+	state, reason := a.tier.Health()
+	if state == shared.StateClosed {
+		return ""
+	}
+	if reason == "" {
+		reason = shared.ReasonError
+	}
+	return "redis tier: " + state + " (" + reason + "): serving without the fleet"
 }
 
 // redisTLS builds the client TLS configuration for Redis.

@@ -100,6 +100,10 @@ type Config struct {
 	// Ready reports whether the broker is ready to serve (the gRPC health
 	// status is SERVING). Nil means always ready.
 	Ready func() bool
+	// ReadyDetail, when set, returns lines appended to the /readyz body
+	// (after "ok" or "not ready"): the state of parts whose failure does
+	// not make the broker unready, such as the Redis tier. "" adds none.
+	ReadyDetail func() string
 	// Metrics is served at /metrics; nil answers 404.
 	Metrics http.Handler
 	// Logger receives one Info line per token request (method, path,
@@ -165,10 +169,16 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		serveText(w, r, http.StatusOK, "ok\n")
 		return
 	case ReadyPath:
+		detail := ""
+		if h.cfg.ReadyDetail != nil {
+			if d := h.cfg.ReadyDetail(); d != "" {
+				detail = d + "\n"
+			}
+		}
 		if h.cfg.Ready == nil || h.cfg.Ready() {
-			serveText(w, r, http.StatusOK, "ok\n")
+			serveText(w, r, http.StatusOK, "ok\n"+detail)
 		} else {
-			serveText(w, r, http.StatusServiceUnavailable, "not ready\n")
+			serveText(w, r, http.StatusServiceUnavailable, "not ready\n"+detail)
 		}
 		return
 	case MetricsPath:

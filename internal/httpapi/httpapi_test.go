@@ -77,6 +77,14 @@ func TestHealthReadyMetrics(t *testing.T) {
 	ready.Store(false)
 	check("readyz not ready again", http.MethodGet, srv.URL+ReadyPath, 503, "not ready\n")
 	check("readyz without Ready", http.MethodGet, bare.URL+ReadyPath, 200, "ok\n")
+
+	// ReadyDetail adds lines to the body without changing the status.
+	var detail atomic.Value
+	detail.Store("")
+	_, det := serveStub(t, Config{Broker: nopBroker, ReadyDetail: func() string { return detail.Load().(string) }})
+	check("readyz with an empty detail", http.MethodGet, det.URL+ReadyPath, 200, "ok\n")
+	detail.Store("redis tier: open (auth_failed)")
+	check("readyz with a detail", http.MethodGet, det.URL+ReadyPath, 200, "ok\nredis tier: open (auth_failed)\n")
 	check("metrics", http.MethodGet, srv.URL+MetricsPath, 200, "tokenbroker_up 1\n")
 	check("metrics without handler", http.MethodGet, bare.URL+MetricsPath, 404, "")
 

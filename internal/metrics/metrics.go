@@ -104,6 +104,12 @@ const namespace = "tokenbroker"
 // index of the current one is what Metrics keeps.
 var sharedStates = [...]string{SharedDisabled, SharedClosed, SharedHalfOpen, SharedOpen}
 
+// sharedReasons are the values of the `reason` label of
+// tokenbroker_shared_errors_total: the Redis tier's failure reasons
+// (shared.Reasons), in a fixed order; the last one, "error", also counts
+// any value outside the set.
+var sharedReasons = [...]string{"auth_failed", "connection_refused", "timeout", "unreachable", "tls", "error"}
+
 // Histogram buckets, in seconds.
 var (
 	// upstreamBuckets span a fast token endpoint (5 ms) to a fetch that
@@ -277,6 +283,24 @@ func (m *Metrics) SetSharedState(state string) {
 			return
 		}
 	}
+}
+
+// SharedFailed counts a failed Redis operation of the tier by its reason
+// (auth_failed, connection_refused, timeout, unreachable, tls or error; any
+// other value counts as error), exported as
+// tokenbroker_shared_errors_total{reason}.
+func (m *Metrics) SharedFailed(reason string) {
+	if m == nil {
+		return
+	}
+	i := len(sharedReasons) - 1
+	for j, r := range sharedReasons {
+		if r == reason {
+			i = j
+			break
+		}
+	}
+	m.stats.failures[i].Add(1)
 }
 
 // GRPC returns the gRPC server metrics (go-grpc-middleware's Prometheus

@@ -185,6 +185,7 @@ var ownMetrics = map[string]dto.MetricType{
 	"tokenbroker_cache_capacity_bytes":              dto.MetricType_GAUGE,
 	"tokenbroker_upstream_requests_total":           dto.MetricType_COUNTER,
 	"tokenbroker_shared_state":                      dto.MetricType_GAUGE,
+	"tokenbroker_shared_errors_total":               dto.MetricType_COUNTER,
 	"tokenbroker_upstream_request_duration_seconds": dto.MetricType_HISTOGRAM,
 	"tokenbroker_refresh_lead_seconds":              dto.MetricType_HISTOGRAM,
 	"tokenbroker_served_token_remaining_seconds":    dto.MetricType_HISTOGRAM,
@@ -398,6 +399,27 @@ func TestRefreshedAndServed(t *testing.T) {
 	}
 }
 
+// TestSharedFailed: tokenbroker_shared_errors_total has one series per
+// reason from the start, counts each reason apart, and counts a value
+// outside the set as "error".
+func TestSharedFailed(t *testing.T) {
+	m, reg, _ := newTest(t)
+	m.SharedFailed("auth_failed")
+	m.SharedFailed("auth_failed")
+	m.SharedFailed("timeout")
+	m.SharedFailed("bogus")
+	mfs := gather(t, reg)
+	if got := len(mfs["tokenbroker_shared_errors_total"].GetMetric()); got != len(sharedReasons) {
+		t.Errorf("series: got %d, want %d", got, len(sharedReasons))
+	}
+	want := map[string]float64{"auth_failed": 2, "timeout": 1, "error": 1}
+	for _, r := range sharedReasons {
+		if got := value(t, mfs, "tokenbroker_shared_errors_total", "reason", r); got != want[r] {
+			t.Errorf("reason %q: got %v, want %v", r, got, want[r])
+		}
+	}
+}
+
 func TestSetSharedState(t *testing.T) {
 	tests := []struct {
 		set  []string
@@ -478,7 +500,8 @@ var allowedLabels = map[string][]string{
 	"provider": {"cognito", "okta", OtherProvider},
 	"outcome": {OutcomeOK, OutcomeInvalidClient, OutcomeInvalidScope, OutcomeUnauthorizedClient,
 		OutcomeThrottled, OutcomeUnavailable, OutcomeRejected, OutcomeError},
-	"state": sharedStates[:],
+	"state":  sharedStates[:],
+	"reason": sharedReasons[:],
 }
 
 func TestLabelCardinality(t *testing.T) {
@@ -502,7 +525,7 @@ func TestLabelCardinality(t *testing.T) {
 			for _, lp := range s.GetLabel() {
 				allowed, ok := allowedLabels[lp.GetName()]
 				if !ok {
-					t.Errorf("%s: got label %q, want only provider, outcome and state", name, lp.GetName())
+					t.Errorf("%s: got label %q, want only provider, outcome, state and reason", name, lp.GetName())
 					continue
 				}
 				if !slices.Contains(allowed, lp.GetValue()) {
@@ -607,6 +630,7 @@ func TestNoSecretInExposition(t *testing.T) {
 	}
 	m.UpstreamDone(broker.Fetch{Provider: "cognito"}, secretText, time.Second) // a misused hook
 	m.SetSharedState(secretText)
+	m.SharedFailed(secretText)
 	m.Served(time.Minute)
 	m.Refreshed("okta", time.Minute)
 
@@ -725,6 +749,7 @@ func TestNilMetricsHooks(t *testing.T) {
 	m.Refreshed("cognito", time.Second)
 	m.Served(time.Second)
 	m.SetSharedState(SharedOpen)
+	m.SharedFailed("auth_failed")
 	if got := m.GRPC(); got != nil {
 		t.Errorf("nil Metrics GRPC(): got %v, want nil", got)
 	}
@@ -738,6 +763,7 @@ func TestHooksDoNotAllocate(t *testing.T) {
 		"Refreshed":      func() { m.Refreshed("cognito", 15*time.Minute) },
 		"Served":         func() { m.Served(45 * time.Minute) },
 		"SetSharedState": func() { m.SetSharedState(SharedOpen) },
+		"SharedFailed":   func() { m.SharedFailed("auth_failed") },
 	}
 	for name, f := range hooks {
 		if got := testing.AllocsPerRun(100, f); got != 0 {

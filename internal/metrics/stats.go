@@ -11,12 +11,13 @@ import (
 // statsCollector exports a broker.Stats, read once per scrape, and the
 // state of the Redis tier.
 type statsCollector struct {
-	stats func() broker.Stats
-	state atomic.Int32 // index in sharedStates of the current state
+	stats    func() broker.Stats
+	state    atomic.Int32                     // index in sharedStates of the current state
+	failures [len(sharedReasons)]atomic.Int64 // failed Redis operations, by index in sharedReasons
 
 	hits, misses, coalesced, refreshes, invalidations, evictions *prometheus.Desc
 	entries, watchers, costUsed, maxCost                         *prometheus.Desc
-	upstream, sharedState                                        *prometheus.Desc
+	upstream, sharedState, sharedErrors                          *prometheus.Desc
 }
 
 // providerOutcomes maps the outcome label values of
@@ -66,6 +67,9 @@ func newStatsCollector(stats func() broker.Stats) *statsCollector {
 		sharedState: desc("shared_state",
 			"State of the Redis tier: 1 for the current state, 0 for the others.",
 			"state"),
+		sharedErrors: desc("shared_errors_total",
+			"Failed operations of the Redis tier, by reason (auth_failed, connection_refused, timeout, unreachable, tls, error).",
+			"reason"),
 	}
 }
 
@@ -73,7 +77,7 @@ func newStatsCollector(stats func() broker.Stats) *statsCollector {
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.hits, c.misses, c.coalesced, c.refreshes, c.invalidations, c.evictions,
-		c.entries, c.watchers, c.costUsed, c.maxCost, c.upstream, c.sharedState,
+		c.entries, c.watchers, c.costUsed, c.maxCost, c.upstream, c.sharedState, c.sharedErrors,
 	} {
 		ch <- d
 	}
@@ -111,5 +115,8 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 			v = 1
 		}
 		send(c.sharedState, prometheus.GaugeValue, v, state)
+	}
+	for i, reason := range sharedReasons {
+		send(c.sharedErrors, prometheus.CounterValue, c.failures[i].Load(), reason)
 	}
 }
