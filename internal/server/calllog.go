@@ -9,6 +9,7 @@ import (
 	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -16,22 +17,32 @@ import (
 // these fields, named as go-grpc-middleware's logging interceptor names
 // them. It is not that interceptor: that one builds about a dozen fields
 // on every call (peer address, start time, deadline, the error text) that
-// this log must drop anyway, since an upstream error description is text
-// chosen by the token endpoint and might echo a pass-through secret, and
-// on a cache hit building them cost more than the broker's own work (see
-// the README's performance section).
+// this log must drop anyway, and on a cache hit building them cost more
+// than the broker's own work (see the README's performance section).
+//
+// A failure on the broker's side (codes.Unavailable, FailedPrecondition,
+// Internal, DeadlineExceeded, Canceled) adds its cause: the text of the
+// broker's error, as the HTTP endpoint's log line shows it. Upstream error
+// texts in it carry only the OAuth error code and a description the
+// upstream package has scrubbed of the secret; the text is further cut to
+// printable ASCII and 512 bytes. Errors of the caller's own making (an
+// invalid request, a denial) add none: the status message says it all.
 const (
 	logService  = "grpc.service"
 	logMethod   = "grpc.method"
 	logCode     = "grpc.code"
 	logDuration = "grpc.time_ms"
 	logKeyID    = "key_id"
+	logCause    = "cause"
 	logFinished = "finished call"
 )
 
 // callLog is what a handler adds to its call's access-log record.
 type callLog struct {
 	keyID string
+	// cause is the broker's error, for failures whose code logsCause
+	// accepts.
+	cause error
 }
 
 // callLogKey is the context key of a call's *callLog.
@@ -44,6 +55,25 @@ func setLogKeyID(ctx context.Context, id string) {
 	if c, ok := ctx.Value(callLogKey{}).(*callLog); ok {
 		c.keyID = id
 	}
+}
+
+// setLogCause records the broker's error that failed the call, for its
+// access-log record (which shows it when the call's code is one of the
+// broker's failures, see logsCause).
+func setLogCause(ctx context.Context, err error) {
+	if c, ok := ctx.Value(callLogKey{}).(*callLog); ok {
+		c.cause = err
+	}
+}
+
+// logsCause reports whether a call that ended with code shows its cause:
+// the failures an operator must look into, not the caller's own mistakes.
+func logsCause(code codes.Code) bool {
+	switch code {
+	case codes.Unavailable, codes.FailedPrecondition, codes.Internal, codes.DeadlineExceeded, codes.Canceled:
+		return true
+	}
+	return false
 }
 
 // unaryCallLog returns the unary access-log interceptor writing to l.
@@ -81,7 +111,7 @@ func (c *callLog) write(ctx context.Context, l *slog.Logger, fullMethod string, 
 		return
 	}
 	service, method, _ := strings.Cut(strings.TrimPrefix(fullMethod, "/"), "/")
-	attrs := [5]slog.Attr{
+	attrs := [6]slog.Attr{
 		slog.String(logService, service),
 		slog.String(logMethod, method),
 		slog.String(logCode, code.String()),
@@ -90,6 +120,10 @@ func (c *callLog) write(ctx context.Context, l *slog.Logger, fullMethod string, 
 	n := 4
 	if c.keyID != "" {
 		attrs[n] = slog.String(logKeyID, c.keyID)
+		n++
+	}
+	if c.cause != nil && logsCause(code) {
+		attrs[n] = slog.String(logCause, sanitize(c.cause.Error()))
 		n++
 	}
 	l.LogAttrs(ctx, level, logFinished, attrs[:n]...)

@@ -10,11 +10,12 @@
 // rate.
 //
 // The server also sets the transport limits (64 KiB messages, 16 KiB of
-// metadata per call, a cap on concurrent streams, keepalive enforcement, a maximum connection age so
-// long-lived subscribers rebalance across replicas), recovers panics as
-// codes.Internal, logs one line per call (method, code, duration and key
-// id; never a payload, a secret, a token or an error text), serves the
-// standard health service and, optionally, reflection.
+// metadata per call, a cap on concurrent streams, keepalive enforcement, a
+// maximum connection age so long-lived subscribers rebalance across
+// replicas), recovers panics as codes.Internal, logs one line per call
+// (method, code, duration, key id and, for failures on the broker's side,
+// the broker's non-secret error text; never a payload, a secret or a
+// token), serves the standard health service and, optionally, reflection.
 //
 // The AdminService (invalidation, listing, statistics) is served when
 // Config.Admin is set: on the main server, or with Config.SeparateAdmin on
@@ -507,6 +508,7 @@ func (h *handler) GetToken(ctx context.Context, in *tokenbrokerv1.GetTokenReques
 		if id := broker.KeyIDOf(err); id != "" {
 			setLogKeyID(ctx, id)
 		}
+		setLogCause(ctx, err)
 		return nil, StatusFromError(err, req.Selector.Credentials != nil).Err()
 	}
 	setLogKeyID(ctx, tok.KeyID)

@@ -23,6 +23,7 @@ import (
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/metrics"
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
 // startTCPServer serves cfg on a loopback TCP port (port 0) through Serve
@@ -189,6 +190,84 @@ func TestDeadlineCode(t *testing.T) {
 	for _, tc := range tests {
 		if got := status.Code(deadlineCode(tc.ctx, tc.err)); got != tc.want {
 			t.Errorf("%s: got %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestAccessLogCause: a call failed by the token endpoint carries, on its
+// access-log line, the same non-secret cause as the HTTP endpoint's line
+// (the broker's error text: provider, OAuth code, status, scrubbed
+// description), on GetToken and WatchToken alike; calls that succeed or
+// fail by the caller's own mistake carry none.
+func TestAccessLogCause(t *testing.T) {
+	upstreamErr := fmt.Errorf("fetch: %w", &upstream.Error{
+		Provider: "cognito", Kind: upstream.ErrUnavailable, Code: "server_error", Status: 503, Description: "down for maintenance",
+	})
+	const wantCause = `fetch: provider "cognito": server_error (503): down for maintenance`
+	fail := true
+	var mu sync.Mutex
+	logs := &syncBuffer{}
+	b := &stubBroker{
+		getToken: func(context.Context, broker.Request) (broker.Token, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if fail {
+				return broker.Token{}, upstreamErr
+			}
+			return broker.Token{TokenType: "Bearer", KeyID: "k1"}, nil
+		},
+		watch: func(context.Context, broker.Request) (Subscription, error) { return nil, upstreamErr },
+	}
+	conn := startTCPServer(t, Config{Broker: b, Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	client := tokenbrokerv1.NewTokenBrokerServiceClient(conn)
+	sel := &tokenbrokerv1.TokenSelector{Credentials: &tokenbrokerv1.TokenSelector_Client{Client: "orders"}}
+
+	if _, err := client.GetToken(rpcContext(t), &tokenbrokerv1.GetTokenRequest{Selector: sel}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("GetToken: got %v, want Unavailable", err)
+	}
+	stream, err := client.WatchToken(rpcContext(t), &tokenbrokerv1.WatchTokenRequest{Selector: sel})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("WatchToken: got %v, want Unavailable", err)
+	}
+	mu.Lock()
+	fail = false
+	mu.Unlock()
+	if _, err := client.GetToken(rpcContext(t), &tokenbrokerv1.GetTokenRequest{Selector: sel}); err != nil {
+		t.Fatalf("GetToken: got %v, want success", err)
+	}
+	if _, err := client.GetToken(rpcContext(t), &tokenbrokerv1.GetTokenRequest{}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("GetToken without selector: got %v, want InvalidArgument", err)
+	}
+
+	// The stream's record is written when its handler returns, which
+	// may come after the client saw the status.
+	var records []map[string]any
+	for wait := time.Now().Add(rpcTimeout); ; time.Sleep(10 * time.Millisecond) {
+		if records = logs.lines(t); len(records) >= 4 || time.Now().After(wait) {
+			break
+		}
+	}
+	want := map[string]any{
+		"GetToken/Unavailable":     wantCause,
+		"WatchToken/Unavailable":   wantCause,
+		"GetToken/OK":              nil,
+		"GetToken/InvalidArgument": nil,
+	}
+	if len(records) != len(want) {
+		t.Fatalf("access log: got %d records, want %d", len(records), len(want))
+	}
+	for _, r := range records {
+		k := fmt.Sprint(r[logMethod], "/", r[logCode])
+		w, ok := want[k]
+		if !ok {
+			t.Errorf("unexpected record %v", r)
+			continue
+		}
+		if got := r[logCause]; got != w {
+			t.Errorf("%s: got cause %v, want %v", k, got, w)
 		}
 	}
 }

@@ -82,6 +82,7 @@ func (h *handler) WatchToken(in *tokenbrokerv1.WatchTokenRequest, stream grpc.Se
 		if id := broker.KeyIDOf(err); id != "" {
 			setLogKeyID(ctx, id)
 		}
+		setLogCause(ctx, err)
 		return StatusFromError(err, passthrough).Err()
 	}
 	if sub == nil {
