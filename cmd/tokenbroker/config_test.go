@@ -83,15 +83,23 @@ insecure_allow_remote: true
 	}
 }
 
-// syncBuffer is a strings.Builder safe for one writer and one reader.
+// syncBuffer is a strings.Builder safe for one writer and one reader,
+// which signals each write on wrote.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
+	mu    sync.Mutex
+	b     strings.Builder
+	wrote chan struct{}
 }
+
+func newSyncBuffer() *syncBuffer { return &syncBuffer{wrote: make(chan struct{}, 1)} }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	select {
+	case s.wrote <- struct{}{}:
+	default:
+	}
 	return s.b.Write(p)
 }
 
@@ -101,32 +109,47 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// waitFor waits until out holds text for which match returns a non-nil
+// result, or run ends (done), and returns that result.
+func waitFor(t *testing.T, out *syncBuffer, done <-chan error, match func(string) []string) []string {
+	t.Helper()
+	for {
+		if m := match(out.String()); m != nil {
+			return m
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("run ended: %v\n%s", err, out.String())
+		case <-out.wrote:
+		}
+	}
+}
+
 // TestDevBannerCurlWorks: without $TOKENBROKER_DEV_SECRET, the -dev
 // banner's drop-in curl command carries the demo secret made for this
 // run, so it works when pasted into any shell: the credentials it shows
 // get a token from the drop-in endpoint. With the variable set, the
 // secret is not printed and the command fails loudly where it is unset.
 func TestDevBannerCurlWorks(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	var stdout, stderr syncBuffer
+	stdout, stderr := newSyncBuffer(), newSyncBuffer()
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"-dev", "-listen", "127.0.0.1:0", "-http-listen", "127.0.0.1:0"}, func(string) string { return "" }, &stdout, &stderr)
+		done <- run(ctx, []string{"-dev", "-listen", "127.0.0.1:0", "-http-listen", "127.0.0.1:0"}, func(string) string { return "" }, stdout, stderr)
 	}()
 	curlRE := regexp.MustCompile(`curl -s -u ([^:\s]+):(\S+) -d grant_type=client_credentials (http://\S+/oauth2/token)`)
-	var m []string
-	deadline := time.After(30 * time.Second)
-	for m == nil {
-		select {
-		case err := <-done:
-			t.Fatalf("run ended: %v\n%s", err, stderr.String())
-		case <-deadline:
-			t.Fatalf("no curl command in the banner:\n%s", stdout.String())
-		case <-time.After(10 * time.Millisecond):
+	banner := func(s string) []string {
+		if !strings.Contains(s, "Ctrl-C") {
+			return nil
 		}
-		m = curlRE.FindStringSubmatch(stdout.String())
+		if m := curlRE.FindStringSubmatch(s); m != nil {
+			return m
+		}
+		t.Fatalf("no curl command in the banner:\n%s", s)
+		return nil
 	}
+	m := waitFor(t, stdout, done, banner)
 	if strings.Contains(m[2], "$") {
 		t.Fatalf("banner's curl command uses a variable for the secret: %s", m[0])
 	}
@@ -150,24 +173,20 @@ func TestDevBannerCurlWorks(t *testing.T) {
 	}
 
 	// With the secret from the environment, the banner does not print it.
-	ctx2, cancel2 := context.WithCancel(context.Background())
+	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel2()
-	var out2 syncBuffer
+	out2 := newSyncBuffer()
 	done = make(chan error, 1)
 	go func() {
 		env := map[string]string{"TOKENBROKER_DEV_SECRET": "my-own-dev-secret"}
-		done <- run(ctx2, []string{"-dev", "-listen", "127.0.0.1:0", "-http-listen", "127.0.0.1:0"}, func(k string) string { return env[k] }, &out2, &stderr)
+		done <- run(ctx2, []string{"-dev", "-listen", "127.0.0.1:0", "-http-listen", "127.0.0.1:0"}, func(k string) string { return env[k] }, out2, stderr)
 	}()
-	deadline = time.After(30 * time.Second)
-	for !strings.Contains(out2.String(), "Ctrl-C") {
-		select {
-		case err := <-done:
-			t.Fatalf("run ended: %v", err)
-		case <-deadline:
-			t.Fatalf("no banner:\n%s", out2.String())
-		case <-time.After(10 * time.Millisecond):
+	waitFor(t, out2, done, func(s string) []string {
+		if strings.Contains(s, "Ctrl-C") {
+			return []string{s}
 		}
-	}
+		return nil
+	})
 	if s := out2.String(); strings.Contains(s, "my-own-dev-secret") || !strings.Contains(s, "${TOKENBROKER_DEV_SECRET:?") {
 		t.Errorf("banner with $TOKENBROKER_DEV_SECRET:\n%s\nwant the variable with a :? guard, not the secret", s)
 	}
