@@ -47,7 +47,10 @@ type errorRow struct {
 //     WWW-Authenticate when the client used the Authorization header
 //     (RFC 6749 section 5.2);
 //   - upstream.ErrThrottled is 429 temporarily_unavailable with
-//     Retry-After (the endpoint's delay, else DefaultRetryAfter);
+//     Retry-After (the endpoint's delay, else DefaultRetryAfter); when the
+//     broker's own budget refused the request (a Local error: the
+//     provider's budget, its pass-through share, or a caller's or client
+//     id's part of that), the description says which;
 //     upstream.ErrUnavailable and a timeout are 503
 //     temporarily_unavailable, with Retry-After when the endpoint sent one;
 //   - upstream.ErrRejected is 400 with the endpoint's own code when that is
@@ -105,6 +108,13 @@ func errorFor(err error, basic bool) *oauthError {
 			e.retryAfter = DefaultRetryAfter
 			if d := retryDelay(err); d > 0 {
 				e.retryAfter = d
+			}
+			var ue *upstream.Error
+			if errors.As(err, &ue) && ue.Local {
+				// The broker's own budget refused the request (its text is
+				// ours, never the endpoint's): say so rather than blame
+				// the endpoint.
+				e.desc = sanitize("request limit reached: " + ue.Description + "; retry after the Retry-After delay")
 			}
 		case upstream.ErrUnavailable:
 			e.retryAfter = retryDelay(err)
