@@ -414,10 +414,21 @@ func (c *Client) transportError(parent, actx context.Context, status int, err er
 		err = uerr.Err
 	}
 	e.Description = "request failed"
-	if msg := scrub.clean(err.Error(), maxDescriptionLen); msg != "" {
+	if msg := scrub.clean(withoutQuoted(err.Error()), maxDescriptionLen); msg != "" {
 		e.Description += ": " + msg
 	}
 	return e
+}
+
+// withoutQuoted cuts an error message at its first double quote: Go's
+// HTTP client quotes what it could not parse of an answer (a status line,
+// a header line, a Content-Length), and nothing the endpoint sent is
+// relayed but the error code and error_description of an error body.
+func withoutQuoted(msg string) string {
+	if i := strings.IndexByte(msg, '"'); i >= 0 {
+		msg = strings.TrimRight(msg[:i], " :")
+	}
+	return msg
 }
 
 // classify turns an unsuccessful answer into an *Error (RFC 6749 section

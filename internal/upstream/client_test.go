@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -1009,6 +1010,55 @@ func TestErrorBodyNeverLeaksSecretForms(t *testing.T) {
 			}
 			if msg := err.Error(); !strings.Contains(msg, secret.Redacted) || !strings.Contains(msg, "client secret ") || !strings.HasSuffix(msg, " is wrong") {
 				t.Errorf("Error(): got %q, want the scrubbed error_description", msg)
+			}
+		})
+	}
+}
+
+// TestMalformedAnswerNeverQuoted (issue 10, point 7): what Go's HTTP client
+// quotes of an answer it cannot parse (status line, header lines,
+// Content-Length) stays out of the error and the log.
+func TestMalformedAnswerNeverQuoted(t *testing.T) {
+	const marker = "RAW-ANSWER-MARKER"
+	for _, tt := range []struct{ name, answer string }{
+		{"status line", "garbage " + marker + "\r\n\r\n"},
+		{"status code", "HTTP/1.1 2x0 " + marker + "\r\n\r\n"},
+		{"header line", "HTTP/1.1 400 Bad Request\r\nbad header " + marker + "\r\n\r\n"},
+		{"content length", "HTTP/1.1 400 Bad Request\r\nContent-Length: " + marker + "\r\n\r\n"},
+		{"transfer encoding", "HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: " + marker + "\r\n\r\n"},
+	} {
+		answer := tt.answer
+		t.Run(tt.name, func(t *testing.T) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = l.Close() })
+			go func() {
+				for {
+					conn, err := l.Accept()
+					if err != nil {
+						return
+					}
+					buf := make([]byte, 4096)
+					_, _ = conn.Read(buf)
+					_, _ = conn.Write([]byte(answer))
+					_ = conn.Close()
+				}
+			}()
+			logs := &syncBuffer{}
+			c, _ := newTestClient(t, testProvider("http://"+l.Addr().String()+"/token"), Options{MaxAttempts: 2, Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+			_, err = fetch(t, c, testRequest())
+			if !errors.Is(err, ErrUnavailable) {
+				t.Fatalf("Fetch: got %v, want ErrUnavailable", err)
+			}
+			for _, text := range []string{err.Error(), logs.String()} {
+				if strings.Contains(text, marker) {
+					t.Errorf("got %q, want nothing of the answer quoted", text)
+				}
+			}
+			if !strings.Contains(err.Error(), "request failed") {
+				t.Errorf("Error(): got %q, want it to say the request failed", err)
 			}
 		})
 	}
