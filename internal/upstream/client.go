@@ -351,7 +351,7 @@ func (c *Client) ctxError(err error) error {
 
 // attempt sends one request. Its error is an *Error, or a wrapped context
 // error when ctx ended first.
-func (c *Client) attempt(ctx context.Context, r Request, form string, scrub scrubber) (Token, error) {
+func (c *Client) attempt(ctx context.Context, r Request, form string, scrub *scrubber) (Token, error) {
 	actx, cancel := context.WithTimeout(ctx, c.p.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(actx, http.MethodPost, c.tokenURL, strings.NewReader(form))
@@ -400,7 +400,7 @@ func (c *Client) attempt(ctx context.Context, r Request, form string, scrub scru
 
 // transportError describes a failure to send the request or read the
 // answer.
-func (c *Client) transportError(parent, actx context.Context, status int, err error, scrub scrubber) error {
+func (c *Client) transportError(parent, actx context.Context, status int, err error, scrub *scrubber) error {
 	if perr := parent.Err(); perr != nil {
 		return c.ctxError(perr)
 	}
@@ -433,7 +433,7 @@ func withoutQuoted(msg string) string {
 
 // classify turns an unsuccessful answer into an *Error (RFC 6749 section
 // 5.2, plus Amazon Cognito's throttling shape).
-func (c *Client) classify(resp *http.Response, body []byte, scrub scrubber) *Error {
+func (c *Client) classify(resp *http.Response, body []byte, scrub *scrubber) *Error {
 	status := resp.StatusCode
 	f := parseErrorBody(body)
 	// Only the RFC 6749 error code and error_description are relayed, and

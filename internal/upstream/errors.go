@@ -93,6 +93,10 @@ const scrubRun = 12
 // letters), so upper- and lower-case copies of the secret and of its hex
 // and base64 forms are caught too.
 type scrubber struct {
+	// secret is the secret; the runs are made from it when first needed
+	// (most fetches never clean any text).
+	secret string
+	built  bool
 	// runs are the lower-cased scrubRun-byte runs of the forms.
 	runs map[string]struct{}
 	// short are the lower-cased forms shorter than scrubRun, matched whole.
@@ -105,14 +109,22 @@ type scrubber struct {
 // is scrubRun characters and any non-ASCII character of the secret
 // matches whatever non-ASCII character (sanitised to '?') stands in its
 // place.
-func newScrubber(r Request) scrubber {
-	s := r.ClientSecret.Reveal()
-	if s == "" {
-		return scrubber{}
+func newScrubber(r Request) *scrubber {
+	return &scrubber{secret: r.ClientSecret.Reveal()}
+}
+
+// build makes the runs and short forms, once.
+func (sc *scrubber) build() {
+	if sc.built {
+		return
 	}
-	sc := scrubber{runs: map[string]struct{}{}}
+	sc.built = true
+	if sc.secret == "" {
+		return
+	}
+	sc.runs = map[string]struct{}{}
 	seen := map[string]bool{}
-	for _, f := range secretForms(s) {
+	for _, f := range secretForms(sc.secret) {
 		n := asciiLower(sanitise(f))
 		if n == "" || seen[n] {
 			continue
@@ -126,7 +138,6 @@ func newScrubber(r Request) scrubber {
 			sc.runs[n[i:i+scrubRun]] = struct{}{}
 		}
 	}
-	return sc
 }
 
 // secretForms returns the forms of secret s an endpoint might echo: as
@@ -156,7 +167,7 @@ func secretForms(s string) []string {
 
 // clean turns endpoint-supplied text into something safe to show:
 // printable ASCII only, the secret removed, at most limit bytes.
-func (s scrubber) clean(text string, limit int) string {
+func (s *scrubber) clean(text string, limit int) string {
 	text = s.scrub(sanitise(text))
 	text = strings.TrimSpace(text)
 	if len(text) > limit {
@@ -168,7 +179,8 @@ func (s scrubber) clean(text string, limit int) string {
 // scrub replaces every stretch of text (sanitised already) covered by a
 // run or a short form of the secret, ignoring ASCII case, with
 // secret.Redacted; overlapping and adjacent matches make one stretch.
-func (s scrubber) scrub(text string) string {
+func (s *scrubber) scrub(text string) string {
+	s.build()
 	if len(s.runs) == 0 && len(s.short) == 0 {
 		return text
 	}

@@ -110,7 +110,7 @@ func TestScrubber(t *testing.T) {
 			t.Errorf("clean(%q): got %q, want %q", tt.in, got, tt.want)
 		}
 	}
-	if got := (scrubber{}).clean("plain", 3); got != "pla" {
+	if got := (&scrubber{}).clean("plain", 3); got != "pla" {
 		t.Errorf("clean with limit 3: got %q, want %q", got, "pla")
 	}
 }
