@@ -4,11 +4,14 @@
 // endpoint's answer (expires_in as number or string, the JWT exp claim as a
 // fallback), retries throttling and transient failures with exponential
 // backoff and full jitter (honouring Retry-After), and keeps to the
-// provider's request budget (a token bucket).
+// provider's request budget: a token bucket, of which requests with
+// caller-presented credentials may spend only the pass-through share, and
+// each caller identity and client id only its part of that.
 //
 // Errors are *Error values that match one of the Err* kinds with errors.Is.
 // Their messages carry the OAuth error code and a short sanitised
-// description, never a secret, a token or a raw response body.
+// description scrubbed of the client secret in any of its encodings, never
+// a secret, a token, a raw response body or any other field of it.
 package upstream
 
 import (
