@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
@@ -255,7 +254,7 @@ func Run(ctx context.Context, cfg config.Config, keys Keys, logger *slog.Logger,
 		}
 		var adminL net.Listener
 		if cfg.Admin.Listen != "" {
-			if adminL, err = listenAdmin(cfg.Admin.Listen); err != nil {
+			if adminL, err = listenAdmin(cfg.Admin); err != nil {
 				l.Close()
 				a.close()
 				return fmt.Errorf("admin.listen: %w", err)
@@ -292,16 +291,17 @@ func Run(ctx context.Context, cfg config.Config, keys Keys, logger *slog.Logger,
 	return g.Wait()
 }
 
-// listenAdmin opens admin.listen: "unix:/path" or host:port.
-func listenAdmin(addr string) (net.Listener, error) {
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		// A socket left behind by an earlier run would block the listen.
-		if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			_ = os.Remove(path)
+// listenAdmin opens admin.listen: "unix:/path" (with admin.socket_mode
+// and socket_group, whatever the umask; see listenUnix) or host:port.
+func listenAdmin(a config.Admin) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(a.Listen, "unix:"); ok {
+		perm, err := a.SocketPerm()
+		if err != nil {
+			return nil, fmt.Errorf("socket_mode: %w", err)
 		}
-		return net.Listen("unix", path)
+		return listenUnix(path, perm, a.SocketGroup)
 	}
-	return net.Listen("tcp", addr)
+	return net.Listen("tcp", a.Listen)
 }
 
 // newKeyring builds the sealing keyring from the configured key text, or

@@ -14,6 +14,10 @@
 package config
 
 import (
+	"fmt"
+	"io/fs"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/secret"
@@ -379,6 +383,28 @@ type Admin struct {
 	// non-loopback host needs insecure_allow_remote, as for listen; it
 	// must differ from listen). Default "": the main listener.
 	Listen string `yaml:"listen"`
+	// SocketMode is the permission of a unix admin.listen socket, as an
+	// octal string such as "0600" or "0660"; it is set whatever the
+	// process umask, before any caller can connect. Default "0600": only
+	// the broker's user may connect.
+	SocketMode string `yaml:"socket_mode"`
+	// SocketGroup is the group of a unix admin.listen socket: a group name
+	// or a numeric gid. Default "": the process's group.
+	SocketGroup string `yaml:"socket_group"`
+}
+
+// SocketPerm returns SocketMode as permission bits; an error when it is
+// not an octal string from 0 to 0777.
+func (a Admin) SocketPerm() (fs.FileMode, error) {
+	s := a.SocketMode
+	if len(s) < 3 || len(s) > 4 || strings.Trim(s, "01234567") != "" || (len(s) == 4 && s[0] != '0') {
+		return 0, fmt.Errorf(`must be an octal mode from 0000 to 0777 in quotes, such as "0600" or "0660", got %q`, s)
+	}
+	n, err := strconv.ParseUint(s, 8, 32)
+	if err != nil {
+		return 0, fmt.Errorf(`must be an octal mode such as "0600", got %q`, s)
+	}
+	return fs.FileMode(n), nil
 }
 
 // Sealing configures the AES-256-GCM keys that seal cached tokens. The key
@@ -426,6 +452,7 @@ func Default() Config {
 			MaxHeaderListSize:     16 * KiB,
 		},
 		Log:         Log{Level: "info", Format: "json"},
+		Admin:       Admin{SocketMode: "0600"},
 		TLS:         TLS{ClientAuth: ClientAuthNone},
 		Shared:      Shared{Redis: defaultRedis()},
 		DevLifetime: Duration(5 * time.Minute),

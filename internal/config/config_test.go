@@ -50,6 +50,7 @@ func TestDefault(t *testing.T) {
 		},
 		Log:         Log{Level: "info", Format: "json"},
 		TLS:         TLS{ClientAuth: "none"},
+		Admin:       Admin{SocketMode: "0600"},
 		DevLifetime: Duration(5 * time.Minute),
 		Shared: Shared{Redis: Redis{
 			KeyPrefix:       "tokenbroker",

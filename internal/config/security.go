@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"regexp"
 	"strings"
 
 	"github.com/tokenbroker/tokenbroker/internal/access/ident"
@@ -69,6 +70,18 @@ func (c *Config) validateSecurity(v *validator, clients map[string]bool) {
 			v.add("admin.listen", "must differ from listen (leave it empty to serve AdminService on the main listener)")
 		case tcp:
 			c.checkRemote(v, "admin.listen", a, plaintextOK)
+		}
+	}
+
+	if _, err := c.Admin.SocketPerm(); err != nil {
+		v.add("admin.socket_mode", "%v", err)
+	}
+	if g := c.Admin.SocketGroup; g != "" {
+		switch {
+		case !strings.HasPrefix(c.Admin.Listen, "unix:"):
+			v.add("admin.socket_group", `applies only to a unix socket (admin.listen: "unix:/path"), got admin.listen %q`, c.Admin.Listen)
+		case !groupRE.MatchString(g):
+			v.add("admin.socket_group", "must be a group name or a numeric gid, got %q", g)
 		}
 	}
 
@@ -177,6 +190,11 @@ func (c *Config) checkIdentityKind(v *validator, key, p string) {
 		v.add(key, "%q matches only unauthenticated callers, who are refused unless auth.allow_unauthenticated: true", p)
 	}
 }
+
+// groupRE is the rule of admin.socket_group: a numeric gid or a group
+// name (letters, digits, '_', '.', '-', not starting with '-', at most 32
+// characters, optionally ending in '$').
+var groupRE = regexp.MustCompile(`^([0-9]{1,10}|[A-Za-z0-9_.][A-Za-z0-9_.-]{0,30}[$]?)$`)
 
 // devClient is the client -dev mode adds after Validate; policy may name it
 // in -dev mode.

@@ -3,6 +3,7 @@ package config
 import (
 	"encoding/base64"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -65,7 +66,8 @@ cache:
 		{Identity: "spiffe://prod/ns/payments/sa/worker", Clients: []string{"payments"}, Scopes: []string{"payments/read", "payments/write"}, Passthrough: true},
 		{Identity: "*"},
 	}
-	want.Admin = Admin{Identities: []string{"spiffe://prod/ns/ops/sa/admin", "spiffe://prod/ns/sre/*"}, Listen: "unix:/run/tokenbroker/admin.sock"}
+	want.Admin.Identities = []string{"spiffe://prod/ns/ops/sa/admin", "spiffe://prod/ns/sre/*"}
+	want.Admin.Listen = "unix:/run/tokenbroker/admin.sock"
 	want.Sealing = Sealing{KeysFile: filepath.Join(dir, "keys/sealing")}
 	want.Cache.HMACKeyEnv = "TB_HMAC_KEY"
 	if !reflect.DeepEqual(c, want) {
@@ -94,7 +96,7 @@ func TestLoadSecurityErrors(t *testing.T) {
 		{"unknown tls key", "tls:\n  ca_file: x\n", `c.yaml:2: tls.ca_file: unknown key "ca_file" (valid keys here: cert_file, key_file, client_ca_file, client_auth)`},
 		{"unknown api key key", "auth:\n  api_keys:\n    - identity: a\n      key: hunter2\n", `c.yaml:4: auth.api_keys[0].key: unknown key "key" (valid keys here: identity, sha256)`},
 		{"unknown policy key", "policy:\n  - identity: a\n    client: [x]\n", `c.yaml:3: policy[0].client: unknown key "client" (valid keys here: identity, clients, scopes, passthrough)`},
-		{"unknown admin key", "admin:\n  admin_listen: x\n", `c.yaml:2: admin.admin_listen: unknown key "admin_listen" (valid keys here: identities, listen)`},
+		{"unknown admin key", "admin:\n  admin_listen: x\n", `c.yaml:2: admin.admin_listen: unknown key "admin_listen" (valid keys here: identities, listen, socket_mode, socket_group)`},
 		{"unknown sealing key", "sealing:\n  key: x\n", `c.yaml:2: sealing.key: unknown key "key" (valid keys here: keys_file, keys_env)`},
 		{"policy not a list", "policy: everyone\n", "c.yaml:1: policy: must be a list"},
 		{"policy item not a mapping", "policy:\n  - everyone\n", "c.yaml:2: policy[0]: must be a mapping"},
@@ -311,5 +313,47 @@ func TestDevNeverListensBeyondLoopback(t *testing.T) {
 	c.Listen, c.HTTPListen, c.Admin.Listen = "[::1]:0", "localhost:0", "unix:/run/tb/admin.sock"
 	if err := c.Validate(); err != nil {
 		t.Errorf("-dev on loopback: Validate() = %v, want nil", err)
+	}
+}
+
+// TestAdminSocketKeys: admin.socket_mode is an octal string (default
+// "0600"), admin.socket_group a name or gid, only with a unix socket.
+func TestAdminSocketKeys(t *testing.T) {
+	if got := Default().Admin.SocketMode; got != "0600" {
+		t.Errorf("default admin.socket_mode = %q, want 0600", got)
+	}
+	for _, tt := range []struct {
+		mode string
+		want fs.FileMode
+	}{{"0600", 0o600}, {"660", 0o660}, {"0000", 0}, {"0777", 0o777}} {
+		if got, err := (Admin{SocketMode: tt.mode}).SocketPerm(); err != nil || got != tt.want {
+			t.Errorf("SocketPerm(%q) = %v, %v; want %v", tt.mode, got, err, tt.want)
+		}
+	}
+	for _, tt := range []struct {
+		mod  func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.Admin.SocketMode = "600 " }, "admin.socket_mode: must be an octal mode"},
+		{func(c *Config) { c.Admin.SocketMode = "0800" }, "admin.socket_mode: must be an octal mode"},
+		{func(c *Config) { c.Admin.SocketMode = "1777" }, "admin.socket_mode: must be an octal mode"},
+		{func(c *Config) { c.Admin.SocketMode = "384" }, "admin.socket_mode: must be an octal mode"},
+		{func(c *Config) { c.Admin.Listen, c.Admin.SocketGroup = "unix:/run/a.sock", "bad group" }, "admin.socket_group: must be a group name or a numeric gid"},
+		{func(c *Config) { c.Admin.Listen, c.Admin.SocketGroup = "127.0.0.1:7444", "ops" }, "admin.socket_group: applies only to a unix socket"},
+	} {
+		c := validConfig()
+		tt.mod(&c)
+		if got := problems(c.Validate()); len(got) != 1 || !strings.HasPrefix(got[0], tt.want) {
+			t.Errorf("Validate() = %q, want one problem starting with %q", got, tt.want)
+		}
+	}
+	c := validConfig()
+	c.Admin = Admin{Listen: "unix:/run/a.sock", SocketMode: "0660", SocketGroup: "tokenbroker-ops"}
+	if err := c.Validate(); err != nil {
+		t.Errorf("Validate() = %v, want nil", err)
+	}
+	c.Admin.SocketGroup = "1001"
+	if err := c.Validate(); err != nil {
+		t.Errorf("Validate() = %v, want nil", err)
 	}
 }
