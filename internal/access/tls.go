@@ -9,6 +9,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/config"
 )
 
 // reloadInterval is the least time between two looks at the files.
@@ -113,6 +115,12 @@ func (r *reloader) configForClient(*tls.ClientHelloInfo) (*tls.Config, error) {
 		return r.current, nil
 	}
 	r.stamps = stamps
+	// The key file's mode rule (config.CheckSecretFileMode) holds for a
+	// new key too.
+	if err := config.CheckSecretFile(r.keyFile, r.log()); err != nil {
+		r.log().Warn("TLS reload refused; keeping the previous certificate and client CAs", "error", err)
+		return r.current, nil
+	}
 	cfg, err := r.load()
 	if err != nil {
 		r.log().Warn("TLS reload failed; keeping the previous certificate and client CAs", "error", err)

@@ -27,24 +27,25 @@ func (e *FileModeError) Error() string {
 // files to the file at path with the given mode (which the caller took
 // from the opened file, following symbolic links): it returns a
 // *FileModeError when group or others can write the file, and otherwise,
-// when group or others can read it, a warning for the log (warn is true);
-// else false, nil. Kubernetes secret volumes are 0644 unless their
-// defaultMode says otherwise, so readable files are allowed.
+// when others can read it, a warning for the log (warn is true); else
+// false, nil. Kubernetes secret volumes are 0644 unless their defaultMode
+// says otherwise, so readable files are allowed; a file its group may read
+// (0440 with the pod's fsGroup, the way a non-root container reads its
+// secrets) is not warned about.
 func CheckSecretFileMode(path string, mode fs.FileMode) (warn bool, err error) {
 	perm := mode.Perm()
 	switch {
 	case perm&0o022 != 0:
 		return false, &FileModeError{Path: absPath(path), Mode: perm}
-	case perm&0o044 != 0:
+	case perm&0o004 != 0:
 		return true, nil
 	}
 	return false, nil
 }
 
 // CheckSecretFile applies CheckSecretFileMode to the file at path, as it
-// is now, and logs the warning (when logger is not nil) itself: "secret
-// file is readable by group or others" with the file, its mode and the
-// fix. A file that cannot be looked at is an error naming it.
+// is now, and logs the warning itself (to logger; nil: slog.Default()):
+// "secret file is readable by others" with the file, its mode and the fix. A file that cannot be looked at is an error naming it.
 func CheckSecretFile(path string, logger *slog.Logger) error {
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -65,7 +66,7 @@ func checkMode(path string, mode fs.FileMode, logger *slog.Logger) error {
 			logger = slog.Default()
 		}
 		p := absPath(path)
-		logger.Warn("secret file is readable by group or others; run chmod 0600 on it (Kubernetes: set the secret volume's defaultMode: 0400)",
+		logger.Warn("secret file is readable by others; run chmod 0600 (or 0640, 0440) on it (Kubernetes: set the secret volume's defaultMode: 0400, or 0440 with fsGroup)",
 			"file", p, "mode", fmt.Sprintf("%04o", uint32(mode.Perm())))
 	}
 	return nil

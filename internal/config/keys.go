@@ -25,7 +25,7 @@ import (
 // TLS files (tls.cert_file, tls.key_file, tls.client_ca_file and those of
 // shared.redis.tls), which others read later: each must be a regular file
 // that can be opened. Key files and TLS private keys must pass
-// CheckSecretFileMode: group or others may not write them, and one they
+// CheckSecretFileMode: group or others may not write them, and one others
 // can read is logged as a warning to logger (nil: slog.Default()).
 //
 // Every problem is returned, joined, each a *FieldError naming its key

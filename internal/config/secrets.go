@@ -16,7 +16,7 @@ import (
 // password_env, reading the environment through getenv (nil means an
 // empty environment). A file must be a regular file of at most
 // MaxSecretSize bytes that group and others cannot write (see
-// CheckSecretFileMode; one they can read is logged as a warning to logger,
+// CheckSecretFileMode; one others can read is logged as a warning to logger,
 // nil meaning slog.Default()); one trailing newline ("\n" or "\r\n") is
 // dropped, and what remains must not be empty. A variable must be set and
 // not empty.
