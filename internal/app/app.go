@@ -190,9 +190,10 @@ func clientAuth(s string) tls.ClientAuthType {
 
 // Serve runs the refresh scheduler and serves gRPC on l (AdminService on
 // adminL, when admin.listen is set, and the HTTP listener on httpL, when
-// http_listen is set) until ctx ends; then it shuts the
-// servers down gracefully, stops the scheduler, waits for the fetches in
-// flight and closes the cache. An App serves once.
+// http_listen is set) until ctx ends; then it cancels the broker's
+// fetches in flight, shuts the servers down gracefully, stops the
+// scheduler, waits for the fetches to end and closes the cache. An App
+// serves once.
 func (a *App) Serve(ctx context.Context, l, adminL, httpL net.Listener) error {
 	defer a.close()
 	defer a.broker.Close()
@@ -205,6 +206,11 @@ func (a *App) Serve(ctx context.Context, l, adminL, httpL net.Listener) error {
 		done <- nil
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	// Shutdown begins when gctx ends: the broker's fetches are cancelled
+	// then, not after the servers' grace period, so callers waiting for a
+	// slow token endpoint get Unavailable at once and the graceful stop
+	// does not wait for them.
+	context.AfterFunc(gctx, a.broker.Shutdown)
 	g.Go(func() error { return a.server.Serve(gctx, l) })
 	if adminL != nil {
 		g.Go(func() error { return a.server.ServeAdmin(gctx, adminL) })

@@ -442,6 +442,9 @@ func (b *Broker) fetch(ctx context.Context, t target, need time.Duration) (*toke
 func (b *Broker) fetchAndInstall(ctx context.Context, t target) (rec *tokencache.Record, err error) {
 	b.inflight.Add(1)
 	defer b.inflight.Done()
+	if b.life.Err() != nil {
+		return nil, errShutdown
+	}
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.FetchTimeout)
 	defer cancel()
 	defer context.AfterFunc(b.life, cancel)()
@@ -463,6 +466,11 @@ func (b *Broker) fetchAndInstall(ctx context.Context, t target) (rec *tokencache
 		rec, err = b.fetchUpstream(ctx, t)
 	}
 	if err != nil {
+		if b.life.Err() != nil {
+			// Cancelled by Shutdown: not the endpoint's failure.
+			b.abandoned(t, e, gen)
+			return nil, errShutdown
+		}
 		b.remember(t, err)
 		b.failed(t, e, gen, err)
 		return nil, err
@@ -497,6 +505,15 @@ func (b *Broker) fetchUpstream(ctx context.Context, t target) (*tokencache.Recor
 func (b *Broker) fresh(rec *tokencache.Record) bool {
 	now := time.Now()
 	return now.Before(rec.RefreshAt) && rec.ExpiresAt.Sub(now) >= b.cfg.MinRemaining
+}
+
+// Shutdown cancels the fetches in flight at once and refuses new ones:
+// callers waiting for a fetch, and later callers that would need one, get
+// ErrShuttingDown, while tokens already held are still served. Call it
+// when shutdown begins, so that no caller waits for a slow token endpoint
+// through the server's grace period. It does not wait; Close does.
+func (b *Broker) Shutdown() {
+	b.stop()
 }
 
 // Close cancels the fetches in flight and waits for them to end, so the

@@ -266,6 +266,16 @@ func (b *Broker) failed(t target, fe *entry, gen uint64, err error) {
 	b.scheduleLocked(e, due)
 }
 
+// abandoned records the end of a fetch that Shutdown cancelled: nothing is
+// retried, nobody is told.
+func (b *Broker) abandoned(t target, fe *entry, gen uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if e := b.entries[t.key]; e != nil && e == fe && e.gen == gen {
+		e.refreshing = false
+	}
+}
+
 // backoff is the wait before retry number n: full jitter over an
 // exponentially growing window, or the endpoint's Retry-After when longer.
 func (b *Broker) backoff(n int, err error) time.Duration {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/secret"
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
 // Selector names the credentials and parameters of a token. It mirrors the
@@ -82,10 +83,18 @@ var (
 	// asked for with min_ttl (a *FieldError for "min_ttl" states the
 	// largest min_ttl the key can serve), or less than min_remaining.
 	ErrTokenTooShort = errors.New("token lifetime too short")
+	// ErrShuttingDown: the broker is shutting down (Shutdown was called):
+	// the fetch the caller waited for was cancelled, or none may start.
+	// The error returned also matches upstream.ErrUnavailable, so layers
+	// that know only the upstream kinds report it as unavailability.
+	ErrShuttingDown = errors.New("the broker is shutting down")
 	// ErrFleetNotTold: an invalidation was applied on this replica, but the
 	// fleet (the Redis tier) could not be told; the operator should retry.
 	ErrFleetNotTold = errors.New("invalidated on this replica only: the other replicas could not be told (redis tier unavailable); retry when it is back")
 )
+
+// errShutdown is what callers get once Shutdown was called.
+var errShutdown = fmt.Errorf("%w (%w)", ErrShuttingDown, upstream.ErrUnavailable)
 
 // errInternal is returned when a fetch failed in a way that must not be
 // described to callers (a recovered panic).

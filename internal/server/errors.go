@@ -74,6 +74,7 @@ var statusTable = []statusRow{
 	{kind: broker.ErrTokenTooShort, code: codes.FailedPrecondition, message: "the provider issues tokens with less life than min_ttl"},
 	{kind: broker.ErrBadPageToken, code: codes.InvalidArgument, message: fieldPageToken + ": " + broker.ErrBadPageToken.Error()},
 	{kind: broker.ErrFleetNotTold, code: codes.Unavailable, message: broker.ErrFleetNotTold.Error()},
+	{kind: broker.ErrShuttingDown, code: codes.Unavailable, message: broker.ErrShuttingDown.Error()},
 	{
 		kind: upstream.ErrInvalidClient, upstream: true,
 		code:               codes.FailedPrecondition,
