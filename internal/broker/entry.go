@@ -10,6 +10,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/tokencache"
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
 // entry is the per-key state of a key that is in flight, watched, used
@@ -133,7 +134,20 @@ func (b *Broker) setRefreshing(t target) (*entry, uint64) {
 	defer b.mu.Unlock()
 	e := b.entryLocked(t)
 	e.refreshing = true
+	b.watchExpiryLocked(e)
 	return e, e.gen
+}
+
+// watchExpiryLocked makes the scheduler visit e, whose fetch has started,
+// when its token falls below min_remaining: that moment is an event for
+// its watchers whatever the fetch is doing (hanging, waiting for the
+// fleet's lock, backing off inside the upstream client). b.mu must be
+// held.
+func (b *Broker) watchExpiryLocked(e *entry) {
+	if e.current == nil || e.unavailable {
+		return
+	}
+	b.scheduleLocked(e, b.unservableAt(e.current))
 }
 
 // fencedLocked reports whether an invalidation happened since the fetch
@@ -359,8 +373,13 @@ func (b *Broker) dueLocked(e *entry, now time.Time) {
 	if b.entries[e.t.key] != e {
 		return
 	}
-	if e.current != nil && e.lastErr != nil && !now.Before(b.unservableAt(e.current)) {
-		b.unavailableLocked(e, e.lastErr)
+	if e.current != nil && (e.lastErr != nil || e.refreshing) && !now.Before(b.unservableAt(e.current)) {
+		err := e.lastErr
+		if err == nil {
+			err = &upstream.Error{Kind: upstream.ErrUnavailable, Provider: e.t.provider, Local: true,
+				Description: "no answer from the token endpoint yet, and the token held fell below min_remaining"}
+		}
+		b.unavailableLocked(e, err)
 	}
 	if len(e.watchers) == 0 && !e.used.Load() {
 		// Idle: refreshing it would spend quota nobody needs. The entry
@@ -390,6 +409,7 @@ func (b *Broker) dueLocked(e *entry, now time.Time) {
 // already under way. b.mu must be held.
 func (b *Broker) startFetchLocked(e *entry) {
 	e.refreshing = true
+	b.watchExpiryLocked(e)
 	t := e.t
 	b.inflight.Add(1)
 	go func() {
