@@ -341,3 +341,22 @@ func TestProcState(t *testing.T) {
 		})
 	}
 }
+
+// TestWithPassword: a server started WithPassword refuses clients without
+// the password (NOAUTH), still after Restart, while Client is let in.
+func TestWithPassword(t *testing.T) {
+	const password = "test-password-1f9c"
+	s := Start(t, WithPassword(password))
+	check := func(when string) {
+		t.Helper()
+		set(t, s.Client(), "k", "v")
+		anon := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
+		defer anon.Close()
+		if _, err := get(anon, "k", opTimeout); err == nil || !strings.HasPrefix(err.Error(), "NOAUTH") {
+			t.Errorf("GET without the password %s: got %v, want a NOAUTH error", when, err)
+		}
+	}
+	check("after Start")
+	s.Restart()
+	check("after Restart")
+}
