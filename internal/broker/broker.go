@@ -182,6 +182,7 @@ type Broker struct {
 
 	stats      counters
 	byUpstream map[string]*upstreamCounters // by provider name; fixed at New
+	providers  map[string]*providerState    // by provider name; fixed at New; guarded by mu
 
 	negMu    sync.Mutex
 	negative map[string]rejection // key, or credentials HMAC (invalid_client) → remembered non-retryable failure
@@ -245,11 +246,14 @@ func New(cfg Config) (*Broker, error) {
 	}
 	life, stop := context.WithCancel(context.Background())
 	byUpstream := make(map[string]*upstreamCounters, len(cfg.Providers))
+	providers := make(map[string]*providerState, len(cfg.Providers))
 	for name := range cfg.Providers {
 		byUpstream[name] = new(upstreamCounters)
+		providers[name] = new(providerState)
 	}
 	return &Broker{
 		byUpstream: byUpstream,
+		providers:  providers,
 		cfg:        cfg,
 		keyer:      newKeyer(key),
 		entries:    make(map[string]*entry),
@@ -417,7 +421,7 @@ func (b *Broker) fetch(ctx context.Context, t target, need time.Duration) (*toke
 			if rec := b.current(t.key, need); rec != nil {
 				return rec, nil
 			}
-			return b.fetchAndInstall(context.WithoutCancel(ctx), t)
+			return b.fetchAndInstall(context.WithoutCancel(ctx), t, true)
 		})
 		select {
 		case res := <-ch:
@@ -439,7 +443,9 @@ func (b *Broker) fetch(ctx context.Context, t target, need time.Duration) (*toke
 
 // fetchAndInstall performs one upstream fetch for t and installs its
 // result, or records its failure. It ends early when the broker closes.
-func (b *Broker) fetchAndInstall(ctx context.Context, t target) (rec *tokencache.Record, err error) {
+// A fetch for callers (not the scheduler's) is refused while the key or
+// its provider is held off.
+func (b *Broker) fetchAndInstall(ctx context.Context, t target, forCallers bool) (rec *tokencache.Record, err error) {
 	b.inflight.Add(1)
 	defer b.inflight.Done()
 	if b.life.Err() != nil {
@@ -457,13 +463,21 @@ func (b *Broker) fetchAndInstall(ctx context.Context, t target) (rec *tokencache
 			b.failed(t, nil, 0, err)
 		}
 	}()
-	e, gen := b.setRefreshing(t)
+	e, gen, attempts, probe, err := b.beginFetch(t, forCallers)
+	if err != nil {
+		return nil, err
+	}
+	if probe {
+		defer b.endProbe(t.provider)
+	}
+	up := t
+	up.req.MaxAttempts = attempts
 	if b.cfg.Fleet != nil {
 		rec, err = b.cfg.Fleet.Obtain(ctx, t.key, b.fresh, func(ctx context.Context) (*tokencache.Record, error) {
-			return b.fetchUpstream(ctx, t)
+			return b.fetchUpstream(ctx, up)
 		})
 	} else {
-		rec, err = b.fetchUpstream(ctx, t)
+		rec, err = b.fetchUpstream(ctx, up)
 	}
 	if err != nil {
 		if b.life.Err() != nil {
@@ -487,6 +501,7 @@ func (b *Broker) fetchUpstream(ctx context.Context, t target) (*tokencache.Recor
 	tok, err := t.fetcher.Fetch(ctx, t.req)
 	b.cfg.Observer.UpstreamDone(Fetch{Provider: t.provider, ClientID: t.req.ClientID, KeyID: t.keyID}, err, time.Since(start))
 	b.countUpstream(t.provider, err)
+	b.upstreamOutcome(t, err)
 	if err != nil {
 		return nil, err
 	}
@@ -568,17 +583,22 @@ func (b *Broker) remember(t target, err error) {
 
 // holdOff returns the reason not to ask the endpoint about t's key now: a
 // remembered non-retryable rejection of the key or of its credentials (for
-// negative_ttl), or throttling whose backoff has not ended.
+// negative_ttl), or a retryable failure of the key, or repeated failures
+// of its provider, whose backoff has not ended (see holdoff.go).
 func (b *Broker) holdOff(t target, now time.Time) error {
 	b.mu.RLock()
 	e := b.entries[t.key]
-	var throttled error
-	if e != nil && e.failures > 0 && now.Before(e.retryAt) && errors.Is(e.lastErr, upstream.ErrThrottled) {
-		throttled = e.lastErr
+	held := b.keyHeldLocked(e, now)
+	if held == nil {
+		held = b.providerHeldLocked(t.provider, now)
+	}
+	if held != nil && e != nil && !e.used.Load() {
+		// A caller waits for the key: the scheduler retries it.
+		e.used.Store(true)
 	}
 	b.mu.RUnlock()
-	if throttled != nil {
-		return throttled
+	if held != nil {
+		return held
 	}
 	b.negMu.Lock()
 	defer b.negMu.Unlock()

@@ -204,10 +204,13 @@ func TestFailedRefreshServesOldTokenUntilMinRemaining(t *testing.T) {
 		}
 		calls := f.calls.Load()
 		down.Store(false)
+		// A retryable failure holds the key off for its backoff step (at
+		// most 5 s for a key without a servable token); then the next
+		// caller's request finds the endpoint back.
+		time.Sleep(starvedRetryMax)
 		if got := mustGet(t, b, held()).AccessToken.Reveal(); got == "tok-1" {
 			t.Errorf("after recovery: got the old token")
 		}
-		// Retryable failures are not remembered: recovery is immediate.
 		if got := f.calls.Load(); got != calls+1 {
 			t.Errorf("got %d calls, want %d", got, calls+1)
 		}

@@ -98,7 +98,7 @@ func (b *Broker) touch(t target, rec *tokencache.Record, now time.Time) {
 func (b *Broker) refreshInBackground(t target, rec *tokencache.Record) bool {
 	b.mu.RLock()
 	e := b.entries[t.key]
-	pending := b.running && e != nil && (e.refreshing || e.failures > 0 && !e.stopped)
+	pending := b.running && e != nil && (e.refreshing || e.failures > 0 && !e.stopped && e.used.Load())
 	b.mu.RUnlock()
 	if pending {
 		return true
@@ -119,23 +119,70 @@ func (b *Broker) refreshInBackground(t target, rec *tokencache.Record) bool {
 		// A refresh installed a new token since the caller looked.
 		return true
 	}
-	if !e.refreshing && e.failures == 0 {
+	switch {
+	case !e.refreshing && e.failures == 0:
 		e.used.Store(true) // before the scheduler can find the entry idle
 		b.scheduleLocked(e, time.Now())
+	case !e.refreshing && !e.used.Load():
+		// Backing off, and found idle since its last retry: retried
+		// again once its backoff ends, now that a caller asks.
+		e.used.Store(true)
+		if at := maxTime(time.Now(), e.retryAt); e.index < 0 || at.Before(e.due) {
+			b.scheduleLocked(e, at)
+		}
 	}
 	return true
 }
 
-// setRefreshing marks t's key as being fetched, and returns its entry and
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// beginFetch marks t's key as being fetched, and returns its entry and
 // generation so that the fetch's result can be fenced off by an
-// invalidation.
-func (b *Broker) setRefreshing(t target) (*entry, uint64) {
+// invalidation. A fetch for callers is refused while the key or its
+// provider is held off; when the provider is held off but its wait is
+// over, the fetch is its probe (endProbe ends it). A key or provider that
+// has failed is sent a single attempt: the broker's backoff spaces its
+// retries, not the upstream client's (attempts 0: the client's default).
+func (b *Broker) beginFetch(t target, forCallers bool) (e *entry, gen uint64, attempts int, probe bool, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	e := b.entryLocked(t)
+	now := time.Now()
+	p := b.providers[t.provider]
+	if forCallers {
+		if err := b.keyHeldLocked(b.entries[t.key], now); err != nil {
+			return nil, 0, 0, false, err
+		}
+		if err := b.providerHeldLocked(t.provider, now); err != nil {
+			return nil, 0, 0, false, err
+		}
+		if p != nil && p.heldOff() {
+			p.probing, probe = true, true
+		}
+	}
+	e = b.entryLocked(t)
+	if forCallers {
+		e.used.Store(true) // a caller waits: retry it if this fails
+	}
 	e.refreshing = true
 	b.watchExpiryLocked(e)
-	return e, e.gen
+	if e.failures > 0 || p != nil && p.failures > 0 {
+		attempts = 1
+	}
+	return e, e.gen, attempts, probe, nil
+}
+
+// endProbe records the end of a probe of a held-off provider.
+func (b *Broker) endProbe(provider string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if p := b.providers[provider]; p != nil {
+		p.probing = false
+	}
 }
 
 // watchExpiryLocked makes the scheduler visit e, whose fetch has started,
@@ -270,7 +317,12 @@ func (b *Broker) failed(t target, fe *entry, gen uint64, err error) {
 	}
 	now := time.Now()
 	e.failures++
-	e.retryAt = now.Add(b.backoff(e.failures, err))
+	ceiling := b.cfg.RetryMax
+	if e.current == nil || !now.Before(b.unservableAt(e.current)) {
+		// Whoever waits for this key has no token: notice recovery soon.
+		ceiling = b.starvedMax()
+	}
+	e.retryAt = now.Add(b.backoff(e.failures, err, ceiling))
 	due := e.retryAt
 	if e.current == nil || !now.Before(b.unservableAt(e.current)) {
 		b.unavailableLocked(e, err)
@@ -291,9 +343,10 @@ func (b *Broker) abandoned(t target, fe *entry, gen uint64) {
 }
 
 // backoff is the wait before retry number n: full jitter over an
-// exponentially growing window, or the endpoint's Retry-After when longer.
-func (b *Broker) backoff(n int, err error) time.Duration {
-	window := b.cfg.RetryMax
+// exponentially growing window capped at ceiling, or the endpoint's
+// Retry-After when longer.
+func (b *Broker) backoff(n int, err error, ceiling time.Duration) time.Duration {
+	window := ceiling
 	if n < 32 {
 		window = min(window, b.cfg.RetryBase<<(n-1))
 	}
@@ -381,6 +434,13 @@ func (b *Broker) dueLocked(e *entry, now time.Time) {
 		}
 		b.unavailableLocked(e, err)
 	}
+	if e.current != nil && e.failures > 0 && !e.refreshing && !now.Before(b.unservableAt(e.current)) {
+		// The token just fell below min_remaining: from now on the key's
+		// backoff is that of a key without a token.
+		if at := now.Add(b.backoff(e.failures, e.lastErr, b.starvedMax())); at.Before(e.retryAt) {
+			e.retryAt = at
+		}
+	}
 	if len(e.watchers) == 0 && !e.used.Load() {
 		// Idle: refreshing it would spend quota nobody needs. The entry
 		// stays (listed, and open to invalidation) while its token may
@@ -401,6 +461,10 @@ func (b *Broker) dueLocked(e *entry, now time.Time) {
 		b.scheduleLocked(e, e.retryAt)
 		return
 	}
+	if e.failures > 0 && len(e.watchers) == 0 {
+		// A retry for callers: retried again only if one asks meanwhile.
+		e.used.Store(false)
+	}
 	b.stats.refreshes.Add(1)
 	b.startFetchLocked(e)
 }
@@ -414,7 +478,7 @@ func (b *Broker) startFetchLocked(e *entry) {
 	b.inflight.Add(1)
 	go func() {
 		defer b.inflight.Done()
-		_, _, _ = b.flights.Do(t.key, func() (any, error) { return b.fetchAndInstall(b.life, t) })
+		_, _, _ = b.flights.Do(t.key, func() (any, error) { return b.fetchAndInstall(b.life, t, false) })
 	}()
 }
 

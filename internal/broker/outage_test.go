@@ -3,6 +3,11 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -46,5 +51,167 @@ func TestUnavailableWhileRefreshHangs(t *testing.T) {
 		time.Sleep(5 * time.Minute)
 		synctest.Wait()
 		noEvent(t, w)
+	})
+}
+
+// handlerTransport serves HTTP requests with an http.Handler in memory:
+// a real token endpoint and a real upstream client, without sockets, so
+// both run inside a synctest bubble.
+type handlerTransport struct{ h http.Handler }
+
+func (tr handlerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	rec := httptest.NewRecorder()
+	tr.h.ServeHTTP(rec, r)
+	resp := rec.Result()
+	resp.Request = r
+	return resp, nil
+}
+
+// faultyEndpoint is a token endpoint that answers 503 while down, and
+// counts the requests it receives per scope.
+type faultyEndpoint struct {
+	mu     sync.Mutex
+	down   bool
+	hang   bool
+	counts map[string]int
+	times  map[string][]time.Duration
+	start  time.Time
+}
+
+func newFaultyEndpoint() *faultyEndpoint {
+	return &faultyEndpoint{counts: map[string]int{}, times: map[string][]time.Duration{}, start: time.Now()}
+}
+
+func (f *faultyEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	_ = r.ParseForm()
+	scope := r.PostForm.Get("scope")
+	f.mu.Lock()
+	f.counts[scope]++
+	f.times[scope] = append(f.times[scope], time.Since(f.start))
+	down, hang := f.down, f.hang
+	f.mu.Unlock()
+	switch {
+	case hang:
+		<-r.Context().Done()
+		return
+	case down:
+		http.Error(w, "down", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"access_token":"tok-%s-%d","token_type":"Bearer","expires_in":3600}`, scope, time.Now().UnixNano())
+}
+
+func (f *faultyEndpoint) set(down, hang bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.down, f.hang = down, hang
+}
+
+func (f *faultyEndpoint) requests(scope string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.counts[scope]
+}
+
+// newUpstreamBroker builds a broker whose provider "p" is a real
+// upstream client talking to h in memory.
+func newUpstreamBroker(t *testing.T, h http.Handler, cfg Config) *Broker {
+	t.Helper()
+	c, err := upstream.New(upstream.Provider{
+		Name: "p", TokenURL: "https://auth.example.com/oauth2/token", AuthMethod: upstream.AuthBasic,
+		Timeout: 5 * time.Second, RateLimit: 1000, Burst: 100, DefaultLifetime: time.Hour,
+		PassthroughShare: 0.5, PassthroughCallerShare: 0.25, PassthroughClientShare: 0.25,
+	}, upstream.Options{HTTPClient: &http.Client{Transport: handlerTransport{h}}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return newBroker(t, c, cfg)
+}
+
+// backoffSteps is how many requests the key backoff allows in d when
+// every wait is the longest of its window (1 s doubling, capped at 5 s
+// for a key without a token): the first, and one per step after it.
+func backoffSteps(d time.Duration) int {
+	n := 0
+	for at := time.Duration(0); at < d; at += min(starvedRetryMax, time.Second<<(n-1)) {
+		n++
+	}
+	return n
+}
+
+// TestDownEndpointIsNotHammered: with the token endpoint answering 503
+// for 45 s and 50 callers asking 10 times a second for two keys that have
+// no token, each key costs at most one upstream request per backoff step
+// (plus the retries inside its very first fetch, made before anything had
+// failed); callers are refused at once with Unavailable and a retry
+// delay; once the endpoint is back every caller is served within the
+// 5 s backoff cap.
+func TestDownEndpointIsNotHammered(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ep := newFaultyEndpoint()
+		ep.set(true, false)
+		b := newUpstreamBroker(t, ep, Config{})
+		b.randN = func(n int64) int64 { return n - 1 } // the longest wait of each window
+		t.Cleanup(b.Close)
+		runBroker(t, b)
+		const outage = 45 * time.Second
+		start := time.Now()
+		var mu sync.Mutex
+		var wrong []string
+		var refused, served int
+		lastFailure := map[int]time.Duration{}
+		var wg sync.WaitGroup
+		for i := range 50 {
+			wg.Go(func() {
+				scope := []string{"a", "b"}[i%2]
+				for time.Since(start) < outage+10*time.Second {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+					_, err := b.GetToken(ctx, held(scope))
+					cancel()
+					mu.Lock()
+					switch {
+					case err == nil:
+						served++
+					case errors.Is(err, upstream.ErrUnavailable):
+						refused++
+						lastFailure[i] = time.Since(start)
+						var rd interface{ RetryDelay() time.Duration }
+						if time.Since(start) > 10*time.Second && (!errors.As(err, &rd) || rd.RetryDelay() <= 0) {
+							wrong = append(wrong, fmt.Sprintf("at %v: %v without a retry delay", time.Since(start), err))
+						}
+					default:
+						wrong = append(wrong, fmt.Sprintf("at %v: %v", time.Since(start), err))
+					}
+					mu.Unlock()
+					time.Sleep(100 * time.Millisecond)
+				}
+			})
+		}
+		time.Sleep(outage)
+		ep.set(false, false)
+		during := map[string]int{"a": ep.requests("a"), "b": ep.requests("b")}
+		wg.Wait()
+
+		allowed := backoffSteps(outage) + upstream.DefaultMaxAttempts - 1
+		for scope, n := range during {
+			if n == 0 || n > allowed {
+				t.Errorf("key %q: got %d upstream requests during the %v outage, want between 1 and %d (one per backoff step)", scope, n, outage, allowed)
+			}
+		}
+		if len(wrong) > 0 {
+			t.Errorf("%d calls failed otherwise than Unavailable with a retry delay, first: %s", len(wrong), wrong[0])
+		}
+		for i, at := range lastFailure {
+			if at > outage+starvedRetryMax+time.Second {
+				t.Errorf("caller %d still failed at %v, want served within %v of the endpoint's return at %v", i, at, starvedRetryMax, outage)
+			}
+		}
+		if refused < 20_000 || served == 0 {
+			t.Errorf("got %d calls refused and %d served, want most of the ~22,500 calls of the outage refused and the rest served", refused, served)
+		}
 	})
 }

@@ -252,20 +252,21 @@ func TestOutageDuringRefresh(t *testing.T) {
 			t.Errorf("GetToken below min_remaining: got %v, want ErrUnavailable", err)
 		}
 
-		// Backoff: refresh at 7m30s, then retries after 1, 2, 4, 8, 16
-		// and 32 seconds (the longest wait of each window); the GetToken
-		// below min_remaining made an attempt of its own at 9m30s, after
-		// which the retries continue 60 s apart.
+		// Backoff: refresh at 7m30s, then retries after 1, 2, 4, 8, 16,
+		// 32 and 60 seconds (the longest wait of each window). The
+		// GetToken below min_remaining made no attempt of its own: the
+		// key was backing off. Once the token fell below min_remaining
+		// the backoff is capped at 5 s, so recovery is noticed soon.
 		time.Sleep(start.Add(12 * time.Minute).Sub(time.Now()))
 		mu.Lock()
 		got := append([]time.Duration(nil), attempts...)
 		mu.Unlock()
 		want := []time.Duration{450 * time.Second}
-		for _, gap := range []time.Duration{1, 2, 4, 8, 16, 32} {
+		for _, gap := range []time.Duration{1, 2, 4, 8, 16, 32, 60} {
 			want = append(want, want[len(want)-1]+gap*time.Second)
 		}
-		for _, at := range []time.Duration{570, 630, 690} {
-			want = append(want, at*time.Second+time.Nanosecond)
+		for want[len(want)-1]+5*time.Second < 12*time.Minute {
+			want = append(want, want[len(want)-1]+5*time.Second)
 		}
 		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("refresh attempts at %v, want %v", got, want)

@@ -60,6 +60,8 @@ type statusRow struct {
 //     unexpected HTTP status) is FailedPrecondition: the provider's setup
 //     does not accept this request, and retrying it unchanged will not help;
 //   - upstream.ErrThrottled is ResourceExhausted with errdetails.RetryInfo;
+//     upstream.ErrUnavailable is Unavailable, with RetryInfo when the error
+//     says how long to wait (the broker holding a failing key off);
 //   - ErrPermissionDenied (a denial from Config.Authorize) comes first and
 //     keeps its own message, which names the client or scope refused;
 //   - broker.ErrBadPageToken (ListTokens) is InvalidArgument;
@@ -137,8 +139,14 @@ func StatusFromError(err error, passthrough bool) *status.Status {
 			msg += ": " + detail
 		}
 		st := status.New(code, msg)
-		if row.kind == upstream.ErrThrottled {
+		var rd retryDelayer
+		switch {
+		case row.kind == upstream.ErrThrottled:
 			st = withRetryInfo(st, retryDelay(err))
+		case row.kind == upstream.ErrUnavailable && errors.As(err, &rd) && rd.RetryDelay() > 0:
+			// The endpoint's Retry-After, or the broker's backoff: the
+			// caller was refused without a request and may retry then.
+			st = withRetryInfo(st, rd.RetryDelay())
 		}
 		return st
 	}

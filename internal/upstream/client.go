@@ -212,8 +212,12 @@ func (c *Client) Fetch(ctx context.Context, r Request) (Token, error) {
 	form := c.form(r)
 	scrub := newScrubber(r)
 
+	maxAttempts := c.maxAttempts
+	if r.MaxAttempts > 0 {
+		maxAttempts = min(maxAttempts, r.MaxAttempts)
+	}
 	var last *Error
-	for attempt := 1; attempt <= c.maxAttempts; attempt++ {
+	for attempt := 1; attempt <= maxAttempts; attempt++ {
 		if attempt > 1 {
 			d := c.retryDelay(attempt-2, last)
 			if !c.fits(ctx, d) {
@@ -246,7 +250,7 @@ func (c *Client) Fetch(ctx context.Context, r Request) (Token, error) {
 		last = ue
 	}
 	if last.Kind == ErrThrottled && last.RetryAfter == 0 {
-		last.RetryAfter = c.backoffCeiling(c.maxAttempts - 1)
+		last.RetryAfter = c.backoffCeiling(maxAttempts - 1)
 	}
 	return Token{}, last
 }

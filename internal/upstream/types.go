@@ -84,6 +84,11 @@ type Request struct {
 	// for (access.Identity.Name; every anonymous caller is one identity).
 	// It is not sent and must not be part of a cache key.
 	Caller string
+	// MaxAttempts, when > 0, lowers Options.MaxAttempts for this request:
+	// the broker sends a key that is already backing off as a single
+	// attempt (its own backoff spaces the retries). Not sent; not part of
+	// a cache key.
+	MaxAttempts int
 }
 
 // Token is an access token as obtained from the endpoint.

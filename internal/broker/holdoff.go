@@ -1,0 +1,150 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
+)
+
+// Hold-off: after a retryable failure a key backs off (entry.failures,
+// entry.retryAt, Broker.backoff), and so, once fetches of two or more of
+// its keys keep failing, does the provider (providerState). A caller
+// whose key or provider is held off and who has no servable token is
+// refused at once (holdOffError: Unavailable, or ResourceExhausted when
+// throttled, with the wait); the scheduler's retry of the key, or the
+// first caller after the wait, is the probe, shared by every caller of
+// the key.
+
+const (
+	// providerDownAfter consecutive failed fetches of a provider (with no
+	// success in between) are an outage: it is logged, and when the
+	// failures came from two keys or more, callers of every key of the
+	// provider are held off too.
+	providerDownAfter = 2
+	// starvedRetryMax caps the backoff of a key that holds no servable
+	// token (and of a held-off provider), so that recovery is noticed
+	// within seconds by whoever waits for it.
+	starvedRetryMax = 5 * time.Second
+)
+
+// providerState is the health of one provider's token endpoint, as the
+// broker's fetches see it. Guarded by Broker.mu.
+type providerState struct {
+	failures int       // consecutive failed fetches since the last success
+	keys     int       // distinct keys among them (counted up to 2)
+	lastKey  string    // the key of the last failure
+	lastErr  error     // the last failure
+	retryAt  time.Time // when a held-off provider may be probed again
+	probing  bool      // a caller's fetch is probing the held-off provider
+}
+
+// heldOff reports whether the provider's callers are held off: it has
+// failed repeatedly, for more than one key.
+func (p *providerState) heldOff() bool {
+	return p.failures >= providerDownAfter && p.keys >= 2
+}
+
+// holdOffError refuses a fetch while its key or its provider backs off
+// after failures; no request was sent. It matches the kind of the failure
+// that started the hold-off (upstream.ErrUnavailable, or ErrThrottled) and
+// says how long to wait (RetryDelay).
+type holdOffError struct {
+	err  *upstream.Error
+	wait time.Duration
+}
+
+func (e *holdOffError) Error() string {
+	return fmt.Sprintf("%v (backing off after failures: next attempt in %v)", e.err, e.wait.Round(time.Millisecond))
+}
+
+func (e *holdOffError) Unwrap() error { return e.err }
+
+// RetryDelay is how long the caller should wait before asking again.
+func (e *holdOffError) RetryDelay() time.Duration { return e.wait }
+
+// asRetryable describes a retryable failure as an *upstream.Error: itself
+// when it is one, else an ErrUnavailable (a fetch that timed out).
+func asRetryable(provider string, err error) *upstream.Error {
+	var ue *upstream.Error
+	if errors.As(err, &ue) && ue.Retryable() {
+		return ue
+	}
+	desc := "the token request failed"
+	if errors.Is(err, context.DeadlineExceeded) {
+		desc = "no answer from the token endpoint within the fetch timeout"
+	}
+	return &upstream.Error{Kind: upstream.ErrUnavailable, Provider: provider, Local: true, Description: desc}
+}
+
+// keyHeldLocked returns the hold-off of e, or nil. b.mu must be held
+// (read or write).
+func (b *Broker) keyHeldLocked(e *entry, now time.Time) error {
+	if e == nil || e.failures == 0 || e.stopped || e.lastErr == nil || !now.Before(e.retryAt) {
+		return nil
+	}
+	return &holdOffError{err: asRetryable(e.t.provider, e.lastErr), wait: e.retryAt.Sub(now)}
+}
+
+// providerHeldLocked returns the hold-off of provider p, or nil when a
+// fetch may go (as a probe, when the provider is held off). b.mu must be
+// held (read or write).
+func (b *Broker) providerHeldLocked(name string, now time.Time) error {
+	p := b.providers[name]
+	if p == nil || !p.heldOff() {
+		return nil
+	}
+	switch {
+	case now.Before(p.retryAt):
+		return &holdOffError{err: asRetryable(name, p.lastErr), wait: p.retryAt.Sub(now)}
+	case p.probing:
+		return &holdOffError{err: asRetryable(name, p.lastErr), wait: min(b.cfg.RetryBase, starvedRetryMax)}
+	}
+	return nil
+}
+
+// starvedMax is the backoff cap of a key without a servable token.
+func (b *Broker) starvedMax() time.Duration {
+	return min(b.cfg.RetryMax, starvedRetryMax)
+}
+
+// endpointFailure reports whether err, the answer to an upstream fetch,
+// says the endpoint is failing: a retryable failure it answered (5xx,
+// 429, a malformed body), a network failure or a timeout. The local
+// request budget, rejections and shutdown say nothing of its health.
+func endpointFailure(err error) bool {
+	var ue *upstream.Error
+	if errors.As(err, &ue) {
+		return ue.Retryable() && !ue.Local
+	}
+	return errors.Is(err, context.DeadlineExceeded)
+}
+
+// upstreamOutcome updates the provider's health after one upstream fetch
+// of t answered err (nil: a token).
+func (b *Broker) upstreamOutcome(t target, err error) {
+	if b.life.Err() != nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	p := b.providers[t.provider]
+	if p == nil {
+		return
+	}
+	now := time.Now()
+	switch {
+	case err == nil:
+		*p = providerState{}
+	case endpointFailure(err):
+		p.failures++
+		if p.keys == 0 || p.keys == 1 && p.lastKey != t.key {
+			p.keys++
+		}
+		p.lastKey, p.lastErr = t.key, err
+		n := p.failures - providerDownAfter + 1
+		p.retryAt = now.Add(b.backoff(max(1, n), err, b.starvedMax()))
+	}
+}
