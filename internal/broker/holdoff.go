@@ -28,6 +28,10 @@ const (
 	// token (and of a held-off provider), so that recovery is noticed
 	// within seconds by whoever waits for it.
 	starvedRetryMax = 5 * time.Second
+	// recoverySpread spreads the retries of a provider's keys waiting in
+	// backoff when one of its requests succeeds after an outage (the
+	// provider's request budget paces them further).
+	recoverySpread = 2 * time.Second
 )
 
 // providerState is the health of one provider's token endpoint, as the
@@ -39,7 +43,12 @@ type providerState struct {
 	lastErr  error     // the last failure
 	retryAt  time.Time // when a held-off provider may be probed again
 	probing  bool      // a caller's fetch is probing the held-off provider
+	since    time.Time // when the first of the failures happened
+	requests int       // upstream fetches since then
 }
+
+// down reports whether the provider's failures are an outage (logged).
+func (p *providerState) down() bool { return p.failures >= providerDownAfter }
 
 // heldOff reports whether the provider's callers are held off: it has
 // failed repeatedly, for more than one key.
@@ -123,11 +132,21 @@ func endpointFailure(err error) bool {
 }
 
 // upstreamOutcome updates the provider's health after one upstream fetch
-// of t answered err (nil: a token).
+// of t answered err (nil: a token). The start of an outage (the
+// providerDownAfter-th failure in a row) is logged as a warning, its end
+// (the first success after it) at info with its length and the requests
+// it cost; at its end every key of the provider waiting in backoff is
+// retried within recoverySpread.
 func (b *Broker) upstreamOutcome(t target, err error) {
 	if b.life.Err() != nil {
 		return
 	}
+	var log func()
+	defer func() {
+		if log != nil {
+			log() // outside the lock
+		}
+	}()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	p := b.providers[t.provider]
@@ -135,10 +154,24 @@ func (b *Broker) upstreamOutcome(t target, err error) {
 		return
 	}
 	now := time.Now()
+	if p.failures > 0 {
+		p.requests++
+	}
 	switch {
 	case err == nil:
+		if p.down() {
+			outage, requests := now.Sub(p.since), p.requests
+			retried := b.retryWaitingLocked(t.provider, now)
+			log = func() {
+				b.cfg.Logger.Info("token endpoint recovered", "provider", t.provider,
+					"outage", outage.Round(time.Millisecond).String(), "requests", requests, "keys_retried", retried)
+			}
+		}
 		*p = providerState{}
 	case endpointFailure(err):
+		if p.failures == 0 {
+			p.since, p.requests = now, 1
+		}
 		p.failures++
 		if p.keys == 0 || p.keys == 1 && p.lastKey != t.key {
 			p.keys++
@@ -146,5 +179,48 @@ func (b *Broker) upstreamOutcome(t target, err error) {
 		p.lastKey, p.lastErr = t.key, err
 		n := p.failures - providerDownAfter + 1
 		p.retryAt = now.Add(b.backoff(max(1, n), err, b.starvedMax()))
+		if p.failures == providerDownAfter {
+			keys, failing := b.keysOfLocked(t.provider)
+			log = func() {
+				b.cfg.Logger.Warn("token endpoint failing: its keys back off, callers without a valid token get UNAVAILABLE",
+					"provider", t.provider, "error", err, "keys", keys, "failing_keys", failing)
+			}
+		}
 	}
+}
+
+// keysOfLocked counts the tracked keys of provider, and those of them
+// whose last fetch failed. b.mu must be held.
+func (b *Broker) keysOfLocked(provider string) (keys, failing int) {
+	for _, e := range b.entries {
+		if e.t.provider == provider {
+			keys++
+			if e.failures > 0 {
+				failing++
+			}
+		}
+	}
+	return keys, failing
+}
+
+// retryWaitingLocked reschedules every key of provider that waits in
+// backoff for someone (watchers or callers) to be retried within
+// recoverySpread, and returns how many. b.mu must be held.
+func (b *Broker) retryWaitingLocked(provider string, now time.Time) int {
+	n := 0
+	for _, e := range b.entries {
+		if e.t.provider != provider || e.failures == 0 || e.refreshing || e.stopped || len(e.watchers) == 0 && !e.used.Load() {
+			continue
+		}
+		at := now.Add(time.Duration(b.randN(int64(recoverySpread))))
+		if !at.Before(e.retryAt) {
+			continue
+		}
+		e.retryAt = at
+		if e.index < 0 || at.Before(e.due) {
+			b.scheduleLocked(e, at)
+		}
+		n++
+	}
+	return n
 }

@@ -1,13 +1,17 @@
 package broker
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -214,4 +218,137 @@ func TestDownEndpointIsNotHammered(t *testing.T) {
 			t.Errorf("got %d calls refused and %d served, want most of the ~22,500 calls of the outage refused and the rest served", refused, served)
 		}
 	})
+}
+
+// TestWatchOnlyKeyRecoversPromptly: a key with a watcher and no GetToken
+// callers, whose refresh backoff has grown to a minute during an outage,
+// is retried within recoverySpread (2 s) of the first request to its
+// provider that succeeds, instead of at the end of its backoff.
+func TestWatchOnlyKeyRecoversPromptly(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const life = 10 * time.Minute
+		var down atomic.Bool
+		inner := lifetimeFetcher(life)
+		f := &stubFetcher{fn: func(ctx context.Context, n int64, r upstream.Request) (upstream.Token, error) {
+			if down.Load() {
+				return upstream.Token{}, &upstream.Error{Kind: upstream.ErrUnavailable, Provider: "p", Status: 503}
+			}
+			return inner.fn(ctx, n, r)
+		}}
+		b := newBroker(t, f, Config{Logger: slog.New(slog.DiscardHandler)})
+		b.randN = func(n int64) int64 { return n - 1 } // the longest wait of each window
+		runBroker(t, b)
+		w := mustWatch(t, b, held("watched"))
+		down.Store(true)
+		// Refresh at 7m30s, retries 1, 2, 4, 8, 16 and 32 s later: the
+		// last at 8m33s, the next one due a minute after it.
+		start := w.Initial().IssuedAt
+		time.Sleep(start.Add(8*time.Minute + 40*time.Second).Sub(time.Now()))
+		synctest.Wait()
+		noEvent(t, w)
+		down.Store(false)
+		back := time.Now()
+		mustGet(t, b, held("other")) // any request to the provider that succeeds
+		time.Sleep(recoverySpread)
+		synctest.Wait()
+		select {
+		case ev := <-w.Events():
+			if ev.Kind != EventRefreshed {
+				t.Fatalf("got %v, want refreshed", ev.Kind)
+			}
+			if at := ev.Token.IssuedAt.Sub(back); at > recoverySpread {
+				t.Errorf("watch-only key refreshed %v after the endpoint's return, want within %v", at, recoverySpread)
+			}
+		default:
+			t.Fatalf("watch-only key not refreshed within %v of the endpoint's return (its backoff ends at 9m33s)", recoverySpread)
+		}
+	})
+}
+
+// TestOutageLogged: a provider whose fetches keep failing is logged once
+// as failing (a warning with the reason and the keys affected), however
+// many requests fail, and once as recovered (info, with the outage's
+// length and the upstream requests it cost).
+func TestOutageLogged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const life = 10 * time.Minute
+		var down atomic.Bool
+		var failedCalls atomic.Int64
+		inner := lifetimeFetcher(life)
+		f := &stubFetcher{fn: func(ctx context.Context, n int64, r upstream.Request) (upstream.Token, error) {
+			if down.Load() {
+				failedCalls.Add(1)
+				return upstream.Token{}, &upstream.Error{Kind: upstream.ErrUnavailable, Provider: "p", Status: 503}
+			}
+			return inner.fn(ctx, n, r)
+		}}
+		var buf lockedBuffer
+		b := newBroker(t, f, Config{Logger: slog.New(slog.NewJSONHandler(&buf, nil))})
+		b.randN = func(n int64) int64 { return n - 1 }
+		runBroker(t, b)
+		firstFailure := time.Now().Add(7*time.Minute + 30*time.Second) // the refresh point
+		mustWatch(t, b, held("a"))
+		mustWatch(t, b, held("b"))
+		down.Store(true)
+		time.Sleep(7*time.Minute + 30*time.Second) // both refreshes fail, and retry
+		time.Sleep(3 * time.Minute)
+		synctest.Wait()
+		down.Store(false)
+		upAt := time.Now()
+		time.Sleep(time.Minute)
+		synctest.Wait()
+
+		var warns, infos []map[string]any
+		for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+			var rec map[string]any
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				t.Fatalf("log line %q: %v", line, err)
+			}
+			switch rec["msg"] {
+			case "token endpoint recovered":
+				infos = append(infos, rec)
+			default:
+				if strings.HasPrefix(rec["msg"].(string), "token endpoint failing") {
+					warns = append(warns, rec)
+				}
+			}
+		}
+		if len(warns) != 1 {
+			t.Fatalf("got %d 'failing' lines, want 1 for %d failed requests:\n%s", len(warns), failedCalls.Load(), buf.String())
+		}
+		if w := warns[0]; w["level"] != "WARN" || w["provider"] != "p" || !strings.Contains(fmt.Sprint(w["error"]), "503") || w["keys"] != 2.0 {
+			t.Errorf("failing line: got %v, want WARN for provider p with the 503 and keys 2", w)
+		}
+		if len(infos) != 1 {
+			t.Fatalf("got %d 'recovered' lines, want 1:\n%s", len(infos), buf.String())
+		}
+		in := infos[0]
+		// The outage began with the first failed refresh and ended with
+		// the first success after upAt (within the 5 s backoff cap).
+		outage, err := time.ParseDuration(fmt.Sprint(in["outage"]))
+		if least := upAt.Sub(firstFailure); err != nil || outage < least || outage > least+starvedRetryMax {
+			t.Errorf("outage: got %v, want between %v and %v", in["outage"], least, least+starvedRetryMax)
+		}
+		if want := float64(failedCalls.Load() + 1); in["level"] != "INFO" || in["requests"] != want {
+			t.Errorf("recovered line: got %v, want INFO with requests %v (the failed ones and the success)", in, want)
+		}
+	})
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writes.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }
