@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -106,10 +107,24 @@ func checkAPIKey(key secret.String) error {
 }
 
 // readSecretFile reads a secret from a file, without the trailing line
-// break. An empty file is an error. Errors name the file, never its
-// content.
+// break. An empty file, or one that group or others can write, is an
+// error; one that others can read is read with a warning on stderr
+// (secret.CheckMode, the broker's own rule). Errors name the file, never
+// its content.
 func readSecretFile(path string) (secret.String, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if err := secret.CheckMode(path, fi.Mode(), nil); err != nil {
+		return "", err
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
 	if err != nil {
 		return "", err
 	}

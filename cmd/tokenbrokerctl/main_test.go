@@ -658,6 +658,12 @@ func TestAPIKey(t *testing.T) {
 	defer tr.checkNoSecrets(t)
 	keyFile := writeFile(t, "key", apiKey+"\n")
 	wrongFile := writeFile(t, "wrong", wrongKey)
+	// A key file others may write is refused before it is read: whoever
+	// can write it can make the CLI send their key.
+	openFile := writeFile(t, "open", apiKey)
+	if err := os.Chmod(openFile, 0o666); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		env  map[string]string
@@ -672,10 +678,14 @@ func TestAPIKey(t *testing.T) {
 		{"wrong key", map[string]string{envAPIKey: wrongKey}, []string{"list"}, exitAuth},
 		{"wrong key from a file", nil, []string{"-api-key-file", wrongFile, "get", "-client", "held"}, exitAuth},
 		{"key with a space", map[string]string{envAPIKey: "two words"}, []string{"stats"}, exitError},
+		{"key file others can write", nil, []string{"-api-key-file", openFile, "stats"}, exitError},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := s.ctl(t, tr, tc.env, tc.args...)
 			wantCode(t, r, tc.code)
+			if tc.args[0] == "-api-key-file" && tc.args[1] == openFile && !strings.Contains(r.stderr, "has mode 0666") {
+				t.Errorf("got stderr %q, want the file's mode named", r.stderr)
+			}
 			if tc.code == exitAuth && !strings.HasPrefix(r.stderr, "tokenbrokerctl: Unauthenticated: ") {
 				t.Errorf("got stderr %q, want Unauthenticated", r.stderr)
 			}

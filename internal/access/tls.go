@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tokenbroker/tokenbroker/internal/config"
+	"github.com/tokenbroker/tokenbroker/internal/secret"
 )
 
 // reloadInterval is the least time between two looks at the files.
@@ -115,9 +115,9 @@ func (r *reloader) configForClient(*tls.ClientHelloInfo) (*tls.Config, error) {
 		return r.current, nil
 	}
 	r.stamps = stamps
-	// The key file's mode rule (config.CheckSecretFileMode) holds for a
+	// The key file's mode rule (secret.CheckFileMode) holds for a
 	// new key too.
-	if err := config.CheckSecretFile(r.keyFile, r.log()); err != nil {
+	if err := secret.CheckFile(r.keyFile, r.log()); err != nil {
 		r.log().Warn("TLS reload refused; keeping the previous certificate and client CAs", "error", err)
 		return r.current, nil
 	}

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+
+	"github.com/tokenbroker/tokenbroker/internal/secret"
 )
 
 // LoadKeys reads the key material the configuration names, through getenv
@@ -25,7 +27,7 @@ import (
 // TLS files (tls.cert_file, tls.key_file, tls.client_ca_file and those of
 // shared.redis.tls), which others read later: each must be a regular file
 // that can be opened. Key files and TLS private keys must pass
-// CheckSecretFileMode: group or others may not write them, and one others
+// secret.CheckFileMode: group or others may not write them, and one others
 // can read is logged as a warning to logger (nil: slog.Default()).
 //
 // Every problem is returned, joined, each a *FieldError naming its key
@@ -65,7 +67,7 @@ func (c *Config) LoadKeys(getenv func(string) string, logger *slog.Logger) (seal
 
 // checkTLSFiles returns the problems of the TLS files the configuration
 // names: each must be a regular file that can be opened, and a private key
-// must pass CheckSecretFileMode.
+// must pass secret.CheckFileMode.
 func (c *Config) checkTLSFiles(logger *slog.Logger) []error {
 	rt := c.Shared.Redis.TLS
 	files := []struct {
@@ -99,22 +101,22 @@ func (c *Config) checkTLSFiles(logger *slog.Logger) []error {
 }
 
 // checkReadable checks that path is a regular file that can be opened
-// and, when private, that its mode passes CheckSecretFileMode.
+// and, when private, that its mode passes secret.CheckFileMode.
 func checkReadable(path string, private bool, logger *slog.Logger) error {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return fileProblem(path, err)
+		return secret.FileProblem(path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("%q is not a regular file", absPath(path))
+		return fmt.Errorf("%q is not a regular file", secret.AbsPath(path))
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return fileProblem(path, err)
+		return secret.FileProblem(path, err)
 	}
 	_ = f.Close()
 	if private {
-		return checkMode(path, fi.Mode(), logger)
+		return secret.CheckMode(path, fi.Mode(), logger)
 	}
 	return nil
 }
@@ -149,7 +151,7 @@ func readKeyFile(path string, logger *slog.Logger) ([]byte, error) {
 		return nil, err
 	}
 	if strings.TrimSpace(string(data)) == "" {
-		return nil, fmt.Errorf("%q is empty", absPath(path))
+		return nil, fmt.Errorf("%q is empty", secret.AbsPath(path))
 	}
 	return data, nil
 }

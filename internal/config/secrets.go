@@ -16,7 +16,7 @@ import (
 // password_env, reading the environment through getenv (nil means an
 // empty environment). A file must be a regular file of at most
 // MaxSecretSize bytes that group and others cannot write (see
-// CheckSecretFileMode; one others can read is logged as a warning to logger,
+// secret.CheckFileMode; one others can read is logged as a warning to logger,
 // nil meaning slog.Default()); one trailing newline ("\n" or "\r\n") is
 // dropped, and what remains must not be empty. A variable must be set and
 // not empty.
@@ -73,58 +73,48 @@ func readSecretFile(path string, logger *slog.Logger) (secret.String, error) {
 		s, _ = strings.CutSuffix(t, "\r")
 	}
 	if s == "" {
-		return "", fmt.Errorf("%q is empty", absPath(path))
+		return "", fmt.Errorf("%q is empty", secret.AbsPath(path))
 	}
 	return secret.String(s), nil
 }
 
 // readPrivateFile reads a file holding a secret or key: a regular file of
-// at most limit bytes whose mode passes CheckSecretFileMode (a warning
+// at most limit bytes whose mode passes secret.CheckFileMode (a warning
 // goes to logger). Its errors name the file, made absolute, and the
 // problem, never the content.
 func readPrivateFile(path string, limit int64, logger *slog.Logger) ([]byte, error) {
 	// Stat first, so a FIFO or device cannot block or flood the read.
 	fi, err := os.Stat(path)
 	if err != nil {
-		return nil, fileProblem(path, err)
+		return nil, secret.FileProblem(path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%q is not a regular file", absPath(path))
+		return nil, fmt.Errorf("%q is not a regular file", secret.AbsPath(path))
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fileProblem(path, err)
+		return nil, secret.FileProblem(path, err)
 	}
 	defer func() { _ = f.Close() }()
 	// The mode of the file opened, which a rename since the Stat cannot
 	// change.
 	if fi, err = f.Stat(); err != nil {
-		return nil, fileProblem(path, err)
+		return nil, secret.FileProblem(path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%q is not a regular file", absPath(path))
+		return nil, fmt.Errorf("%q is not a regular file", secret.AbsPath(path))
 	}
-	if err := checkMode(path, fi.Mode(), logger); err != nil {
+	if err := secret.CheckMode(path, fi.Mode(), logger); err != nil {
 		return nil, err
 	}
 	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		clear(data)
-		return nil, fileProblem(path, err)
+		return nil, secret.FileProblem(path, err)
 	}
 	if int64(len(data)) > limit {
 		clear(data)
-		return nil, fmt.Errorf("%q is larger than %d bytes", absPath(path), limit)
+		return nil, fmt.Errorf("%q is larger than %d bytes", secret.AbsPath(path), limit)
 	}
 	return data, nil
-}
-
-// fileProblem describes an error of the file system as "cannot read PATH:
-// reason", without repeating the operation and path the error already holds.
-func fileProblem(path string, err error) error {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		err = pe.Err
-	}
-	return fmt.Errorf("cannot read %q: %w", absPath(path), err)
 }

@@ -3,7 +3,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -191,13 +190,4 @@ func (s *Sources) index(doc *yaml.Node) {
 		}
 	}
 	walk(doc, nil, 0)
-}
-
-// absPath returns path made absolute (against the working directory) for
-// an error message; path itself when that fails.
-func absPath(path string) string {
-	if a, err := filepath.Abs(path); err == nil {
-		return a
-	}
-	return path
 }
