@@ -158,7 +158,7 @@ func (r *reloader) stat() [3]fileStamp {
 func (r *reloader) load() (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("tls: load certificate %s and key %s: %w", r.certFile, r.keyFile, err)
+		return nil, fmt.Errorf("tls.cert_file %s and tls.key_file %s: cannot load the certificate and its key: %w", secret.AbsPath(r.certFile), secret.AbsPath(r.keyFile), err)
 	}
 	cfg := &tls.Config{
 		MinVersion:   tls.VersionTLS12,
@@ -169,11 +169,11 @@ func (r *reloader) load() (*tls.Config, error) {
 	if r.caFile != "" {
 		pem, err := os.ReadFile(r.caFile)
 		if err != nil {
-			return nil, fmt.Errorf("tls: read client CA file: %w", err)
+			return nil, fmt.Errorf("tls.client_ca_file: %w", secret.FileProblem(r.caFile, err))
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls: client CA file %s holds no PEM certificate", r.caFile)
+			return nil, fmt.Errorf("tls.client_ca_file %s: holds no PEM certificate", secret.AbsPath(r.caFile))
 		}
 		cfg.ClientCAs = pool
 	}

@@ -237,10 +237,10 @@ func TestServerTLSConfigErrors(t *testing.T) {
 		{"unverified client certs", files.certFile, files.keyFile, files.caFile, tls.RequireAnyClientCert, "must be verified"},
 		{"request client certs", files.certFile, files.keyFile, files.caFile, tls.RequestClientCert, "must be verified"},
 		{"unknown mode", files.certFile, files.keyFile, files.caFile, tls.ClientAuthType(99), "unknown client authentication mode"},
-		{"missing cert file", files.dir + "/missing.crt", files.keyFile, "", tls.NoClientCert, "load certificate"},
-		{"key of another cert", files.certFile, noPEM, "", tls.NoClientCert, "load certificate"},
+		{"missing cert file", files.dir + "/missing.crt", files.keyFile, "", tls.NoClientCert, "tls.cert_file "},
+		{"key of another cert", files.certFile, noPEM, "", tls.NoClientCert, "cannot load the certificate and its key: tls: failed to find any PEM data in key input"},
 		{"CA file without certificates", files.certFile, files.keyFile, noPEM, tls.VerifyClientCertIfGiven, "holds no PEM certificate"},
-		{"missing CA file", files.certFile, files.keyFile, files.dir + "/missing.pem", tls.VerifyClientCertIfGiven, "read client CA file"},
+		{"missing CA file", files.certFile, files.keyFile, files.dir + "/missing.pem", tls.VerifyClientCertIfGiven, "tls.client_ca_file: cannot read"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

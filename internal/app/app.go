@@ -80,7 +80,7 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 	var tlsConfig *tls.Config
 	if cfg.TLS.Enabled() {
 		if tlsConfig, _, err = access.ServerTLSConfig(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.ClientCAFile, clientAuth(cfg.TLS.ClientAuth)); err != nil {
-			return nil, fmt.Errorf("tls: %w", err)
+			return nil, err
 		}
 	}
 	var b *broker.Broker
