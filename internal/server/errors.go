@@ -73,7 +73,7 @@ var statusTable = []statusRow{
 	{kind: broker.ErrUnknownProvider, code: codes.InvalidArgument, message: fieldProvider + ": unknown provider"},
 	{kind: broker.ErrUnknownClient, code: codes.NotFound, message: fieldClient + ": unknown client"},
 	{kind: broker.ErrPassthroughDisabled, code: codes.PermissionDenied, message: "pass-through credentials are not accepted"},
-	{kind: broker.ErrTokenTooShort, code: codes.FailedPrecondition, message: "the provider issues tokens with less life than min_ttl"},
+	{kind: broker.ErrTokenTooShort, code: codes.FailedPrecondition, message: "the token endpoint issues tokens with less life than the broker may serve (min_remaining)"},
 	{kind: broker.ErrBadPageToken, code: codes.InvalidArgument, message: fieldPageToken + ": " + broker.ErrBadPageToken.Error()},
 	{kind: broker.ErrFleetNotTold, code: codes.Unavailable, message: broker.ErrFleetNotTold.Error()},
 	{kind: broker.ErrShuttingDown, code: codes.Unavailable, message: broker.ErrShuttingDown.Error()},

@@ -104,7 +104,7 @@ func TestGetTokenErrorTable(t *testing.T) {
 			name:       "token too short",
 			err:        fmt.Errorf("lifetime 5m: %w", broker.ErrTokenTooShort),
 			expectCode: codes.FailedPrecondition,
-			expectMsg:  "the provider issues tokens with less life than min_ttl",
+			expectMsg:  "the token endpoint issues tokens with less life than the broker may serve (min_remaining)",
 		},
 		{
 			name:       "invalid_client broker-held",

@@ -281,7 +281,11 @@ type GetTokenRequest struct {
 	// Required. Which token.
 	Selector *TokenSelector `protobuf:"bytes,1,opt,name=selector,proto3" json:"selector,omitempty"`
 	// Optional. The least remaining life the returned token must have, in
-	// [0, 24h]. The broker's min_remaining applies when this is smaller.
+	// [0, 24h]. The broker's min_remaining applies when this is smaller. Up
+	// to the provider's token lifetime less min_remaining may be asked for:
+	// when the cached token has less left, a new one is fetched (shared with
+	// every other such caller). Asking for more is FAILED_PRECONDITION, and
+	// the message states the largest min_ttl the key can serve.
 	MinTtl        *durationpb.Duration `protobuf:"bytes,2,opt,name=min_ttl,json=minTtl,proto3" json:"min_ttl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
