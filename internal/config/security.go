@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/tokenbroker/tokenbroker/internal/access/ident"
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
 // plaintextRemote is the problem of a plaintext listener on a non-loopback
@@ -138,7 +139,11 @@ func (c *Config) validateSecurity(v *validator, clients map[string]bool) {
 			}
 		}
 		for j, s := range r.Scopes {
-			if s != "*" && !validScope(s) {
+			switch {
+			case s == "*" || upstream.ScopeRule(s) == "":
+			case len(s) > upstream.MaxScopeBytes:
+				v.add(fmt.Sprintf("%s.scopes[%d]", key, j), "must be at most %d bytes (no request may name a longer scope), got %d", upstream.MaxScopeBytes, len(s))
+			default:
 				v.add(fmt.Sprintf("%s.scopes[%d]", key, j), `must be a scope (printable ASCII without spaces, '"' or '\') or "*", got %q`, s)
 			}
 		}
@@ -248,18 +253,4 @@ func validIdentityPattern(p string) bool {
 	}
 	n := strings.Count(p, "*")
 	return n == 0 || (n == 1 && (strings.HasSuffix(p, "/*") || strings.HasSuffix(p, ":*")))
-}
-
-// validScope reports whether s is a scope token of RFC 6749 §3.3: one or
-// more of %x21 / %x23-5B / %x5D-7E.
-func validScope(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if b := s[i]; b <= ' ' || b > '~' || b == '"' || b == '\\' {
-			return false
-		}
-	}
-	return true
 }

@@ -342,6 +342,7 @@ func TestValidateRules(t *testing.T) {
 		{"policy scope space", func(c *Config) { c.Policy = []PolicyRule{{Identity: "*", Scopes: []string{"a", "a b"}}} }, `policy[0].scopes[1]: must be a scope`},
 		{"policy scope quote", func(c *Config) { c.Policy = []PolicyRule{{Identity: "*", Scopes: []string{`a"b`}}} }, `policy[0].scopes[0]: must be a scope`},
 		{"policy scope backslash", func(c *Config) { c.Policy = []PolicyRule{{Identity: "*", Scopes: []string{`a\b`}}} }, `policy[0].scopes[0]: must be a scope`},
+		{"policy scope too long", func(c *Config) { c.Policy = []PolicyRule{{Identity: "*", Scopes: []string{strings.Repeat("s", 257)}}} }, `policy[0].scopes[0]: must be at most 256 bytes`},
 		{"policy second rule", func(c *Config) {
 			c.Policy = []PolicyRule{{Identity: "*"}, {Identity: "x*"}}
 		}, `policy[1].identity: must be an identity`},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -157,15 +158,50 @@ func retryDelay(err error) time.Duration {
 	return 0
 }
 
-// fieldDescription renders a broker field error with the name of the HTTP
-// parameter the field comes from ("selector.scopes[2]" → "scope").
-func fieldDescription(fe *broker.FieldError) string {
-	field := strings.TrimPrefix(fe.Field, "selector.")
-	field = strings.TrimPrefix(field, "client_credentials.")
-	if strings.HasPrefix(field, "scopes") {
-		field = paramScope
+// param is the token request parameter a field of a broker.Request comes
+// from, and the OAuth error code of a broken rule of that field.
+type param struct {
+	name, code string
+}
+
+// paramOf maps the broker's field paths (broker.Field*) to the token
+// request's parameters: the one table of names of this edge. The provider
+// is named by the path (/oauth2/{provider}/token).
+var paramOf = map[string]param{
+	broker.FieldProvider:     {"provider", codeInvalidRequest},
+	broker.FieldClientID:     {paramClientID, codeInvalidRequest},
+	broker.FieldClientSecret: {paramClientSecret, codeInvalidRequest},
+	broker.FieldScopes:       {paramScope, codeInvalidRequest},
+	broker.FieldAudience:     {paramAudience, codeInvalidRequest},
+	broker.FieldResource:     {paramResource, codeInvalidTarget},
+}
+
+// fieldError is the answer to a request that breaks a broker request rule
+// (broker.CheckRequest): 400 with the code of the field's parameter
+// (invalid_target for the resource, else invalid_request).
+func fieldError(fe *broker.FieldError) *oauthError {
+	code := codeInvalidRequest
+	if p, ok := paramOf[fe.Field]; ok {
+		code = p.code
 	}
-	return sanitize(field + ": " + fe.Rule)
+	return &oauthError{status: http.StatusBadRequest, code: code, desc: fieldDescription(fe)}
+}
+
+// fieldDescription renders a broker field error with the name of the HTTP
+// parameter the field comes from (see paramOf). Scope i of the list is
+// "scope i+1" of the scope parameter ("selector.scopes[2]" → "scope: scope
+// 3 …"). A field the table does not know keeps its path without the
+// "selector." and "client_credentials." prefixes.
+func fieldDescription(fe *broker.FieldError) string {
+	if i, ok := broker.ScopeIndex(broker.FieldScopes, fe.Field); ok {
+		return sanitize(paramScope + ": scope " + strconv.Itoa(i+1) + " " + fe.Rule)
+	}
+	name, ok := paramOf[fe.Field]
+	if !ok {
+		field := strings.TrimPrefix(fe.Field, "selector.")
+		name.name = strings.TrimPrefix(field, "client_credentials.")
+	}
+	return sanitize(name.name + ": " + fe.Rule)
 }
 
 // sanitize keeps printable ASCII and at most maxDescriptionBytes of s.

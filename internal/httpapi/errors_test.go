@@ -69,7 +69,7 @@ func TestErrorMapping(t *testing.T) {
 		{name: "unknown provider", err: &broker.FieldError{Field: "selector.client_credentials.provider", Rule: "must name a configured provider", Kind: broker.ErrUnknownProvider},
 			wantStatus: 400, wantCode: "invalid_request", wantDesc: "provider: must name a configured provider"},
 		{name: "field error", err: &broker.FieldError{Field: "selector.scopes[2]", Rule: "must not be empty", Kind: broker.ErrInvalidArgument},
-			wantStatus: 400, wantCode: "invalid_request", wantDesc: "scope: must not be empty"},
+			wantStatus: 400, wantCode: "invalid_request", wantDesc: "scope: scope 3 must not be empty"},
 		{name: "token too short", err: fmt.Errorf("%w: %s", broker.ErrTokenTooShort, leakyText),
 			wantStatus: 502, wantCode: "server_error", wantDesc: "less life"},
 		{name: "unknown error", err: errors.New(leakyText),

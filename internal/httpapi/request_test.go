@@ -110,7 +110,7 @@ func TestMalformedRequests(t *testing.T) {
 		{name: "scope too long", values: with("scope", strings.Repeat("s", 257)), header: creds,
 			wantStatus: 400, wantCode: "invalid_request", wantDesc: "scope: scope 1 must be at most 256 bytes"},
 		{name: "too many scopes", values: with("scope", strings.TrimSpace(strings.Repeat("s ", 51))), header: creds,
-			wantStatus: 400, wantCode: "invalid_request", wantDesc: "scope: must name at most 50 scopes"},
+			wantStatus: 400, wantCode: "invalid_request", wantDesc: "scope: must have at most 50 entries"},
 		{name: "audience control character", values: with("audience", "a\nb"), header: creds,
 			wantStatus: 400, wantCode: "invalid_request", wantDesc: "audience: must be printable ASCII"},
 		{name: "resource relative", values: with("resource", "/api"), header: creds,

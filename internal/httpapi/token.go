@@ -14,25 +14,25 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 )
 
-// Request limits. They are those of the gRPC API, so a request the one
-// accepts the other accepts too.
+// Request limits: the broker's request rules (broker.CheckRequest), the
+// same as the gRPC API's, so a request the one accepts the other accepts
+// too.
 const (
 	// MaxClientIDBytes bounds a client id.
-	MaxClientIDBytes = 128
+	MaxClientIDBytes = broker.MaxNameBytes
 	// MaxSecretBytes bounds a client secret.
-	MaxSecretBytes = 512
+	MaxSecretBytes = broker.MaxSecretBytes
 	// MaxScopes is the most scopes one request may name.
-	MaxScopes = 50
+	MaxScopes = broker.MaxScopes
 	// MaxScopeBytes bounds one scope.
-	MaxScopeBytes = 256
+	MaxScopeBytes = broker.MaxScopeBytes
 	// MaxAudienceBytes bounds the audience and the resource.
-	MaxAudienceBytes = 1024
+	MaxAudienceBytes = broker.MaxAudienceBytes
 )
 
 // The token request's parameters (RFC 6749 section 4.4.2, RFC 8707).
@@ -69,15 +69,6 @@ const (
 	codeAccessDenied           = "access_denied"
 	codeTemporarilyUnavailable = "temporarily_unavailable"
 	codeServerError            = "server_error"
-)
-
-// Rule texts. Like the rest of an error_description they never contain
-// the offending value, so a secret sent in the wrong place is not echoed.
-const (
-	rulePrintable   = "must be printable ASCII"
-	ruleScopeChars  = "must contain only RFC 6749 scope-token characters (%x21 / %x23-5B / %x5D-7E)"
-	ruleSecretChars = "must be valid UTF-8 without NUL bytes"
-	ruleResourceURI = "must be an absolute URI without a fragment (RFC 8707 section 2)"
 )
 
 // oauthError is a token endpoint error answer (RFC 6749 section 5.2).
@@ -293,16 +284,6 @@ func (h *handler) parse(w http.ResponseWriter, r *http.Request, provider string)
 	if oerr != nil {
 		return parsed{}, oerr
 	}
-	if oerr := checkPrintable(paramClientID, id, MaxClientIDBytes); oerr != nil {
-		return parsed{}, oerr
-	}
-	switch {
-	case len(sec) > MaxSecretBytes:
-		return parsed{}, badRequest("%s: must be at most %d bytes", paramClientSecret, MaxSecretBytes)
-	case !utf8.ValidString(sec) || strings.IndexByte(sec, 0) >= 0:
-		return parsed{}, badRequest("%s: %s", paramClientSecret, ruleSecretChars)
-	}
-
 	switch gt := form.Get(paramGrantType); gt {
 	case grantClientCredentials:
 	case "":
@@ -311,28 +292,18 @@ func (h *handler) parse(w http.ResponseWriter, r *http.Request, provider string)
 		return parsed{}, &oauthError{status: http.StatusBadRequest, code: codeUnsupportedGrantType,
 			desc: paramGrantType + ": only " + grantClientCredentials + " is supported"}
 	}
-
-	scopes, oerr := parseScopes(form.Get(paramScope))
-	if oerr != nil {
-		return parsed{}, oerr
+	req := broker.Request{Selector: broker.Selector{
+		Credentials: &broker.Credentials{Provider: provider, ClientID: id, ClientSecret: secret.String(sec)},
+		Scopes:      splitScopes(form.Get(paramScope)),
+		Audience:    form.Get(paramAudience),
+		Resource:    form.Get(paramResource),
+	}}
+	// The request rules are the broker's; this edge only names the
+	// parameter a broken rule comes from (see fieldDescription).
+	if fe := broker.CheckRequest(req); fe != nil {
+		return parsed{}, fieldError(fe)
 	}
-	aud := form.Get(paramAudience)
-	if oerr := checkPrintable(paramAudience, aud, MaxAudienceBytes); oerr != nil {
-		return parsed{}, oerr
-	}
-	res := form.Get(paramResource)
-	if oerr := checkResource(res); oerr != nil {
-		return parsed{}, oerr
-	}
-	return parsed{
-		req: broker.Request{Selector: broker.Selector{
-			Credentials: &broker.Credentials{Provider: provider, ClientID: id, ClientSecret: secret.String(sec)},
-			Scopes:      scopes,
-			Audience:    aud,
-			Resource:    res,
-		}},
-		basic: basic,
-	}, nil
+	return parsed{req: req, basic: basic}, nil
 }
 
 // clientAuth returns the client's credentials (RFC 6749 section 2.3.1):
@@ -395,67 +366,16 @@ func parseBasic(header string) (id, sec string, oerr *oauthError) {
 	return id, sec, nil
 }
 
-// parseScopes splits the space-separated scope parameter (RFC 6749
-// section 3.3) and checks each scope. Empty items (double spaces) are
-// skipped.
-func parseScopes(param string) ([]string, *oauthError) {
+// splitScopes splits the space-separated scope parameter (RFC 6749
+// section 3.3). Empty items (double spaces) are skipped.
+func splitScopes(param string) []string {
 	var scopes []string
 	for s := range strings.SplitSeq(param, " ") {
-		if s == "" {
-			continue
-		}
-		n := len(scopes) + 1
-		if n > MaxScopes {
-			return nil, badRequest("%s: must name at most %d scopes", paramScope, MaxScopes)
-		}
-		if len(s) > MaxScopeBytes {
-			return nil, badRequest("%s: scope %d must be at most %d bytes", paramScope, n, MaxScopeBytes)
-		}
-		for i := 0; i < len(s); i++ {
-			if !isScopeChar(s[i]) {
-				return nil, badRequest("%s: scope %d %s", paramScope, n, ruleScopeChars)
-			}
-		}
-		scopes = append(scopes, s)
-	}
-	return scopes, nil
-}
-
-// isScopeChar reports whether b may appear in an RFC 6749 scope-token:
-// %x21 / %x23-5B / %x5D-7E (printable ASCII except space, '"' and '\').
-func isScopeChar(b byte) bool {
-	return b == 0x21 || (b >= 0x23 && b <= 0x5b) || (b >= 0x5d && b <= 0x7e)
-}
-
-// checkPrintable checks that the parameter name's value v has at most max
-// bytes, all printable ASCII (%x20-7E).
-func checkPrintable(name, v string, max int) *oauthError {
-	if len(v) > max {
-		return badRequest("%s: must be at most %d bytes", name, max)
-	}
-	for i := 0; i < len(v); i++ {
-		if v[i] < 0x20 || v[i] > 0x7e {
-			return badRequest("%s: %s", name, rulePrintable)
+		if s != "" {
+			scopes = append(scopes, s)
 		}
 	}
-	return nil
-}
-
-// checkResource checks the optional RFC 8707 resource indicator; a bad
-// one is invalid_target.
-func checkResource(v string) *oauthError {
-	if v == "" {
-		return nil
-	}
-	if oerr := checkPrintable(paramResource, v, MaxAudienceBytes); oerr != nil {
-		oerr.code = codeInvalidTarget
-		return oerr
-	}
-	u, err := url.Parse(v)
-	if err != nil || !u.IsAbs() || strings.ContainsAny(v, " #") {
-		return &oauthError{status: http.StatusBadRequest, code: codeInvalidTarget, desc: paramResource + ": " + ruleResourceURI}
-	}
-	return nil
+	return scopes
 }
 
 // setNoStore sets the headers every token endpoint answer carries.

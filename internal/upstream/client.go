@@ -281,25 +281,11 @@ func (c *Client) validateRequest(r Request) error {
 		return bad("ClientSecret", "must not be empty")
 	}
 	for i, s := range r.Scopes {
-		if !validScope(s) {
-			return bad(fmt.Sprintf("Scopes[%d]", i), "must be a non-empty scope token (RFC 6749 section 3.3: printable ASCII without space, '\"' or '\\')")
+		if rule := ScopeRule(s); rule != "" {
+			return bad(fmt.Sprintf("Scopes[%d]", i), rule)
 		}
 	}
 	return nil
-}
-
-// validScope reports whether s is a scope-token of RFC 6749 section 3.3.
-func validScope(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		b := s[i]
-		if b < 0x21 || b > 0x7e || b == '"' || b == '\\' {
-			return false
-		}
-	}
-	return true
 }
 
 // form returns the encoded request body (RFC 6749 section 4.4.2).

@@ -222,6 +222,7 @@ func TestFetchInvalidRequest(t *testing.T) {
 		{"empty scope", func(r *Request) { r.Scopes = []string{"a", ""} }, "Scopes[1]"},
 		{"scope with space", func(r *Request) { r.Scopes = []string{"a b"} }, "Scopes[0]"},
 		{"scope with quote", func(r *Request) { r.Scopes = []string{`a"`} }, "Scopes[0]"},
+		{"scope too long", func(r *Request) { r.Scopes = []string{strings.Repeat("s", MaxScopeBytes+1)} }, "Scopes[0]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
