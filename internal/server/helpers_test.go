@@ -1,21 +1,14 @@
 package server
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"log/slog"
 	"net"
-	"os"
-	"runtime"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -23,48 +16,14 @@ import (
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/testlog"
 )
 
 // rpcTimeout bounds every RPC and every wait in these tests.
 const rpcTimeout = 5 * time.Second
 
-// TestMain fails the run when gRPC goroutines outlive the tests.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if leaked := waitForLeaks(5 * time.Second); leaked != "" {
-			fmt.Fprintf(os.Stderr, "goroutines leaked:\n%s\n", leaked)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// waitForLeaks polls until no goroutine runs gRPC or server code, and
-// returns the offending stacks when some still do after d.
-func waitForLeaks(d time.Duration) string {
-	deadline := time.Now().Add(d)
-	for {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		var leaked []string
-		for _, g := range strings.Split(string(buf), "\n\n") {
-			if strings.Contains(g, "waitForLeaks") {
-				continue
-			}
-			if strings.Contains(g, "google.golang.org/grpc") || strings.Contains(g, "internal/server.") {
-				leaked = append(leaked, g)
-			}
-		}
-		if len(leaked) == 0 {
-			return ""
-		}
-		if time.Now().After(deadline) {
-			return strings.Join(leaked, "\n\n")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// TestMain fails the run when a goroutine outlives the package's tests.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // stubBroker is a Broker whose behaviour is in function fields. A nil
 // field fails the call with an error the server maps to Internal.
@@ -124,48 +83,13 @@ func okBroker(tok broker.Token) *stubBroker {
 	return &stubBroker{getToken: func(context.Context, broker.Request) (broker.Token, error) { return tok, nil }}
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// lines returns the JSON log records written so far.
-func (b *syncBuffer) lines(t *testing.T) []map[string]any {
-	t.Helper()
-	var out []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(b.String()), "\n") {
-		if line == "" {
-			continue
-		}
-		var m map[string]any
-		if err := json.Unmarshal([]byte(line), &m); err != nil {
-			t.Fatalf("log line %q is not JSON: %v", line, err)
-		}
-		out = append(out, m)
-	}
-	return out
-}
-
 // testServer is a Server running on a bufconn listener.
 type testServer struct {
 	srv    *Server
 	conn   *grpc.ClientConn
 	client tokenbrokerv1.TokenBrokerServiceClient
 	admin  tokenbrokerv1.AdminServiceClient
-	logs   *syncBuffer
+	logs   *testlog.Buffer
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -175,9 +99,9 @@ type testServer struct {
 // server is shut down at cleanup.
 func startServer(t *testing.T, cfg Config) *testServer {
 	t.Helper()
-	ts := &testServer{logs: &syncBuffer{}, done: make(chan error, 1)}
+	ts := &testServer{logs: &testlog.Buffer{}, done: make(chan error, 1)}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewJSONHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		cfg.Logger = testlog.JSON(ts.logs)
 	}
 	srv, err := New(cfg)
 	if err != nil {

@@ -296,7 +296,7 @@ func TestInterceptors(t *testing.T) {
 		}
 		// The rejection was logged: logging runs before the interceptor.
 		var codesLogged []any
-		for _, rec := range ts.logs.lines(t) {
+		for _, rec := range ts.logs.Records(t) {
 			if rec["msg"] == "finished call" && rec["grpc.method"] == "GetToken" {
 				codesLogged = append(codesLogged, rec["grpc.code"])
 			}

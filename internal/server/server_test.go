@@ -76,7 +76,7 @@ func TestPanicIsInternal(t *testing.T) {
 		t.Errorf("logs contain the panic value:\n%s", logs)
 	}
 	var found, finished bool
-	for _, rec := range ts.logs.lines(t) {
+	for _, rec := range ts.logs.Records(t) {
 		if rec["msg"] == "finished call" && rec["grpc.code"] == "Internal" {
 			finished = true
 			if rec["level"] != "ERROR" {
@@ -134,7 +134,7 @@ func TestCallLog(t *testing.T) {
 		}
 	}
 	var calls []map[string]any
-	for _, rec := range ts.logs.lines(t) {
+	for _, rec := range ts.logs.Records(t) {
 		if rec["msg"] == "finished call" {
 			calls = append(calls, rec)
 		}

@@ -23,6 +23,7 @@ import (
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/metrics"
+	"github.com/tokenbroker/tokenbroker/internal/testlog"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
@@ -111,7 +112,7 @@ func TestDeadlineExceededLoggedAndCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	cfg := Config{
 		Broker:             blockingBroker(),
 		Logger:             slog.New(slog.NewJSONHandler(logs, nil)),
@@ -138,7 +139,7 @@ func TestDeadlineExceededLoggedAndCounted(t *testing.T) {
 	// after the client gave up: wait for all of them.
 	var records []map[string]any
 	for wait := time.Now().Add(rpcTimeout); ; time.Sleep(10 * time.Millisecond) {
-		records = logs.lines(t)
+		records = logs.Records(t)
 		if len(records) >= calls || time.Now().After(wait) {
 			break
 		}
@@ -206,7 +207,7 @@ func TestAccessLogCause(t *testing.T) {
 	const wantCause = `fetch: provider "cognito": server_error (503): down for maintenance`
 	fail := true
 	var mu sync.Mutex
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	b := &stubBroker{
 		getToken: func(context.Context, broker.Request) (broker.Token, error) {
 			mu.Lock()
@@ -246,7 +247,7 @@ func TestAccessLogCause(t *testing.T) {
 	// may come after the client saw the status.
 	var records []map[string]any
 	for wait := time.Now().Add(rpcTimeout); ; time.Sleep(10 * time.Millisecond) {
-		if records = logs.lines(t); len(records) >= 4 || time.Now().After(wait) {
+		if records = logs.Records(t); len(records) >= 4 || time.Now().After(wait) {
 			break
 		}
 	}

@@ -18,6 +18,7 @@ import (
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/testlog"
 )
 
 // rawCodec sends a *[]byte as it is, so that a test can send requests the
@@ -54,7 +55,7 @@ func wireMessage(b []byte, num protowire.Number, m []byte) []byte {
 func TestInvalidUTF8IsInvalidArgument(t *testing.T) {
 	const bad = "orders\xff\xfe"
 	var reached atomic.Int32
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	cfg := Config{
 		Broker: &stubBroker{
 			getToken: func(context.Context, broker.Request) (broker.Token, error) {
@@ -109,7 +110,7 @@ func TestInvalidUTF8IsInvalidArgument(t *testing.T) {
 	if n := reached.Load(); n != 0 {
 		t.Errorf("broker calls: got %d, want 0", n)
 	}
-	records := logs.lines(t)
+	records := logs.Records(t)
 	if len(records) != 2*len(tests) {
 		t.Fatalf("access log: got %d records, want %d", len(records), 2*len(tests))
 	}

@@ -359,7 +359,7 @@ func TestWatchTokenCallLog(t *testing.T) {
 		}
 	}
 	var found bool
-	for _, rec := range ts.logs.lines(t) {
+	for _, rec := range ts.logs.Records(t) {
 		if rec["msg"] == "finished call" && rec["grpc.method"] == "WatchToken" {
 			found = true
 			if rec["key_id"] != "k-88" || rec["grpc.code"] != "Canceled" {

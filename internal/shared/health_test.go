@@ -216,8 +216,13 @@ func TestClassify(t *testing.T) {
 	if err := srv.Client().ConfigSet(ctx, "requirepass", "pw-"+randomToken()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	noauth := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1}).Ping(ctx).Err()
-	wrongpass := redis.NewClient(&redis.Options{Addr: srv.Addr(), Password: "nope", MaxRetries: -1}).Ping(ctx).Err()
+	ping := func(o *redis.Options) error {
+		c := redis.NewClient(o)
+		defer c.Close()
+		return c.Ping(ctx).Err()
+	}
+	noauth := ping(&redis.Options{Addr: srv.Addr(), MaxRetries: -1})
+	wrongpass := ping(&redis.Options{Addr: srv.Addr(), Password: "nope", MaxRetries: -1})
 
 	for _, tc := range []struct {
 		name   string

@@ -1,0 +1,92 @@
+package testlog
+
+import (
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the run when a goroutine outlives the package's tests.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestBufferConcurrent: loggers on many goroutines write whole lines into
+// one Buffer while it is read; every line arrives intact.
+func TestBufferConcurrent(t *testing.T) {
+	var b Buffer
+	logger := JSON(&b)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			for range 100 {
+				logger.Debug("line", "writer", i)
+				_ = b.String()
+			}
+		})
+	}
+	wg.Wait()
+	recs := b.Records(t)
+	if len(recs) != 800 {
+		t.Fatalf("got %d records, want 800", len(recs))
+	}
+	for _, r := range recs {
+		if r["msg"] != "line" || r["level"] != "DEBUG" {
+			t.Fatalf("got record %v, want msg line at DEBUG", r)
+		}
+	}
+}
+
+// TestWrote: Wrote receives after a write, once for writes nobody waited
+// for, and not before the next write.
+func TestWrote(t *testing.T) {
+	var b Buffer
+	select {
+	case <-b.Wrote():
+		t.Fatal("Wrote received before any write")
+	default:
+	}
+	Text(&b).Info("one")
+	Text(&b).Info("two")
+	select {
+	case <-b.Wrote():
+	default:
+		t.Fatal("Wrote did not receive after a write")
+	}
+	select {
+	case <-b.Wrote():
+		t.Fatal("Wrote received twice for writes made before one receive")
+	default:
+	}
+	if got := strings.Count(b.String(), "\n"); got != 2 {
+		t.Errorf("got %d lines, want 2:\n%s", got, b.String())
+	}
+}
+
+// TestRecordsRejectsText: Records fails the test on a line that is not
+// JSON.
+func TestRecordsRejectsText(t *testing.T) {
+	var b Buffer
+	Text(&b).Info("plain")
+	ft := &fatalRecorder{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.Records(ft)
+	}()
+	<-done
+	if !ft.failed {
+		t.Error("Records accepted a text line, want a test failure")
+	}
+}
+
+// fatalRecorder records Fatalf and ends only the calling goroutine, as
+// testing.T does, instead of failing the test.
+type fatalRecorder struct {
+	testing.TB
+	failed bool
+}
+
+func (f *fatalRecorder) Fatalf(string, ...any) { f.failed = true; runtime.Goexit() }
+func (f *fatalRecorder) Helper()               {}
