@@ -205,6 +205,13 @@ func TestOutageReasonChange(t *testing.T) {
 
 // TestClassify: every failure maps to one reason, and its detail never
 // quotes more of an error reply than its code.
+// replyError is an error reply as go-redis returns it (redis.Error), for
+// wordings the test's redis-server does not produce.
+type replyError string
+
+func (e replyError) Error() string { return string(e) }
+func (replyError) RedisError()     {}
+
 func TestClassify(t *testing.T) {
 	srv := redistest.Start(t)
 	ctx := testCtx(t)
@@ -213,6 +220,9 @@ func TestClassify(t *testing.T) {
 	if unknown == nil || !strings.Contains(unknown.Error(), arg) {
 		t.Fatalf("unknown command: got %v, want a reply that quotes its argument", unknown)
 	}
+	// Redis 6+ answers a password sent to a server without one with an
+	// ERR reply, not WRONGPASS.
+	nopassword := srv.Client().Do(ctx, "AUTH", arg).Err()
 	if err := srv.Client().ConfigSet(ctx, "requirepass", "pw-"+randomToken()).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -232,6 +242,11 @@ func TestClassify(t *testing.T) {
 	}{
 		{"WRONGPASS", wrongpass, ReasonAuth, "WRONGPASS"},
 		{"NOAUTH", noauth, ReasonAuth, "NOAUTH"},
+		{"AUTH without a password configured", nopassword, ReasonAuth, "ERR"},
+		// Redis < 6 has no WRONGPASS code; its replies may quote the password.
+		{"redis 5 invalid password", replyError("ERR invalid password " + arg), ReasonAuth, "ERR"},
+		{"redis 5 no password set", replyError("ERR Client sent AUTH, but no password is set " + arg), ReasonAuth, "ERR"},
+		{"redis 6 AUTH without password", replyError("ERR AUTH " + arg + " called without any password configured for the default user. Are you sure your configuration is correct?"), ReasonAuth, "ERR"},
 		{"error reply", unknown, ReasonError, "ERR"},
 		{"dial error", &net.OpError{Op: "dial", Net: "tcp", Err: &net.AddrError{Err: "x"}}, ReasonUnreachable, ""},
 		{"refused errno", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, ReasonRefused, ""},

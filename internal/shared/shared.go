@@ -339,9 +339,10 @@ func (t *Tier) Health() (state, reason string) {
 func classify(err error) (reason, detail string) {
 	var reply redis.Error
 	if errors.As(err, &reply) {
-		code, _, _ := strings.Cut(reply.Error(), " ")
-		switch code {
-		case "WRONGPASS", "NOAUTH", "NOPERM":
+		text := reply.Error()
+		code, _, _ := strings.Cut(text, " ")
+		switch {
+		case code == "WRONGPASS", code == "NOAUTH", code == "NOPERM", code == "ERR" && authReply(text):
 			return ReasonAuth, code
 		}
 		return ReasonError, code
@@ -371,6 +372,19 @@ func classify(err error) (reason, detail string) {
 		return ReasonUnreachable, detail
 	}
 	return ReasonError, detail
+}
+
+// authReply reports whether an ERR reply is a refused password in the
+// wording of servers that predate the WRONGPASS code: Redis < 6 answers a
+// wrong password with "ERR invalid password" and a password sent to a server
+// without one with "ERR Client sent AUTH, but no password is set"; Redis 6+
+// answers the latter with "ERR AUTH <password> called without any password
+// configured for the default user…".
+func authReply(text string) bool {
+	lower := strings.ToLower(text)
+	return strings.HasPrefix(lower, "err invalid password") ||
+		strings.HasPrefix(lower, "err client sent auth") ||
+		strings.HasPrefix(lower, "err auth ") && strings.Contains(lower, "without any password configured")
 }
 
 // Close closes the Redis client.
