@@ -348,7 +348,12 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Met
 			PassthroughShare:       p.PassthroughShare,
 			PassthroughCallerShare: p.PassthroughCallerShare,
 			PassthroughClientShare: p.PassthroughClientShare,
-		}, upstream.Options{Logger: logger})
+		}, upstream.Options{
+			Logger:      logger,
+			MaxAttempts: p.MaxAttempts,
+			BaseBackoff: time.Duration(p.RetryBackoff),
+			MaxBackoff:  time.Duration(p.RetryBackoffMax),
+		})
 		if err != nil {
 			return nil, fmt.Errorf("provider %q: %w", p.Name, err)
 		}
@@ -377,10 +382,6 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Met
 		}
 		f = a.tier
 	}
-	minRemaining := time.Duration(cfg.Cache.MinRemaining)
-	if minRemaining == 0 {
-		minRemaining = -1 // broker.Config: negative means none.
-	}
 	b, err := broker.New(broker.Config{
 		Providers:       providers,
 		Clients:         clients,
@@ -388,9 +389,11 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Met
 		Cache:           cache,
 		RefreshFraction: cfg.Cache.RefreshFraction,
 		RefreshJitter:   cfg.Cache.RefreshJitter,
-		MinRemaining:    minRemaining,
+		MinRemaining:    time.Duration(cfg.Cache.MinRemaining),
 		NegativeTTL:     time.Duration(cfg.Cache.NegativeTTL),
 		FetchTimeout:    time.Duration(cfg.Cache.FetchTimeout),
+		RetryBase:       time.Duration(cfg.Cache.RefreshRetryBackoff),
+		RetryMax:        time.Duration(cfg.Cache.RefreshRetryBackoffMax),
 		HMACKey:         keys.HMAC,
 		Fleet:           f,
 		Observer:        observer{m},

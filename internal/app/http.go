@@ -78,6 +78,7 @@ func newHTTPServer(cfg config.Config, b *broker.Broker, guard *access.Authentica
 		ReadyDetail:     readyDetail,
 		Metrics:         metrics.Handler(reg),
 		Logger:          logger,
+		MaxBodyBytes:    int64(cfg.HTTPMaxBodyBytes),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("http_listen: %w", err)

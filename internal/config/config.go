@@ -122,6 +122,10 @@ type Config struct {
 	Sealing Sealing `yaml:"sealing"`
 	// Shared configures the Redis tier that replicas share. Default: none.
 	Shared Shared `yaml:"shared"`
+	// HTTPMaxBodyBytes bounds the body of a token request on the HTTP
+	// listener; a longer one is refused with 413. Default 64KiB; from 1KiB
+	// to 1MiB.
+	HTTPMaxBodyBytes ByteSize `yaml:"http_max_body_bytes"`
 	// Dev runs the broker in development mode (an embedded token endpoint).
 	// It is set by the -dev flag only, never by the file.
 	Dev bool `yaml:"-"`
@@ -164,6 +168,14 @@ type Cache struct {
 	// FetchTimeout is the deadline of one shared upstream fetch, retries
 	// included. Default 30s; must be > 0.
 	FetchTimeout Duration `yaml:"fetch_timeout"`
+	// RefreshRetryBackoff is the backoff ceiling before the first retry of
+	// a failed background refresh; it doubles with each failure up to
+	// RefreshRetryBackoffMax, and the wait is uniformly random below it
+	// (full jitter). Default 1s; must be > 0.
+	RefreshRetryBackoff Duration `yaml:"refresh_retry_backoff"`
+	// RefreshRetryBackoffMax is the largest backoff ceiling of failed
+	// background refreshes. Default 1m; must be >= RefreshRetryBackoff.
+	RefreshRetryBackoffMax Duration `yaml:"refresh_retry_backoff_max"`
 	// HMACKeyFile is a file holding the key of the HMAC that derives cache
 	// keys, in base64 (standard or URL-safe alphabet, padding optional,
 	// surrounding white space ignored), decoding to at least MinHMACKeySize
@@ -214,6 +226,18 @@ type Provider struct {
 	// DefaultLifetime is the lifetime assumed for a token whose response
 	// has no expires_in. Default 1h; must be > 0.
 	DefaultLifetime Duration `yaml:"default_lifetime"`
+	// MaxAttempts is how many HTTP requests one upstream fetch makes at
+	// most, the first included, when the endpoint throttles or fails
+	// transiently. Default 4; from 1 to 10.
+	MaxAttempts int `yaml:"max_attempts"`
+	// RetryBackoff is the backoff ceiling before the first retry within one
+	// fetch; it doubles with each retry up to RetryBackoffMax, and the wait
+	// is uniformly random below it (full jitter), or the endpoint's
+	// Retry-After when longer. Default 100ms; must be > 0.
+	RetryBackoff Duration `yaml:"retry_backoff"`
+	// RetryBackoffMax is the largest backoff ceiling within one fetch.
+	// Default 5s; must be >= RetryBackoff.
+	RetryBackoffMax Duration `yaml:"retry_backoff_max"`
 }
 
 // Client is a set of client credentials the broker holds. Its secret is read
@@ -430,6 +454,8 @@ func Default() Config {
 	return Config{
 		Listen:     "127.0.0.1:7443",
 		HTTPListen: "127.0.0.1:7080",
+
+		HTTPMaxBodyBytes: 64 * KiB,
 		Cache: Cache{
 			MaxCost:         64 * MiB,
 			RefreshFraction: 0.75,
@@ -437,6 +463,9 @@ func Default() Config {
 			MinRemaining:    Duration(30 * time.Second),
 			NegativeTTL:     Duration(5 * time.Second),
 			FetchTimeout:    Duration(30 * time.Second),
+
+			RefreshRetryBackoff:    Duration(time.Second),
+			RefreshRetryBackoffMax: Duration(time.Minute),
 		},
 		Passthrough: false,
 		Server: Server{
@@ -473,5 +502,9 @@ func DefaultProvider() Provider {
 		PassthroughShare:       0.5,
 		PassthroughCallerShare: 0.25,
 		PassthroughClientShare: 0.25,
+
+		MaxAttempts:     4,
+		RetryBackoff:    Duration(100 * time.Millisecond),
+		RetryBackoffMax: Duration(5 * time.Second),
 	}
 }

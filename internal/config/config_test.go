@@ -35,7 +35,11 @@ func TestDefault(t *testing.T) {
 			MinRemaining:    Duration(30 * time.Second),
 			NegativeTTL:     Duration(5 * time.Second),
 			FetchTimeout:    Duration(30 * time.Second),
+
+			RefreshRetryBackoff:    Duration(time.Second),
+			RefreshRetryBackoffMax: Duration(time.Minute),
 		},
+		HTTPMaxBodyBytes: 64 * KiB,
 		Server: Server{
 			MaxConcurrentStreams:  1000,
 			ShutdownTimeout:       Duration(10 * time.Second),
@@ -96,6 +100,10 @@ func TestDefault(t *testing.T) {
 		PassthroughShare:       0.5,
 		PassthroughCallerShare: 0.25,
 		PassthroughClientShare: 0.25,
+
+		MaxAttempts:     4,
+		RetryBackoff:    Duration(100 * time.Millisecond),
+		RetryBackoffMax: Duration(5 * time.Second),
 	}
 	if p != wantP {
 		t.Fatalf("DefaultProvider() = %+v, want %+v", p, wantP)

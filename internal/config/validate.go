@@ -65,6 +65,14 @@ func (c *Config) Validate() error {
 	if cc.FetchTimeout <= 0 {
 		v.add("cache.fetch_timeout", "must be > 0, got %s", cc.FetchTimeout)
 	}
+	if cc.RefreshRetryBackoff <= 0 {
+		v.add("cache.refresh_retry_backoff", "must be > 0, got %s", cc.RefreshRetryBackoff)
+	} else if cc.RefreshRetryBackoffMax < cc.RefreshRetryBackoff {
+		v.add("cache.refresh_retry_backoff_max", "must be >= cache.refresh_retry_backoff (%s), got %s", cc.RefreshRetryBackoff, cc.RefreshRetryBackoffMax)
+	}
+	if c.HTTPMaxBodyBytes < KiB || c.HTTPMaxBodyBytes > MiB {
+		v.add("http_max_body_bytes", "must be between 1KiB and 1MiB, got %d bytes", int64(c.HTTPMaxBodyBytes))
+	}
 
 	// providers maps each valid, unique name to its index; every name
 	// present counts for clients[].provider, so that one bad name is
@@ -109,6 +117,14 @@ func (c *Config) Validate() error {
 		}
 		if p.DefaultLifetime <= 0 {
 			v.add(key+".default_lifetime", "must be > 0, got %s", p.DefaultLifetime)
+		}
+		if p.MaxAttempts < 1 || p.MaxAttempts > 10 {
+			v.add(key+".max_attempts", "must be between 1 and 10, got %d", p.MaxAttempts)
+		}
+		if p.RetryBackoff <= 0 {
+			v.add(key+".retry_backoff", "must be > 0, got %s", p.RetryBackoff)
+		} else if p.RetryBackoffMax < p.RetryBackoff {
+			v.add(key+".retry_backoff_max", "must be >= retry_backoff (%s), got %s", p.RetryBackoff, p.RetryBackoffMax)
 		}
 	}
 

@@ -20,7 +20,7 @@ func FuzzTokenRequest(f *testing.F) {
 	b := &stubBroker{getToken: func(_ context.Context, req broker.Request) (broker.Token, error) {
 		return broker.Token{AccessToken: "fuzz-token", TokenType: "Bearer", ExpiresAt: time.Now().Add(time.Hour)}, nil
 	}}
-	h, err := New(Config{Broker: b, Providers: []string{"dev"}, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+	h, err := New(Config{Broker: b, Providers: []string{"dev"}, MaxBodyBytes: 64 << 10, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"io"
@@ -117,10 +118,11 @@ func newEnv(t *testing.T, o envOptions) *env {
 			RateLimit:  1000,
 			Burst:      100,
 
+			DefaultLifetime:        time.Hour,
 			PassthroughShare:       1,
 			PassthroughCallerShare: 1,
 			PassthroughClientShare: 1,
-		}, upstream.Options{Logger: logger, MaxAttempts: 1})
+		}, upstream.Options{Logger: logger, MaxAttempts: 1, BaseBackoff: 100 * time.Millisecond, MaxBackoff: 5 * time.Second})
 		if err != nil {
 			t.Fatalf("upstream.New: %v", err)
 		}
@@ -133,10 +135,15 @@ func newEnv(t *testing.T, o envOptions) *env {
 	}
 	t.Cleanup(cache.Close)
 	b, err := broker.New(broker.Config{
-		Providers:   fetchers,
-		Passthrough: true,
-		Cache:       cache,
-		Logger:      logger,
+		Providers:       fetchers,
+		Passthrough:     true,
+		Cache:           cache,
+		Logger:          logger,
+		RefreshFraction: 0.75,
+		MinRemaining:    30 * time.Second,
+		FetchTimeout:    30 * time.Second,
+		RetryBase:       time.Second,
+		RetryMax:        time.Minute,
 	})
 	if err != nil {
 		t.Fatalf("broker.New: %v", err)
@@ -151,7 +158,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		Ready:           o.ready,
 		Metrics:         o.metrics,
 		Logger:          logger,
-		MaxBodyBytes:    o.maxBody,
+		MaxBodyBytes:    cmp.Or(o.maxBody, 64<<10),
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -186,6 +193,7 @@ func serveStub(t *testing.T, cfg Config) (*handler, *httptest.Server) {
 	if cfg.Providers == nil {
 		cfg.Providers = []string{"dev"}
 	}
+	cfg.MaxBodyBytes = cmp.Or(cfg.MaxBodyBytes, 64<<10)
 	h, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)

@@ -36,10 +36,6 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 )
 
-// DefaultMaxBodyBytes is the largest token request body read when
-// Config.MaxBodyBytes is zero.
-const DefaultMaxBodyBytes = 64 << 10
-
 // Paths served by the handler.
 const (
 	// TokenPath is the token endpoint of the default provider.
@@ -112,7 +108,8 @@ type Config struct {
 	// slog.Default().
 	Logger *slog.Logger
 	// MaxBodyBytes bounds a token request's body; a longer one is refused
-	// with 413. Zero means DefaultMaxBodyBytes.
+	// with 413. Required: greater than 0 (the default is the
+	// configuration's http_max_body_bytes).
 	MaxBodyBytes int64
 }
 
@@ -130,11 +127,8 @@ func New(cfg Config) (http.Handler, error) {
 	if cfg.Broker == nil {
 		return nil, errors.New("httpapi: Config.Broker is required")
 	}
-	if cfg.MaxBodyBytes < 0 {
-		return nil, fmt.Errorf("httpapi: Config.MaxBodyBytes: must not be negative, got %d", cfg.MaxBodyBytes)
-	}
-	if cfg.MaxBodyBytes == 0 {
-		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	if cfg.MaxBodyBytes <= 0 {
+		return nil, fmt.Errorf("httpapi: Config.MaxBodyBytes: must be greater than 0, got %d", cfg.MaxBodyBytes)
 	}
 	providers := make(map[string]bool, len(cfg.Providers))
 	for i, p := range cfg.Providers {

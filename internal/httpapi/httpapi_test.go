@@ -23,11 +23,12 @@ func TestNewValidates(t *testing.T) {
 	}{
 		{"no broker", Config{Providers: []string{"a"}}, "Config.Broker"},
 		{"negative body limit", Config{Broker: nopBroker, MaxBodyBytes: -1}, "Config.MaxBodyBytes"},
-		{"empty provider", Config{Broker: nopBroker, Providers: []string{"a", ""}}, "Config.Providers[1]"},
-		{"duplicate provider", Config{Broker: nopBroker, Providers: []string{"a", "a"}}, "Config.Providers[1]"},
-		{"unknown default", Config{Broker: nopBroker, Providers: []string{"a"}, DefaultProvider: "b"}, "Config.DefaultProvider"},
-		{"no providers", Config{Broker: nopBroker}, ""},
-		{"several without default", Config{Broker: nopBroker, Providers: []string{"a", "b"}}, ""},
+		{"no body limit", Config{Broker: nopBroker}, "Config.MaxBodyBytes"},
+		{"empty provider", Config{Broker: nopBroker, MaxBodyBytes: 1024, Providers: []string{"a", ""}}, "Config.Providers[1]"},
+		{"duplicate provider", Config{Broker: nopBroker, MaxBodyBytes: 1024, Providers: []string{"a", "a"}}, "Config.Providers[1]"},
+		{"unknown default", Config{Broker: nopBroker, MaxBodyBytes: 1024, Providers: []string{"a"}, DefaultProvider: "b"}, "Config.DefaultProvider"},
+		{"no providers", Config{Broker: nopBroker, MaxBodyBytes: 1024}, ""},
+		{"several without default", Config{Broker: nopBroker, MaxBodyBytes: 1024, Providers: []string{"a", "b"}}, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -45,7 +46,7 @@ func TestNewValidates(t *testing.T) {
 }
 
 func TestSingleProviderIsDefault(t *testing.T) {
-	h, err := New(Config{Broker: nopBroker, Providers: []string{"only"}})
+	h, err := New(Config{Broker: nopBroker, Providers: []string{"only"}, MaxBodyBytes: 1024})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -16,16 +16,6 @@ import (
 	"time"
 )
 
-// Defaults for the zero values of Options.
-const (
-	// DefaultMaxAttempts is how many HTTP attempts Fetch makes at most.
-	DefaultMaxAttempts = 4
-	// DefaultBaseBackoff is the backoff ceiling before the first retry.
-	DefaultBaseBackoff = 100 * time.Millisecond
-	// DefaultMaxBackoff is the largest backoff ceiling.
-	DefaultMaxBackoff = 5 * time.Second
-)
-
 const (
 	// maxRetryAfter caps the delay an endpoint may ask for with Retry-After.
 	maxRetryAfter = 5 * time.Minute
@@ -36,7 +26,9 @@ const (
 	userAgent = "tokenbroker"
 )
 
-// Options tune a Client. The zero value is usable.
+// Options tune a Client. MaxAttempts, BaseBackoff and MaxBackoff have no
+// defaults here: the configuration holds them (config.DefaultProvider), and
+// New refuses a zero value.
 type Options struct {
 	// HTTPClient sends the requests; nil means a new client with Go's
 	// default transport. It is copied, and the copy never follows
@@ -46,12 +38,12 @@ type Options struct {
 	// Logger receives warnings and retry notes; nil means slog.Default().
 	Logger *slog.Logger
 	// MaxAttempts is how many HTTP attempts Fetch makes at most, the first
-	// included; 0 means DefaultMaxAttempts.
+	// included; at least 1.
 	MaxAttempts int
 	// BaseBackoff is the backoff ceiling before the first retry; it doubles
-	// with each retry up to MaxBackoff. 0 means DefaultBaseBackoff.
+	// with each retry up to MaxBackoff. Greater than 0.
 	BaseBackoff time.Duration
-	// MaxBackoff is the largest backoff ceiling; 0 means DefaultMaxBackoff.
+	// MaxBackoff is the largest backoff ceiling; at least BaseBackoff.
 	MaxBackoff time.Duration
 }
 
@@ -74,12 +66,12 @@ type Client struct {
 }
 
 // New returns a Client for p. It checks p and o and returns an error naming
-// the first bad field. A zero p.DefaultLifetime means one hour.
+// the first bad field; a zero value is an error like any other bad value.
 func New(p Provider, o Options) (*Client, error) {
 	if err := validateProvider(p); err != nil {
 		return nil, err
 	}
-	if err := validateOptions(p, &o); err != nil {
+	if err := validateOptions(p, o); err != nil {
 		return nil, err
 	}
 	hc := &http.Client{}
@@ -148,33 +140,21 @@ func validateProvider(p Provider) error {
 			return bad(f.name, "must be greater than 0 and at most 1")
 		}
 	}
-	if p.DefaultLifetime < 0 || p.DefaultLifetime > maxLifetime {
-		return bad("DefaultLifetime", "must be between 0 and 8760h")
+	if p.DefaultLifetime <= 0 || p.DefaultLifetime > maxLifetime {
+		return bad("DefaultLifetime", "must be greater than 0 and at most 8760h")
 	}
 	return nil
 }
 
-func validateOptions(p Provider, o *Options) error {
+func validateOptions(p Provider, o Options) error {
 	bad := func(field, rule string) error {
 		return fmt.Errorf("upstream: provider %q: Options.%s: %s", p.Name, field, rule)
 	}
-	if o.MaxAttempts < 0 {
-		return bad("MaxAttempts", "must not be negative")
+	if o.MaxAttempts < 1 {
+		return bad("MaxAttempts", "must be at least 1")
 	}
-	if o.BaseBackoff < 0 {
-		return bad("BaseBackoff", "must not be negative")
-	}
-	if o.MaxBackoff < 0 {
-		return bad("MaxBackoff", "must not be negative")
-	}
-	if o.MaxAttempts == 0 {
-		o.MaxAttempts = DefaultMaxAttempts
-	}
-	if o.BaseBackoff == 0 {
-		o.BaseBackoff = DefaultBaseBackoff
-	}
-	if o.MaxBackoff == 0 {
-		o.MaxBackoff = max(DefaultMaxBackoff, o.BaseBackoff)
+	if o.BaseBackoff <= 0 {
+		return bad("BaseBackoff", "must be greater than 0")
 	}
 	if o.MaxBackoff < o.BaseBackoff {
 		return bad("MaxBackoff", "must not be less than BaseBackoff")

@@ -27,7 +27,7 @@ func TestNewValidation(t *testing.T) {
 	}{
 		{"valid", func(*Provider, *Options) {}, ""},
 		{"valid post", func(p *Provider, _ *Options) { p.AuthMethod = AuthPost }, ""},
-		{"zero default lifetime", func(p *Provider, _ *Options) { p.DefaultLifetime = 0 }, ""},
+		{"zero default lifetime", func(p *Provider, _ *Options) { p.DefaultLifetime = 0 }, "DefaultLifetime"},
 		{"empty name", func(p *Provider, _ *Options) { p.Name = "" }, "Name"},
 		{"empty url", func(p *Provider, _ *Options) { p.TokenURL = "" }, "TokenURL"},
 		{"unparsable url", func(p *Provider, _ *Options) { p.TokenURL = "http://[::1" }, "TokenURL"},
@@ -60,7 +60,7 @@ func TestNewValidation(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, o := good, Options{}
+			p, o := good, testOptions()
 			tt.edit(&p, &o)
 			c, err := New(p, o)
 			if tt.wantField == "" {
@@ -82,15 +82,37 @@ func TestNewValidation(t *testing.T) {
 	}
 }
 
-func TestNewDefaults(t *testing.T) {
+// TestNewRefusesZeroValues: New has no defaults of its own (they live in
+// the configuration); a zero value is refused with the field's name.
+func TestNewRefusesZeroValues(t *testing.T) {
+	for _, tc := range []struct {
+		field string
+		edit  func(*Provider, *Options)
+	}{
+		{"MaxAttempts", func(_ *Provider, o *Options) { o.MaxAttempts = 0 }},
+		{"BaseBackoff", func(_ *Provider, o *Options) { o.BaseBackoff = 0 }},
+		{"MaxBackoff", func(_ *Provider, o *Options) { o.MaxBackoff = 0 }},
+		{"DefaultLifetime", func(p *Provider, _ *Options) { p.DefaultLifetime = 0 }},
+	} {
+		p, o := testProvider("http://localhost/token"), testOptions()
+		tc.edit(&p, &o)
+		if _, err := New(p, o); err == nil || !strings.Contains(err.Error(), tc.field+":") {
+			t.Errorf("zero %s: got error %v, want one naming %s", tc.field, err, tc.field)
+		}
+	}
+}
+
+func TestNewCopiesHTTPClient(t *testing.T) {
 	own := &http.Client{}
-	c, err := New(testProvider("http://localhost/token"), Options{HTTPClient: own})
+	o := testOptions()
+	o.HTTPClient = own
+	c, err := New(testProvider("http://localhost/token"), o)
 	if err != nil {
 		t.Fatalf("New: got error %v, want nil", err)
 	}
-	if c.maxAttempts != DefaultMaxAttempts || c.baseBackoff != DefaultBaseBackoff || c.maxBackoff != DefaultMaxBackoff {
-		t.Errorf("defaults: got attempts %d, base %v, max %v, want %d, %v, %v",
-			c.maxAttempts, c.baseBackoff, c.maxBackoff, DefaultMaxAttempts, DefaultBaseBackoff, DefaultMaxBackoff)
+	if c.maxAttempts != o.MaxAttempts || c.baseBackoff != o.BaseBackoff || c.maxBackoff != o.MaxBackoff {
+		t.Errorf("options: got attempts %d, base %v, max %v, want %d, %v, %v",
+			c.maxAttempts, c.baseBackoff, c.maxBackoff, o.MaxAttempts, o.BaseBackoff, o.MaxBackoff)
 	}
 	if c.hc == own || own.CheckRedirect != nil || c.hc.CheckRedirect == nil {
 		t.Error("HTTP client: got the caller's client or no redirect policy, want a private copy that refuses redirects")

@@ -115,6 +115,15 @@ func testProvider(tokenURL string) Provider {
 	}
 }
 
+// testMaxAttempts is the MaxAttempts of newTestClient when the test sets
+// none: the configuration's default (config.DefaultProvider).
+const testMaxAttempts = 4
+
+// testOptions returns valid Options with the configuration's defaults.
+func testOptions() Options {
+	return Options{MaxAttempts: testMaxAttempts, BaseBackoff: 100 * time.Millisecond, MaxBackoff: 5 * time.Second}
+}
+
 func testRequest() Request {
 	return Request{ClientID: "client-1", ClientSecret: secret.String("s3cr3t-value")}
 }
@@ -162,6 +171,9 @@ func (f *fakeClock) wait(ctx context.Context, d time.Duration) error {
 // newTestClient returns a Client for p whose waits are recorded, not slept.
 func newTestClient(t *testing.T, p Provider, o Options) (*Client, *waits) {
 	t.Helper()
+	if o.MaxAttempts == 0 {
+		o.MaxAttempts = testMaxAttempts
+	}
 	if o.BaseBackoff == 0 {
 		o.BaseBackoff = time.Millisecond
 	}

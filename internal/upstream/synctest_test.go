@@ -65,7 +65,9 @@ func newSyncClient(t *testing.T, tr http.RoundTripper, edit func(*Provider)) *Cl
 	if edit != nil {
 		edit(&p)
 	}
-	c, err := New(p, Options{HTTPClient: &http.Client{Transport: tr}, Logger: slog.New(slog.DiscardHandler)})
+	o := testOptions()
+	o.HTTPClient, o.Logger = &http.Client{Transport: tr}, slog.New(slog.DiscardHandler)
+	c, err := New(p, o)
 	if err != nil {
 		t.Fatalf("New: got error %v, want nil", err)
 	}
@@ -115,7 +117,7 @@ func TestBackoffWithinCeiling(t *testing.T) {
 		if len(at) != 3 {
 			t.Fatalf("requests: got %d, want 3", len(at))
 		}
-		for i, ceiling := range []time.Duration{DefaultBaseBackoff, 2 * DefaultBaseBackoff} {
+		for i, ceiling := range []time.Duration{testOptions().BaseBackoff, 2 * testOptions().BaseBackoff} {
 			if gap := at[i+1].Sub(at[i]); gap > ceiling {
 				t.Errorf("wait before retry %d: got %v, want <= %v", i+1, gap, ceiling)
 			}
