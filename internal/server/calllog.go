@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"time"
@@ -22,7 +23,8 @@ import (
 //
 // A failure on the broker's side (codes.Unavailable, FailedPrecondition,
 // Internal, DeadlineExceeded, Canceled) adds its cause: the text of the
-// broker's error, as the HTTP endpoint's log line shows it. Upstream error
+// broker's error, as the HTTP endpoint's log line shows it (for Internal
+// only when the error is of a known kind, see causeText). Upstream error
 // texts in it carry only the OAuth error code and a description the
 // upstream package has scrubbed of the secret; the text is further cut to
 // printable ASCII and 512 bytes. Errors of the caller's own making (an
@@ -76,6 +78,34 @@ func logsCause(code codes.Code) bool {
 	return false
 }
 
+// internalCause is the cause logged for a codes.Internal call whose error
+// is of no known kind.
+const internalCause = "internal error"
+
+// causeText returns the access-log cause of a call that ended with code
+// because of err. codes.Internal is also what an error of no known kind
+// becomes (StatusFromError's fallback), and such an error's text may hold
+// anything, a secret included: for Internal the text is shown only when
+// err matches a kind of the error table (the upstream kinds among them),
+// else the fixed internalCause (the broker's own internal error reads the
+// same).
+func causeText(code codes.Code, err error) string {
+	if code == codes.Internal && !knownKind(err) {
+		return internalCause
+	}
+	return sanitize(err.Error())
+}
+
+// knownKind reports whether err matches a kind of statusTable.
+func knownKind(err error) bool {
+	for _, row := range statusTable {
+		if errors.Is(err, row.kind) {
+			return true
+		}
+	}
+	return false
+}
+
 // unaryCallLog returns the unary access-log interceptor writing to l.
 func unaryCallLog(l *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -123,7 +153,7 @@ func (c *callLog) write(ctx context.Context, l *slog.Logger, fullMethod string, 
 		n++
 	}
 	if c.cause != nil && logsCause(code) {
-		attrs[n] = slog.String(logCause, sanitize(c.cause.Error()))
+		attrs[n] = slog.String(logCause, causeText(code, c.cause))
 		n++
 	}
 	l.LogAttrs(ctx, level, logFinished, attrs[:n]...)
