@@ -34,7 +34,8 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
-// The outcomes of an upstream fetch, as the `outcome` label shows them.
+// The outcomes of an upstream fetch, as the `outcome` label shows them:
+// the names of the upstream.Outcome values (upstream.OutcomeOf classifies).
 const (
 	// OutcomeOK: the endpoint issued a token.
 	OutcomeOK = "ok"
@@ -411,37 +412,23 @@ func (m *Metrics) addObserver(k seriesKey) prometheus.Observer {
 	return o
 }
 
-// validOutcome reports whether s is one of the Outcome* constants.
+// validOutcome reports whether s is the name of an upstream.Outcome (the
+// Outcome* constants).
 func validOutcome(s string) bool {
-	switch s {
-	case OutcomeOK, OutcomeInvalidClient, OutcomeInvalidScope, OutcomeUnauthorizedClient,
-		OutcomeThrottled, OutcomeUnavailable, OutcomeRejected, OutcomeError:
-		return true
+	for _, o := range upstream.Outcomes {
+		if o.String() == s {
+			return true
+		}
 	}
 	return false
 }
 
 // Outcome maps the error of an upstream fetch (nil for success) to its
-// outcome label, by the upstream.Err* kind it matches. Context errors and
-// errors of no kind are OutcomeError. The error's text is never looked at.
+// outcome label: upstream.OutcomeOf(err).String(), the classification the
+// broker's per-provider statistics use too. The error's text is never
+// looked at.
 func Outcome(err error) string {
-	switch {
-	case err == nil:
-		return OutcomeOK
-	case errors.Is(err, upstream.ErrInvalidClient):
-		return OutcomeInvalidClient
-	case errors.Is(err, upstream.ErrInvalidScope):
-		return OutcomeInvalidScope
-	case errors.Is(err, upstream.ErrUnauthorizedClient):
-		return OutcomeUnauthorizedClient
-	case errors.Is(err, upstream.ErrThrottled):
-		return OutcomeThrottled
-	case errors.Is(err, upstream.ErrUnavailable):
-		return OutcomeUnavailable
-	case errors.Is(err, upstream.ErrRejected):
-		return OutcomeRejected
-	}
-	return OutcomeError
+	return upstream.OutcomeOf(err).String()
 }
 
 // Handler returns an HTTP handler that serves the metrics g gathers in the
