@@ -1,10 +1,7 @@
 package tokensource
 
 import (
-	"bytes"
 	"context"
-	"log/slog"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,6 +12,7 @@ import (
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/apptest"
+	"github.com/tokenbroker/tokenbroker/internal/testkit"
 )
 
 // waitTimeout bounds every wait for something the broker or the Source
@@ -103,25 +101,5 @@ func (w *watcher) waitFor(t *testing.T, s *Source, what string, cond func(*state
 	}
 }
 
-// logBuffer collects a Source's log lines, safe for concurrent use.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // withLogs logs at debug level into b.
-func withLogs(b *logBuffer) Option {
-	return WithLogger(slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug})))
-}
+func withLogs(b *testkit.LogBuffer) Option { return WithLogger(testkit.TextLogger(b)) }

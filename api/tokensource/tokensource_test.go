@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"net"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"golang.org/x/oauth2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -25,6 +25,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/apptest"
 	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/devissuer"
+	"github.com/tokenbroker/tokenbroker/internal/testkit"
 )
 
 // rpcCounter counts the RPCs a client connection starts.
@@ -70,7 +71,7 @@ func TestFirstToken(t *testing.T) {
 	st := apptest.Start(t, nil)
 	conn := dial(t, st.Addr)
 	ctx := testCtx(t)
-	var logs logBuffer
+	var logs testkit.LogBuffer
 	start := time.Now()
 	src, err := New(ctx, conn, heldSelector("api/read"), withLogs(&logs))
 	if err != nil {
@@ -131,7 +132,7 @@ func TestRefreshReplacesTokenWithoutRPC(t *testing.T) {
 	var rpcs rpcCounter
 	conn := dial(t, st.Addr, rpcs.options()...)
 	var w watcher
-	var logs logBuffer
+	var logs testkit.LogBuffer
 	src, err := New(testCtx(t), conn, heldSelector("api/read"), withWatcher(&w), withLogs(&logs))
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -169,7 +170,7 @@ func TestBrokerStopAndRestart(t *testing.T) {
 	var (
 		w    watcher
 		c    clock
-		logs logBuffer
+		logs testkit.LogBuffer
 	)
 	src, err := New(testCtx(t), conn, heldSelector("api/read"),
 		WithBackoff(10*time.Millisecond, 100*time.Millisecond), withWatcher(&w), withClock(&c), withLogs(&logs))
@@ -255,7 +256,7 @@ func TestUnavailableKeepsValidToken(t *testing.T) {
 	var (
 		w    watcher
 		c    clock
-		logs logBuffer
+		logs testkit.LogBuffer
 	)
 	src, err := New(testCtx(t), conn, heldSelector("api/read"), withWatcher(&w), withClock(&c), withLogs(&logs))
 	if err != nil {
@@ -307,7 +308,7 @@ func TestNewRefused(t *testing.T) {
 		{"scope not granted", heldSelector("api/admin"), codes.InvalidArgument},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var logs logBuffer
+			var logs testkit.LogBuffer
 			src, err := New(testCtx(t), conn, tc.sel, withLogs(&logs))
 			if src != nil || status.Code(err) != tc.want || errors.Is(err, context.DeadlineExceeded) {
 				t.Fatalf("New: got %v, %v; want no Source, %v at once", src, err, tc.want)
@@ -439,7 +440,7 @@ func TestCloseLeaksNothing(t *testing.T) {
 	if _, err := tokenbrokerv1.NewTokenBrokerServiceClient(conn).GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Selector: heldSelector("api/read")}); err != nil {
 		t.Fatal(err)
 	}
-	before := runtime.NumGoroutine()
+	ignore := goleak.IgnoreCurrent()
 	src, err := New(ctx, conn, heldSelector("api/read"))
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -469,16 +470,9 @@ func TestCloseLeaksNothing(t *testing.T) {
 		t.Errorf("GetRequestMetadata after Close: got %v, want ErrClosed", err)
 	}
 
-	// The stream's goroutines (client and server side) end soon after.
-	deadline := time.Now().Add(waitTimeout)
-	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	buf := make([]byte, 1<<20)
-	stacks := string(buf[:runtime.Stack(buf, true)])
-	if after := runtime.NumGoroutine(); after > before || strings.Contains(stacks, "(*Source).run") {
-		t.Errorf("goroutines: %d before New, %d after Close\n%s", before, after, stacks)
-	}
+	// The stream's goroutines (client and server side) end soon after:
+	// none started since New is left.
+	testkit.VerifyNone(t, ignore)
 }
 
 // TestHandleEvents: events are applied as documented, including malformed

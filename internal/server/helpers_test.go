@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -16,14 +15,14 @@ import (
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
-	"github.com/tokenbroker/tokenbroker/internal/testlog"
+	"github.com/tokenbroker/tokenbroker/internal/testkit"
 )
 
 // rpcTimeout bounds every RPC and every wait in these tests.
 const rpcTimeout = 5 * time.Second
 
 // TestMain fails the run when a goroutine outlives the package's tests.
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testkit.VerifyTestMain(m) }
 
 // stubBroker is a Broker whose behaviour is in function fields. A nil
 // field fails the call with an error the server maps to Internal.
@@ -89,7 +88,7 @@ type testServer struct {
 	conn   *grpc.ClientConn
 	client tokenbrokerv1.TokenBrokerServiceClient
 	admin  tokenbrokerv1.AdminServiceClient
-	logs   *testlog.Buffer
+	logs   *testkit.LogBuffer
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -99,9 +98,9 @@ type testServer struct {
 // server is shut down at cleanup.
 func startServer(t *testing.T, cfg Config) *testServer {
 	t.Helper()
-	ts := &testServer{logs: &testlog.Buffer{}, done: make(chan error, 1)}
+	ts := &testServer{logs: &testkit.LogBuffer{}, done: make(chan error, 1)}
 	if cfg.Logger == nil {
-		cfg.Logger = testlog.JSON(ts.logs)
+		cfg.Logger = testkit.JSONLogger(ts.logs)
 	}
 	srv, err := New(cfg)
 	if err != nil {

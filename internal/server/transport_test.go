@@ -23,7 +23,7 @@ import (
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/metrics"
-	"github.com/tokenbroker/tokenbroker/internal/testlog"
+	"github.com/tokenbroker/tokenbroker/internal/testkit"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
@@ -112,7 +112,7 @@ func TestDeadlineExceededLoggedAndCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &testlog.Buffer{}
+	logs := &testkit.LogBuffer{}
 	cfg := Config{
 		Broker:             blockingBroker(),
 		Logger:             slog.New(slog.NewJSONHandler(logs, nil)),
@@ -207,7 +207,7 @@ func TestAccessLogCause(t *testing.T) {
 	const wantCause = `fetch: provider "cognito": server_error (503): down for maintenance`
 	fail := true
 	var mu sync.Mutex
-	logs := &testlog.Buffer{}
+	logs := &testkit.LogBuffer{}
 	b := &stubBroker{
 		getToken: func(context.Context, broker.Request) (broker.Token, error) {
 			mu.Lock()

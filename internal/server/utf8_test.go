@@ -18,7 +18,7 @@ import (
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
-	"github.com/tokenbroker/tokenbroker/internal/testlog"
+	"github.com/tokenbroker/tokenbroker/internal/testkit"
 )
 
 // rawCodec sends a *[]byte as it is, so that a test can send requests the
@@ -55,7 +55,7 @@ func wireMessage(b []byte, num protowire.Number, m []byte) []byte {
 func TestInvalidUTF8IsInvalidArgument(t *testing.T) {
 	const bad = "orders\xff\xfe"
 	var reached atomic.Int32
-	logs := &testlog.Buffer{}
+	logs := &testkit.LogBuffer{}
 	cfg := Config{
 		Broker: &stubBroker{
 			getToken: func(context.Context, broker.Request) (broker.Token, error) {

@@ -3,8 +3,8 @@ package redistest
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/tokenbroker/tokenbroker/internal/testkit"
 )
 
 // TestMain fails the run when a goroutine outlives the package's tests.
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testkit.VerifyTestMain(m) }

@@ -1,22 +1,17 @@
-package testlog
+package testkit
 
 import (
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
-
-	"go.uber.org/goleak"
 )
 
-// TestMain fails the run when a goroutine outlives the package's tests.
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// TestBufferConcurrent: loggers on many goroutines write whole lines into
-// one Buffer while it is read; every line arrives intact.
-func TestBufferConcurrent(t *testing.T) {
-	var b Buffer
-	logger := JSON(&b)
+// TestLogBufferConcurrent: loggers on many goroutines write whole lines
+// into one LogBuffer while it is read; every line arrives intact.
+func TestLogBufferConcurrent(t *testing.T) {
+	var b LogBuffer
+	logger := JSONLogger(&b)
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Go(func() {
@@ -41,14 +36,14 @@ func TestBufferConcurrent(t *testing.T) {
 // TestWrote: Wrote receives after a write, once for writes nobody waited
 // for, and not before the next write.
 func TestWrote(t *testing.T) {
-	var b Buffer
+	var b LogBuffer
 	select {
 	case <-b.Wrote():
 		t.Fatal("Wrote received before any write")
 	default:
 	}
-	Text(&b).Info("one")
-	Text(&b).Info("two")
+	TextLogger(&b).Info("one")
+	TextLogger(&b).Info("two")
 	select {
 	case <-b.Wrote():
 	default:
@@ -67,8 +62,8 @@ func TestWrote(t *testing.T) {
 // TestRecordsRejectsText: Records fails the test on a line that is not
 // JSON.
 func TestRecordsRejectsText(t *testing.T) {
-	var b Buffer
-	Text(&b).Info("plain")
+	var b LogBuffer
+	TextLogger(&b).Info("plain")
 	ft := &fatalRecorder{TB: t}
 	done := make(chan struct{})
 	go func() {
