@@ -100,10 +100,9 @@ func newHTTPServer(cfg config.Config, b *broker.Broker, guard *access.Authentica
 // The caller has also proved it holds the credentials it presents.
 func httpAuthorize(guard *access.Authenticator) func(*http.Request, broker.Selector) error {
 	return func(r *http.Request, sel broker.Selector) error {
-		if err := guard.Policy().Authorize(access.TLSIdentity(r.TLS), sel); err != nil {
-			return fmt.Errorf("%w: %w", httpapi.ErrAccessDenied, err)
-		}
-		return nil
+		// A refusal is an *access.DeniedError (access.ErrPermissionDenied),
+		// which the endpoint maps to 403 access_denied.
+		return guard.Policy().Authorize(access.TLSIdentity(r.TLS), sel)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/internal/access"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
@@ -17,7 +18,7 @@ import (
 const DefaultRetryAfter = time.Second
 
 // maxDescriptionBytes bounds an error_description taken from an
-// ErrAccessDenied error's own text.
+// access.ErrPermissionDenied error's own text.
 const maxDescriptionBytes = 256
 
 // errorRow is one row of the error table.
@@ -39,7 +40,7 @@ type errorRow struct {
 // errors and unknown errors.
 //
 // Choices worth stating:
-//   - a policy denial (ErrAccessDenied) is 403 access_denied: RFC 6749 has
+//   - a policy denial (access.ErrPermissionDenied) is 403 access_denied: RFC 6749 has
 //     no token endpoint code for it, and the caller did authenticate;
 //   - broker.ErrPassthroughDisabled is 400 unauthorized_client: the broker
 //     does not serve tokens for caller-held credentials at all, so this
@@ -61,7 +62,7 @@ type errorRow struct {
 //   - broker.ErrTokenTooShort is 502 server_error: the provider issues
 //     tokens with less life than the broker may serve.
 var errorTable = []errorRow{
-	{ErrAccessDenied, http.StatusForbidden, codeAccessDenied, "access denied"},
+	{access.ErrPermissionDenied, http.StatusForbidden, codeAccessDenied, "access denied"},
 	{broker.ErrInvalidArgument, http.StatusBadRequest, codeInvalidRequest, "invalid request"},
 	{broker.ErrUnknownProvider, http.StatusBadRequest, codeInvalidRequest, "provider: must name a configured provider"},
 	{broker.ErrUnknownClient, http.StatusBadRequest, codeInvalidRequest, "unknown client"},
@@ -84,7 +85,7 @@ type retryDelayer interface {
 // errorFor maps an error from Authorize or the broker to the answer sent.
 // basic says whether the client authenticated with the Authorization
 // header. The description is the table's fixed text, a *broker.FieldError's
-// field and rule, or for ErrAccessDenied the denial's own sanitised text;
+// field and rule, or for access.ErrPermissionDenied the denial's own sanitised text;
 // never the text of another error. Server-side failures keep err as the
 // cause, for the log line.
 func errorFor(err error, basic bool) *oauthError {
@@ -94,7 +95,7 @@ func errorFor(err error, basic bool) *oauthError {
 		}
 		e := &oauthError{status: row.status, code: row.code, desc: row.desc}
 		switch row.kind {
-		case ErrAccessDenied:
+		case access.ErrPermissionDenied:
 			if own := sanitize(err.Error()); own != "" {
 				e.desc = own
 			}

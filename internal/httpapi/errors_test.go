@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/internal/access"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
@@ -76,7 +77,7 @@ func TestErrorMapping(t *testing.T) {
 			wantStatus: 500, wantCode: "server_error", wantDesc: "internal error"},
 		{name: "broker panics", panics: true,
 			wantStatus: 500, wantCode: "server_error", wantDesc: "internal error"},
-		{name: "policy denies", authzErr: fmt.Errorf("%w: identity %q may not use scope %q", ErrAccessDenied, "svc-a", "api/admin"),
+		{name: "policy denies", authzErr: fmt.Errorf("%w: identity %q may not use scope %q", access.ErrPermissionDenied, "svc-a", "api/admin"),
 			wantStatus: 403, wantCode: "access_denied", wantDesc: `identity "svc-a" may not use scope "api/admin"`},
 		{name: "policy fails", authzErr: errors.New(leakyText),
 			wantStatus: 500, wantCode: "server_error", wantDesc: "internal error"},
@@ -149,7 +150,7 @@ func TestAuthorizeSeesSelector(t *testing.T) {
 		}},
 		Authorize: func(r *http.Request, sel broker.Selector) error {
 			if r.Header.Get("X-Caller") != "svc-a" {
-				return fmt.Errorf("%w: unknown caller", ErrAccessDenied)
+				return fmt.Errorf("%w: unknown caller", access.ErrPermissionDenied)
 			}
 			mu.Lock()
 			defer mu.Unlock()

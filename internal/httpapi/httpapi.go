@@ -55,15 +55,6 @@ const (
 	providerPathSuffix = "/token"
 )
 
-// ErrAccessDenied is the kind of an error from Config.Authorize that denies
-// a request: Authorize returns an error for which
-// errors.Is(err, ErrAccessDenied) holds. The caller gets 403 with error
-// "access_denied" and that error's own (sanitised) text as
-// error_description, which must therefore name only what the caller may
-// know, never a secret or the policy's source. Any other error from
-// Authorize is a failure of the policy itself: 500 server_error.
-var ErrAccessDenied = errors.New("access denied")
-
 // Broker is the part of the broker the token endpoint uses.
 // *broker.Broker implements it.
 type Broker interface {
@@ -84,8 +75,13 @@ type Config struct {
 	// /oauth2/{provider}/token. When set, it must be one of Providers.
 	DefaultProvider string
 	// Authorize, when set, is asked before the broker whether the request
-	// may have the token sel describes; see ErrAccessDenied for what its
-	// errors mean. Nil allows every request (the caller still proves it
+	// may have the token sel describes. An error for which
+	// errors.Is(err, access.ErrPermissionDenied) holds (the one
+	// permission-denied error) is 403 access_denied with that error's own
+	// (sanitised) text as error_description, which must therefore name only
+	// what the caller may know, never a secret or the policy's source; any
+	// other error is a failure of the policy itself: 500 server_error. Nil
+	// allows every request (the caller still proves it
 	// holds the credentials: the upstream checks them, and the secret is
 	// part of the cache key).
 	Authorize func(r *http.Request, sel broker.Selector) error

@@ -10,18 +10,10 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/tokenbroker/tokenbroker/internal/access"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
-
-// ErrPermissionDenied is the kind of an error from Config.Authorize that
-// denies a request. Authorize returns an error for which
-// errors.Is(err, ErrPermissionDenied) holds (it wraps this sentinel, or
-// its own sentinel wraps it); the caller gets codes.PermissionDenied with
-// that error's own message, which must therefore name only what the caller
-// may know (the client or scope refused), never a secret or the policy's
-// source.
-var ErrPermissionDenied = errors.New("permission denied")
 
 // DefaultRetryDelay is the RetryInfo delay sent with ResourceExhausted when
 // the upstream error does not say how long to wait.
@@ -62,13 +54,15 @@ type statusRow struct {
 //   - upstream.ErrThrottled is ResourceExhausted with errdetails.RetryInfo;
 //     upstream.ErrUnavailable is Unavailable, with RetryInfo when the error
 //     says how long to wait (the broker holding a failing key off);
-//   - ErrPermissionDenied (a denial from Config.Authorize) comes first and
-//     keeps its own message, which names the client or scope refused;
+//   - access.ErrPermissionDenied (a denial from Config.Authorize; the one
+//     permission-denied error, owned by the package that authorizes) comes
+//     first and keeps its own message, which names the client or scope
+//     refused;
 //   - broker.ErrBadPageToken (ListTokens) is InvalidArgument;
 //   - broker.ErrFleetNotTold (InvalidateTokens with Redis down) is
 //     Unavailable: the invalidation holds on one replica only.
 var statusTable = []statusRow{
-	{kind: ErrPermissionDenied, code: codes.PermissionDenied, message: "permission denied", ownMessage: true},
+	{kind: access.ErrPermissionDenied, code: codes.PermissionDenied, message: "permission denied", ownMessage: true},
 	{kind: broker.ErrInvalidArgument, code: codes.InvalidArgument, message: "invalid argument"},
 	{kind: broker.ErrUnknownProvider, code: codes.InvalidArgument, message: fieldProvider + ": unknown provider"},
 	{kind: broker.ErrUnknownClient, code: codes.NotFound, message: fieldClient + ": unknown client"},
@@ -107,7 +101,7 @@ type retryDelayer interface {
 // codes.Internal "internal error". A message never contains the text of an
 // unknown error, a secret or a token: it is the table's fixed text, a
 // *broker.FieldError's "<field>: <rule>", for upstream failures the
-// upstream error's own sanitised text, or for ErrPermissionDenied the
+// upstream error's own sanitised text, or for access.ErrPermissionDenied the
 // denial's own sanitised text (Config.Authorize vouches for it). A nil
 // error gives an OK status.
 func StatusFromError(err error, passthrough bool) *status.Status {

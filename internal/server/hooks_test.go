@@ -30,12 +30,13 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/internal/access"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 )
 
 // errAccessDenied stands in for the access package's sentinel, which wraps
-// ErrPermissionDenied.
-var errAccessDenied = fmt.Errorf("access: %w", ErrPermissionDenied)
+// access.ErrPermissionDenied.
+var errAccessDenied = fmt.Errorf("access: %w", access.ErrPermissionDenied)
 
 // TestNewRejectsBadHooks checks the configuration rules of the hooks.
 func TestNewRejectsBadHooks(t *testing.T) {
@@ -58,7 +59,7 @@ func TestNewRejectsBadHooks(t *testing.T) {
 	}
 }
 
-// TestStatusFromErrorPermissionDenied checks the ErrPermissionDenied row:
+// TestStatusFromErrorPermissionDenied checks the access.ErrPermissionDenied row:
 // the denial's own text, sanitised, whatever wraps it.
 func TestStatusFromErrorPermissionDenied(t *testing.T) {
 	for _, tt := range []struct {
@@ -66,12 +67,12 @@ func TestStatusFromErrorPermissionDenied(t *testing.T) {
 		err       error
 		expectMsg string
 	}{
-		{"bare", ErrPermissionDenied, "permission denied"},
-		{"wrapped", fmt.Errorf("client %q: %w", "payments", ErrPermissionDenied), `client "payments": permission denied`},
+		{"bare", access.ErrPermissionDenied, "permission denied"},
+		{"wrapped", fmt.Errorf("client %q: %w", "payments", access.ErrPermissionDenied), `client "payments": permission denied`},
 		{"through another sentinel", fmt.Errorf("scope %q not granted to %s: %w", "b/write", "spiffe://prod/ns/x/sa/y", errAccessDenied), `scope "b/write" not granted to spiffe://prod/ns/x/sa/y: access: permission denied`},
-		{"control characters dropped", fmt.Errorf("client \"a\nb\": %w", ErrPermissionDenied), `client "ab": permission denied`},
-		{"cut to size", fmt.Errorf("%s: %w", strings.Repeat("c", 2*maxDetailBytes), ErrPermissionDenied), strings.Repeat("c", maxDetailBytes)},
-		{"before other kinds", errors.Join(ErrPermissionDenied, broker.ErrUnknownClient), "permission deniedunknown client"},
+		{"control characters dropped", fmt.Errorf("client \"a\nb\": %w", access.ErrPermissionDenied), `client "ab": permission denied`},
+		{"cut to size", fmt.Errorf("%s: %w", strings.Repeat("c", 2*maxDetailBytes), access.ErrPermissionDenied), strings.Repeat("c", maxDetailBytes)},
+		{"before other kinds", errors.Join(access.ErrPermissionDenied, broker.ErrUnknownClient), "permission deniedunknown client"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			st := StatusFromError(tt.err, false)
@@ -131,7 +132,7 @@ func TestAuthorize(t *testing.T) {
 		expectMsg  string
 	}{
 		{"denied", fmt.Errorf("client %q is not granted: %w", "payments", errAccessDenied), codes.PermissionDenied, `client "payments" is not granted: access: permission denied`},
-		{"unauthenticated", fmt.Errorf("no identity: %w", ErrPermissionDenied), codes.PermissionDenied, "no identity: permission denied"},
+		{"unauthenticated", fmt.Errorf("no identity: %w", access.ErrPermissionDenied), codes.PermissionDenied, "no identity: permission denied"},
 		{"failed", fmt.Errorf("policy store with %s down", leakyText), codes.Internal, "internal error"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -165,7 +166,7 @@ func TestAuthorize(t *testing.T) {
 	})
 
 	t.Run("pass-through selector", func(t *testing.T) {
-		setVerdict(fmt.Errorf("pass-through is not granted: %w", ErrPermissionDenied))
+		setVerdict(fmt.Errorf("pass-through is not granted: %w", access.ErrPermissionDenied))
 		_, err := ts.client.GetToken(rpcContext(t), passReq())
 		if st := status.Convert(err); st.Code() != codes.PermissionDenied {
 			t.Fatalf("GetToken: got %v, want PermissionDenied", err)
@@ -188,7 +189,7 @@ func TestAuthorizeBeforeWatchLimits(t *testing.T) {
 		WatchOpensPerSecond: 1e-9,
 		Authorize: func(context.Context, broker.Selector) error {
 			if deny.Load() {
-				return ErrPermissionDenied
+				return access.ErrPermissionDenied
 			}
 			return nil
 		},

@@ -185,8 +185,9 @@ type Config struct {
 	// GetToken and WatchToken call it after validating the request and
 	// before asking the broker. A non-nil error refuses the call; it is
 	// mapped by StatusFromError, so an error for which
-	// errors.Is(err, ErrPermissionDenied) holds gives
-	// codes.PermissionDenied with the error's own message. Nil allows
+	// errors.Is(err, access.ErrPermissionDenied) holds gives
+	// codes.PermissionDenied with the error's own message (which must name
+	// only what the caller may know). Nil allows
 	// every request. It must be safe for concurrent use.
 	Authorize func(ctx context.Context, sel broker.Selector) error
 	// UnaryInterceptors and StreamInterceptors (authentication) run, in
