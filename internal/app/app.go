@@ -158,11 +158,14 @@ func newAuthenticator(cfg config.Config) (*access.Authenticator, error) {
 	})
 }
 
-// authorize applies the policy to GetToken and WatchToken selectors. A
-// refusal is an *access.DeniedError (access.ErrPermissionDenied, the one
-// permission-denied error), which the server maps to PermissionDenied.
+// authorize applies the policy to GetToken and WatchToken selectors.
 func authorize(guard *access.Authenticator) func(context.Context, broker.Selector) error {
-	return guard.Authorize
+	return func(ctx context.Context, sel broker.Selector) error {
+		if err := guard.Authorize(ctx, sel); err != nil {
+			return fmt.Errorf("%w: %w", server.ErrPermissionDenied, err)
+		}
+		return nil
+	}
 }
 
 // callerIdentity names a caller for the per-caller watch limits: its
@@ -276,6 +279,17 @@ func Run(ctx context.Context, cfg config.Config, keys Keys, logger *slog.Logger,
 			}
 			logger.Info("http listening (token endpoint, /metrics, /healthz, /readyz)", "addr", httpL.Addr().String())
 		}
+		if cfg.Dev {
+			if err := devBoundLoopback(l, adminL, httpL); err != nil {
+				for _, open := range []net.Listener{l, adminL, httpL} {
+					if open != nil {
+						open.Close()
+					}
+				}
+				a.close()
+				return err
+			}
+		}
 		logger.Info("tokenbroker listening", "addr", l.Addr().String(), "tls", cfg.TLS.Enabled(), "providers", len(cfg.Providers), "clients", len(cfg.Clients), "passthrough", cfg.Passthrough)
 		if cfg.Dev {
 			httpAddr := ""
@@ -292,6 +306,40 @@ func Run(ctx context.Context, cfg config.Config, keys Keys, logger *slog.Logger,
 		return errors.Join(err, g.Wait())
 	}
 	return g.Wait()
+}
+
+// devBoundLoopback returns an error unless every listener of a -dev run
+// (listen, admin.listen, http_listen; nil when not configured) is bound to
+// a loopback address or a unix socket. The configuration's check accepts
+// "localhost" by name, and /etc/hosts may map that name elsewhere: only the
+// bound address tells.
+func devBoundLoopback(l, adminL, httpL net.Listener) error {
+	for _, b := range []struct {
+		key string
+		l   net.Listener
+	}{{"listen", l}, {"admin.listen", adminL}, {"http_listen", httpL}} {
+		if b.l == nil {
+			continue
+		}
+		if err := devLoopbackAddr(b.key, b.l.Addr()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// devLoopbackAddr returns an error naming -dev, key and addr unless addr
+// is a loopback TCP address or a unix socket.
+func devLoopbackAddr(key string, addr net.Addr) error {
+	switch a := addr.(type) {
+	case *net.UnixAddr:
+		return nil
+	case *net.TCPAddr:
+		if a.IP.IsLoopback() {
+			return nil
+		}
+	}
+	return fmt.Errorf("-dev: %s is bound to %s, which is not a loopback address; -dev never listens beyond loopback (check what the configured host name resolves to, or give a loopback IP such as 127.0.0.1)", key, addr)
 }
 
 // listenAdmin opens admin.listen: "unix:/path" (with admin.socket_mode
