@@ -158,14 +158,11 @@ func newAuthenticator(cfg config.Config) (*access.Authenticator, error) {
 	})
 }
 
-// authorize applies the policy to GetToken and WatchToken selectors.
+// authorize applies the policy to GetToken and WatchToken selectors. A
+// refusal is an *access.DeniedError (access.ErrPermissionDenied, the one
+// permission-denied error), which the server maps to PermissionDenied.
 func authorize(guard *access.Authenticator) func(context.Context, broker.Selector) error {
-	return func(ctx context.Context, sel broker.Selector) error {
-		if err := guard.Authorize(ctx, sel); err != nil {
-			return fmt.Errorf("%w: %w", server.ErrPermissionDenied, err)
-		}
-		return nil
-	}
+	return guard.Authorize
 }
 
 // callerIdentity names a caller for the per-caller watch limits: its
