@@ -1,12 +1,13 @@
 package tokensource
 
 import (
-	"math"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	ibackoff "github.com/tokenbroker/tokenbroker/internal/backoff"
 )
 
 // retryable reports whether a stream that ended with code may succeed when
@@ -26,28 +27,17 @@ func retryable(code codes.Code) bool {
 
 // backoff returns how long to wait before opening the stream again after
 // the n-th consecutive failure (n >= 0). A retryable failure waits a
-// uniformly random time in [0, min(max, base·2ⁿ)] (full jitter); a
-// non-retryable one waits in [max/2, max], whatever n. randN(k) must
-// return a uniformly random number in [0, k), for k > 0. base must be > 0
-// and max >= base.
+// uniformly random time in [0, min(max, base·2ⁿ)] (full jitter, the
+// broker's one backoff policy, internal/backoff); a non-retryable one waits
+// in [max/2, max], whatever n. randN(k) must return a uniformly random
+// number in [0, k), for k > 0. base must be > 0 and max >= base.
 func backoff(base, max time.Duration, n int, isRetryable bool, randN func(int64) int64) time.Duration {
+	p := ibackoff.Policy{Base: base, Max: max, Rand: randN}
 	if !isRetryable {
 		half := max / 2
-		return half + time.Duration(randN(int64(max-half)+1)) // max-half < MaxInt64
+		return half + p.Jitter(max-half)
 	}
-	ceiling := base
-	for i := 0; i < n && ceiling < max; i++ {
-		if ceiling > max/2 {
-			ceiling = max
-			break
-		}
-		ceiling *= 2
-	}
-	k := int64(min(ceiling, max))
-	if k < math.MaxInt64 {
-		k++ // include the ceiling itself
-	}
-	return time.Duration(randN(k))
+	return p.Delay(n, 0)
 }
 
 // retryDelay returns the delay a status's RetryInfo asks for, or 0.

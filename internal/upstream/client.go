@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/backoff"
 )
 
 const (
@@ -230,7 +232,7 @@ func (c *Client) Fetch(ctx context.Context, r Request) (Token, error) {
 		last = ue
 	}
 	if last.Kind == ErrThrottled && last.RetryAfter == 0 {
-		last.RetryAfter = c.backoffCeiling(maxAttempts - 1)
+		last.RetryAfter = c.backoff().Ceiling(maxAttempts - 1)
 	}
 	return Token{}, last
 }
@@ -298,20 +300,17 @@ func (c *Client) fits(ctx context.Context, d time.Duration) bool {
 // full jitter, or the endpoint's Retry-After when it sent a longer one (a
 // Retry-After of 0 does not turn retries into a tight loop).
 func (c *Client) retryDelay(n int, last *Error) time.Duration {
-	d := time.Duration(c.jitter(int64(c.backoffCeiling(n)) + 1))
+	var retryAfter time.Duration
 	if last.retryAfterSet {
-		d = max(d, last.RetryAfter)
+		retryAfter = last.RetryAfter
 	}
-	return d
+	return c.backoff().Delay(n, retryAfter)
 }
 
-// backoffCeiling is min(MaxBackoff, BaseBackoff * 2^n).
-func (c *Client) backoffCeiling(n int) time.Duration {
-	d := c.baseBackoff
-	for i := 0; i < n && d < c.maxBackoff; i++ {
-		d *= 2
-	}
-	return min(d, c.maxBackoff)
+// backoff is the retry policy: Options.BaseBackoff doubling up to
+// Options.MaxBackoff, full jitter from c.jitter.
+func (c *Client) backoff() backoff.Policy {
+	return backoff.Policy{Base: c.baseBackoff, Max: c.maxBackoff, Rand: c.jitter}
 }
 
 // ctxError wraps a context error with the provider's name.
