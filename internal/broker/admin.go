@@ -1,6 +1,11 @@
 package broker
 
+// This file is the operators' side: invalidation (applied here and told
+// to the fleet), the listing of entries, and the statistics. No listing,
+// statistic or error holds a token or a secret.
+
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -10,7 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/tokenbroker/tokenbroker/internal/tokencache"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
@@ -177,7 +181,10 @@ func (b *Broker) countUpstream(provider string, err error) {
 // With a Fleet, the fleet is told first, so that no replica's refetch
 // finds the old token in Redis; when it cannot be told, the invalidation
 // still applies here and the error wraps ErrFleetNotTold.
-func (b *Broker) Invalidate(sel InvalidateSelector) (int, error) {
+//
+// ctx is the caller's: its deadline and cancellation bound telling the
+// fleet.
+func (b *Broker) Invalidate(ctx context.Context, sel InvalidateSelector) (int, error) {
 	match, err := b.selectEntries(sel)
 	if err != nil {
 		return 0, err
@@ -188,7 +195,7 @@ func (b *Broker) Invalidate(sel InvalidateSelector) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		if err := b.cfg.Fleet.Invalidated(b.life, enc); err != nil {
+		if err := b.cfg.Fleet.Invalidated(ctx, enc); err != nil {
 			b.cfg.Logger.Warn("invalidation applied on this replica only", "error", err)
 			told = ErrFleetNotTold
 		}
@@ -223,45 +230,45 @@ func (b *Broker) invalidate(match func(target) bool) int {
 	}
 	b.negMu.Unlock()
 
+	// Under the lock: bump the generations (fencing off fetches in
+	// flight) and forget the entries. Outside it: delete the tokens from
+	// the cache (a Del may wait), then refetch the watched keys, so that
+	// their new tokens are not deleted too.
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	n := 0
+	var keys []string
+	var watched []*entry
 	for key, e := range b.entries {
 		if !match(e.t) {
 			continue
 		}
-		n++
+		keys = append(keys, key)
 		e.gen++
 		b.flights.Forget(key)
-		b.cfg.Cache.Del(key)
+		b.unscheduleLocked(e)
 		if len(e.watchers) == 0 {
-			b.unscheduleLocked(e)
 			delete(b.entries, key)
 			continue
 		}
-		// Watched: refetch at once. The watchers keep the old token until
+		// Watched: refetched below. The watchers keep the old token until
 		// the new one arrives as EventInvalidated.
-		e.current, e.sealed = nil, nil
+		e.tok, e.fp = timing{}, 0
 		e.invalidated = true
 		e.failures, e.lastErr, e.stopped = 0, nil, false
-		b.unscheduleLocked(e)
-		b.startFetchLocked(e)
+		watched = append(watched, e)
 	}
-	b.stats.invalidations.Add(int64(n))
-	return n
-}
-
-// Adopt installs a token another replica fetched for key
-// (shared.Receiver), when this replica tracks the key, is not fetching it
-// itself, and holds an older token. Watchers receive it as a refresh.
-func (b *Broker) Adopt(key string, rec *tokencache.Record) {
+	b.mu.Unlock()
+	for _, key := range keys {
+		b.cfg.Cache.Del(key)
+	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	e := b.entries[key]
-	if e == nil || e.refreshing || e.current != nil && !rec.IssuedAt.After(e.current.IssuedAt) {
-		return
+	for _, e := range watched {
+		if b.entries[e.t.key] == e && len(e.watchers) > 0 {
+			b.startFetchLocked(e)
+		}
 	}
-	b.installLocked(e.t, rec, e)
+	b.mu.Unlock()
+	b.stats.invalidations.Add(int64(len(keys)))
+	return len(keys)
 }
 
 // selectEntries turns a selector into a predicate over entries' targets.
@@ -348,8 +355,8 @@ func (e *entry) info() EntryInfo {
 	if ns := e.lastUsed.Load(); ns != 0 {
 		in.LastUsed = time.Unix(0, ns)
 	}
-	if r := e.current; r != nil {
-		in.IssuedAt, in.ExpiresAt, in.RefreshAt = r.IssuedAt, r.ExpiresAt, r.RefreshAt
+	if e.hasToken() {
+		in.IssuedAt, in.ExpiresAt, in.RefreshAt = e.tok.issuedAt, e.tok.expiresAt, e.tok.refreshAt
 	}
 	return in
 }

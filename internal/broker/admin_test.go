@@ -52,7 +52,7 @@ func TestInvalidateSelectors(t *testing.T) {
 					tok := mustGet(t, b, req)
 					before[name], ids[name] = tok.AccessToken.Reveal(), tok.KeyID
 				}
-				n, err := b.Invalidate(tc.sel(ids))
+				n, err := b.Invalidate(context.Background(), tc.sel(ids))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -82,12 +82,12 @@ func TestInvalidateErrors(t *testing.T) {
 		{"unknown client", InvalidateSelector{Client: "nope"}, ErrUnknownClient},
 		{"unknown provider", InvalidateSelector{Provider: "q", ClientID: "id"}, ErrUnknownProvider},
 	} {
-		if _, err := b.Invalidate(tc.sel); !errors.Is(err, tc.want) {
+		if _, err := b.Invalidate(context.Background(), tc.sel); !errors.Is(err, tc.want) {
 			t.Errorf("%s: got %v, want %v", tc.name, err, tc.want)
 		}
 	}
 	// An unknown key id is not an error: nothing matched.
-	if n, err := b.Invalidate(InvalidateSelector{KeyID: "0123456789abcdef"}); n != 0 || err != nil {
+	if n, err := b.Invalidate(context.Background(), InvalidateSelector{KeyID: "0123456789abcdef"}); n != 0 || err != nil {
 		t.Errorf("unknown key id: got %d, %v; want 0, nil", n, err)
 	}
 }
@@ -111,7 +111,7 @@ func TestInvalidationFencesInFlightFetch(t *testing.T) {
 		got := make(chan string, 1)
 		go func() { got <- mustGet(t, b, held()).AccessToken.Reveal() }()
 		synctest.Wait() // fetch 1 is in flight
-		if n, err := b.Invalidate(InvalidateSelector{Client: "held"}); n != 1 || err != nil {
+		if n, err := b.Invalidate(context.Background(), InvalidateSelector{Client: "held"}); n != 1 || err != nil {
 			t.Fatalf("Invalidate: got %d, %v; want 1, nil", n, err)
 		}
 		close(release)
@@ -135,7 +135,7 @@ func TestInvalidateWatchedKeyPushesNewToken(t *testing.T) {
 		b := newBroker(t, f, Config{})
 		runBroker(t, b)
 		w := mustWatch(t, b, held())
-		if n, _ := b.Invalidate(InvalidateSelector{KeyID: w.Initial().KeyID}); n != 1 {
+		if n, _ := b.Invalidate(context.Background(), InvalidateSelector{KeyID: w.Initial().KeyID}); n != 1 {
 			t.Fatalf("invalidated %d, want 1", n)
 		}
 		synctest.Wait()
@@ -217,7 +217,7 @@ func TestStats(t *testing.T) {
 		mustGet(t, b, held())
 		b.GetToken(context.Background(), pass("bad", "x"))
 		w := mustWatch(t, b, held())
-		b.Invalidate(InvalidateSelector{KeyID: w.Initial().KeyID})
+		b.Invalidate(context.Background(), InvalidateSelector{KeyID: w.Initial().KeyID})
 		synctest.Wait()
 		s := b.Stats()
 		if s.Hits != 3 || s.Misses != 2 || s.Invalidations != 1 || s.Watchers != 1 || s.Entries != 1 {

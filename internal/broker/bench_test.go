@@ -45,7 +45,7 @@ func newBenchBroker(tb testing.TB, f Fetcher, maxCost int64, cfg Config) (*Broke
 	cfg.Providers = map[string]Fetcher{"p": f}
 	cfg.Clients = map[string]Client{"held": {Provider: "p", ClientID: "held-id", ClientSecret: "held-secret"}}
 	cfg.Cache = cache
-	b, err := New(cfg)
+	b, err := New(testConfig(cfg))
 	if err != nil {
 		cache.Close()
 		tb.Fatal(err)

@@ -12,11 +12,32 @@
 // enough life, the old token is served and the failure logged. A token with
 // less than min_remaining left is never served.
 //
-// State lives in two places. The token cache (ristretto) is a bounded,
-// lossy value store. A plain map of entries holds the keys that are in
-// flight, watched or used within their current lifetime: their current
-// token, watchers, refresh schedule and retry state. One scheduler (a timer
-// heap driven by Run) refreshes those entries; idle keys are not refreshed.
+// Who owns what, one file each:
+//
+//	key.go       key resolution: selector → credentials, cache key, key id
+//	get.go       the GetToken path, from request to answer (hits read here only)
+//	entry.go     the entry registry and its life cycle (when an entry ends)
+//	schedule.go  the refresh scheduler: timer heap, due times, retry backoff
+//	fetch.go     the coalesced fetch, fencing by generation, install, failure
+//	watch.go     watchers and the fan-out of events to them
+//	holdoff.go   hold-off after failures (key and provider) and the negative cache
+//	admin.go     invalidation, listing, statistics
+//	rules.go     the request rules the edges share
+//
+// State lives in two places. The token cache (internal/tokencache) is the
+// one home of every token's bytes: a cost-bounded, lossy store in which a
+// watched key's token is pinned. The entry registry (Broker.entries) holds
+// only metadata, for the keys that are watched, in flight, due for a
+// refresh or retry they will do, or whose token is still cached: timing,
+// generation, watchers, retry state. One scheduler (a timer heap driven by
+// Run) visits those entries; idle keys are not refreshed.
+//
+// Locks: Broker.mu guards the registry, every entry's fields but the
+// atomics (used, hits, lastUsed), the schedule, the providers' health and
+// running. Nothing waits while holding it (no network, no channel receive,
+// no ristretto Wait or Del): the cache's Set, Get and Has are the only
+// cache calls made under it. negMu guards the negative cache alone. The
+// GetToken hit path takes only the read lock, once.
 //
 // The package has no gRPC imports; the server maps its errors.
 package broker
@@ -26,9 +47,9 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	mathrand "math/rand/v2"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -100,8 +121,9 @@ type Client struct {
 	ClientSecret secret.String
 }
 
-// Config configures a Broker. Zero durations and fractions take the
-// documented defaults.
+// Config configures a Broker. Every value is explicit: the defaults live in
+// internal/config, and New refuses an invalid value (a zero where zero
+// means nothing) with an error naming the field.
 type Config struct {
 	// Providers are the token endpoints, by provider name.
 	Providers map[string]Fetcher
@@ -112,29 +134,30 @@ type Config struct {
 	// Cache holds the tokens. Required.
 	Cache *tokencache.Cache
 	// RefreshFraction is where in a token's lifetime its refresh point lies
-	// at the latest (default 0.75), so that a watcher's token never has
-	// less than 1 − RefreshFraction of its life left while the endpoint is
+	// at the latest, in (0, 1), so that a watcher's token never has less
+	// than 1 − RefreshFraction of its life left while the endpoint is
 	// healthy.
 	RefreshFraction float64
 	// RefreshJitter spreads refresh points uniformly over the RefreshJitter
-	// × lifetime before RefreshFraction (default 0: none), so tokens
-	// fetched together are not refreshed together.
+	// × lifetime before RefreshFraction (0: none), so tokens fetched
+	// together are not refreshed together. RefreshFraction − RefreshJitter
+	// must stay above 0.
 	RefreshJitter float64
-	// MinRemaining is the least life a served token may have (default 30s
-	// when zero; use a negative value for none).
+	// MinRemaining is the least life a served token may have (0: none).
 	MinRemaining time.Duration
 	// NegativeTTL is how long a non-retryable upstream rejection is
 	// remembered per key (0: not remembered).
 	NegativeTTL time.Duration
-	// FetchTimeout bounds one shared upstream fetch with its retries
-	// (default 30s). It is independent of any caller's deadline.
+	// FetchTimeout bounds one shared upstream fetch with its retries. It
+	// is independent of any caller's deadline. Must be positive.
 	FetchTimeout time.Duration
 	// RetryBase and RetryMax shape the backoff between failed background
 	// refreshes: the n-th retry waits a random time in
 	// [0, min(RetryMax, RetryBase×2^(n-1))], or the endpoint's Retry-After
-	// when that is longer. Defaults 1s and 1m.
+	// when that is longer. RetryBase must be positive.
 	RetryBase time.Duration
-	// RetryMax caps the backoff between failed background refreshes.
+	// RetryMax caps the backoff between failed background refreshes; at
+	// least RetryBase.
 	RetryMax time.Duration
 	// HMACKey keys the cache-key HMAC. When empty, a random key is used.
 	// Replicas that share a Fleet must share it.
@@ -148,8 +171,41 @@ type Config struct {
 	// served tokens (for metrics). Its methods must be cheap: some run
 	// under the broker's lock.
 	Observer Observer
-	// Logger receives warnings (default: slog.Default()).
+	// Logger receives warnings. Required.
 	Logger *slog.Logger
+}
+
+// check refuses an invalid configuration, naming the field.
+func (c *Config) check() error {
+	bad := func(field, rule string, v any) error {
+		return fmt.Errorf("broker: Config.%s %s, got %v", field, rule, v)
+	}
+	switch {
+	case c.Cache == nil:
+		return errors.New("broker: Config.Cache is required")
+	case c.Logger == nil:
+		return errors.New("broker: Config.Logger is required")
+	case !(c.RefreshFraction > 0 && c.RefreshFraction < 1):
+		return bad("RefreshFraction", "must be in (0, 1)", c.RefreshFraction)
+	case !(c.RefreshJitter >= 0 && c.RefreshFraction-c.RefreshJitter > 0):
+		return bad("RefreshJitter", "must be at least 0 and keep RefreshFraction − RefreshJitter above 0", c.RefreshJitter)
+	case c.MinRemaining < 0:
+		return bad("MinRemaining", "must not be negative (0: none)", c.MinRemaining)
+	case c.NegativeTTL < 0:
+		return bad("NegativeTTL", "must not be negative (0: not remembered)", c.NegativeTTL)
+	case c.FetchTimeout <= 0:
+		return bad("FetchTimeout", "must be positive", c.FetchTimeout)
+	case c.RetryBase <= 0:
+		return bad("RetryBase", "must be positive", c.RetryBase)
+	case c.RetryMax < c.RetryBase:
+		return bad("RetryMax", "must be at least RetryBase", c.RetryMax)
+	}
+	for name, cl := range c.Clients {
+		if c.Providers[cl.Provider] == nil {
+			return fmt.Errorf("broker: Config.Clients[%q] names unknown provider %q", name, cl.Provider)
+		}
+	}
+	return nil
 }
 
 // Broker serves tokens. Its methods are safe for concurrent use. Run drives
@@ -158,20 +214,20 @@ type Config struct {
 type Broker struct {
 	cfg     Config
 	keyer   *keyer
-	flights singleflight.Group
+	flights singleflight.Group // the coalesced fetches, by key (fetch.go)
+	seed    maphash.Seed       // token fingerprints (entry.fp)
 
-	// mu guards entries, the schedule, running and every entry's fields
-	// but entry.used. The GetToken hit path takes only the read lock.
-	mu       sync.RWMutex
-	entries  map[string]*entry
-	schedule schedule
-	wake     chan struct{} // a new earliest due time; capacity 1
-	// refreshes counts background refreshes in flight, so Run can wait for
-	// them; refreshCtx is cancelled when Run returns.
-	running bool // Run is running
+	// mu guards entries, schedule, running, providers and every entry's
+	// fields but its atomics. Nothing waits while holding it.
+	mu        sync.RWMutex
+	entries   map[string]*entry         // the registry (entry.go)
+	schedule  schedule                  // the refresh scheduler's heap (schedule.go)
+	running   bool                      // Run is running
+	providers map[string]*providerState // by provider name; fixed at New (holdoff.go)
+	wake      chan struct{}             // a new earliest due time; capacity 1
 
-	// life ends when Close is called: it cancels every fetch in flight,
-	// which inflight counts.
+	// life ends when Shutdown or Close is called: it cancels every fetch
+	// in flight, which inflight counts.
 	life     context.Context
 	stop     context.CancelFunc
 	inflight sync.WaitGroup
@@ -182,62 +238,18 @@ type Broker struct {
 
 	stats      counters
 	byUpstream map[string]*upstreamCounters // by provider name; fixed at New
-	providers  map[string]*providerState    // by provider name; fixed at New; guarded by mu
 
 	negMu    sync.Mutex
 	negative map[string]rejection // key, or credentials HMAC (invalid_client) → remembered non-retryable failure
 }
 
-// rejection is a remembered non-retryable upstream failure.
-type rejection struct {
-	err   error
-	until time.Time
-	t     target // for invalidation
-}
-
-// maxRejections bounds the negative cache; past it, expired entries are
-// swept on insert.
-const maxRejections = 10_000
-
-// New returns a Broker.
+// New returns a Broker, or an error naming the first invalid field of cfg.
 func New(cfg Config) (*Broker, error) {
-	if cfg.Cache == nil {
-		return nil, errors.New("broker: Config.Cache is required")
-	}
-	if cfg.RefreshFraction == 0 {
-		cfg.RefreshFraction = 0.75
-	}
-	if cfg.RefreshFraction <= 0 || cfg.RefreshFraction >= 1 {
-		return nil, fmt.Errorf("broker: refresh fraction %v is not in (0, 1)", cfg.RefreshFraction)
-	}
-	if cfg.RefreshJitter < 0 || cfg.RefreshFraction-cfg.RefreshJitter <= 0 {
-		return nil, fmt.Errorf("broker: refresh jitter %v does not keep the refresh point in (0, 1)", cfg.RefreshJitter)
-	}
-	switch {
-	case cfg.MinRemaining == 0:
-		cfg.MinRemaining = 30 * time.Second
-	case cfg.MinRemaining < 0:
-		cfg.MinRemaining = 0
-	}
-	if cfg.FetchTimeout <= 0 {
-		cfg.FetchTimeout = 30 * time.Second
-	}
-	if cfg.RetryBase <= 0 {
-		cfg.RetryBase = time.Second
-	}
-	if cfg.RetryMax <= 0 {
-		cfg.RetryMax = time.Minute
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = noObserver{}
-	}
-	for name, c := range cfg.Clients {
-		if cfg.Providers[c.Provider] == nil {
-			return nil, fmt.Errorf("broker: client %q names unknown provider %q", name, c.Provider)
-		}
 	}
 	key := cfg.HMACKey
 	if len(key) == 0 {
@@ -251,275 +263,21 @@ func New(cfg Config) (*Broker, error) {
 		byUpstream[name] = new(upstreamCounters)
 		providers[name] = new(providerState)
 	}
-	return &Broker{
+	b := &Broker{
 		byUpstream: byUpstream,
 		providers:  providers,
 		cfg:        cfg,
 		keyer:      newKeyer(key),
+		seed:       maphash.MakeSeed(),
 		entries:    make(map[string]*entry),
 		wake:       make(chan struct{}, 1),
 		life:       life,
 		stop:       stop,
 		randN:      mathrand.Int64N,
 		negative:   make(map[string]rejection),
-	}, nil
-}
-
-// target is a request resolved against the configuration.
-type target struct {
-	fetcher  Fetcher
-	provider string
-	req      upstream.Request
-	key      string // the cache key (raw HMAC bytes)
-	keyID    string
-}
-
-// resolve finds the fetcher and credentials a selector names.
-func (b *Broker) resolve(sel Selector) (target, error) {
-	var provider string
-	var req upstream.Request
-	switch {
-	case sel.Credentials != nil && sel.Client != "":
-		return target{}, &FieldError{Field: "selector.credentials", Rule: "exactly one of client and client_credentials must be set", Kind: ErrInvalidArgument}
-	case sel.Credentials != nil:
-		if !b.cfg.Passthrough {
-			return target{}, ErrPassthroughDisabled
-		}
-		provider = sel.Credentials.Provider
-		req.ClientID, req.ClientSecret = sel.Credentials.ClientID, sel.Credentials.ClientSecret
-		req.Passthrough = true // limited to the provider's pass-through share
-	case sel.Client != "":
-		c, ok := b.cfg.Clients[sel.Client]
-		if !ok {
-			return target{}, fmt.Errorf("client %q: %w", sel.Client, ErrUnknownClient)
-		}
-		provider = c.Provider
-		req.ClientID, req.ClientSecret = c.ClientID, c.ClientSecret
-	default:
-		return target{}, &FieldError{Field: "selector.credentials", Rule: "exactly one of client and client_credentials must be set", Kind: ErrInvalidArgument}
 	}
-	f := b.cfg.Providers[provider]
-	if f == nil {
-		return target{}, &FieldError{Field: "selector.client_credentials.provider", Rule: "must name a configured provider", Kind: ErrUnknownProvider}
-	}
-	req.Scopes = normalizeScopes(sel.Scopes)
-	req.Audience, req.Resource = sel.Audience, sel.Resource
-	key := b.keyer.derive(provider, req)
-	return target{fetcher: f, provider: provider, req: req, key: key, keyID: keyID(key)}, nil
-}
-
-// GetToken returns a token for req under the serving rule.
-func (b *Broker) GetToken(ctx context.Context, req Request) (Token, error) {
-	t, err := b.resolve(req.Selector)
-	if err != nil {
-		return Token{}, err
-	}
-	t.req.Caller = req.Caller // for the pass-through limits; not in the key
-	rec, err := b.get(ctx, t, max(b.cfg.MinRemaining, req.MinTTL))
-	if err != nil {
-		return Token{}, &keyedError{keyID: t.keyID, err: err}
-	}
-	b.cfg.Observer.Served(max(0, time.Until(rec.ExpiresAt)))
-	return toToken(rec, t.keyID), nil
-}
-
-// get returns a record for t with at least need of life left, and marks
-// the key as used.
-func (b *Broker) get(ctx context.Context, t target, need time.Duration) (*tokencache.Record, error) {
-	now := time.Now()
-	cached, hit := b.cfg.Cache.Get(t.key)
-	if !hit {
-		// The cache evicted the key's token, or never admitted it; the
-		// entry still knows it. Without this a caller would wait for a
-		// refresh in flight while a servable token is at hand.
-		cached = b.installed(t.key)
-		hit = cached != nil
-	}
-	servable := hit && cached.ExpiresAt.Sub(now) >= need
-	if hit {
-		// A caller who wants more life than the provider's tokens can
-		// give is refused whatever the age of the token at hand; one who
-		// wants more than the token has left gets a new one below.
-		if err := b.checkMinTTL(need, cached); err != nil {
-			return nil, err
-		}
-		switch {
-		case servable && now.Before(cached.RefreshAt):
-			b.hit(t, cached, now)
-			return cached, nil
-		case servable && b.refreshInBackground(t, cached):
-			// Past the refresh point: the refresher replaces the token
-			// (or is already at it, or waits to retry), and the old one
-			// serves meanwhile, without making this caller wait.
-			b.hit(t, cached, now)
-			return cached, nil
-		}
-	}
-	if err := b.holdOff(t, now); err != nil {
-		if servable {
-			b.hit(t, cached, now)
-			return cached, nil
-		}
-		return nil, err
-	}
-	b.stats.misses.Add(1)
-	fresh, err := b.fetch(ctx, t, need)
-	now = time.Now()
-	if err != nil {
-		if hit && cached.ExpiresAt.Sub(now) >= need {
-			b.cfg.Logger.Warn("token refresh failed; serving the cached token",
-				"key_id", t.keyID, "expires_in", cached.ExpiresAt.Sub(now).Round(time.Second), "error", err)
-			b.touch(t, cached, now)
-			return cached, nil
-		}
-		return nil, err
-	}
-	if err := b.checkMinTTL(need, fresh); err != nil {
-		return nil, err
-	}
-	if left := fresh.ExpiresAt.Sub(now); left < need {
-		// The fetch itself took the life the caller wanted.
-		return nil, &FieldError{Field: "min_ttl", Kind: ErrTokenTooShort,
-			Rule: fmt.Sprintf("the token just obtained has %v left, less than the %v asked for", left.Round(time.Second), need)}
-	}
-	b.touch(t, fresh, now)
-	return fresh, nil
-}
-
-// checkMinTTL applies the min_ttl rule: a caller may ask for up to the
-// lifetime of the key's tokens (rec's, as the provider issues them) less
-// min_remaining, and gets a new token when the current one has less left;
-// asking for more is an error that states the numbers. need is
-// max(min_remaining, min_ttl).
-func (b *Broker) checkMinTTL(need time.Duration, rec *tokencache.Record) error {
-	if need <= b.cfg.MinRemaining {
-		return nil
-	}
-	lifetime := rec.ExpiresAt.Sub(rec.IssuedAt)
-	largest := max(b.cfg.MinRemaining, lifetime-b.cfg.MinRemaining)
-	if need <= largest {
-		return nil
-	}
-	return &FieldError{Field: "min_ttl", Kind: ErrTokenTooShort,
-		Rule: fmt.Sprintf("must be at most %v for this key: the provider issues tokens living %v, and a token is served only while it keeps min_remaining (%v) of that life (asked for %v)",
-			largest.Round(time.Second), lifetime.Round(time.Second), b.cfg.MinRemaining, need)}
-}
-
-// fetch gets a new token for t, sharing one upstream request with every
-// concurrent caller of the same key, and installs it. The shared fetch
-// runs on its own deadline: ctx ending only stops this caller's wait. A
-// flight that finds a servable token installed since its caller looked
-// (by the flight that just ended) returns that token instead.
-//
-// An invalidation during the flight fences its result off: the callers then
-// start a new flight (a few times at most).
-func (b *Broker) fetch(ctx context.Context, t target, need time.Duration) (*tokencache.Record, error) {
-	for attempt := 0; ; attempt++ {
-		led := false
-		ch := b.flights.DoChan(t.key, func() (any, error) {
-			led = true
-			if rec := b.current(t.key, need); rec != nil {
-				return rec, nil
-			}
-			return b.fetchAndInstall(context.WithoutCancel(ctx), t, true)
-		})
-		select {
-		case res := <-ch:
-			if !led {
-				b.stats.coalesced.Add(1)
-			}
-			if errors.Is(res.Err, errFenced) && attempt < 3 {
-				continue
-			}
-			if res.Err != nil {
-				return nil, res.Err
-			}
-			return res.Val.(*tokencache.Record), nil
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-}
-
-// fetchAndInstall performs one upstream fetch for t and installs its
-// result, or records its failure. It ends early when the broker closes.
-// A fetch for callers (not the scheduler's) is refused while the key or
-// its provider is held off.
-func (b *Broker) fetchAndInstall(ctx context.Context, t target, forCallers bool) (rec *tokencache.Record, err error) {
-	b.inflight.Add(1)
-	defer b.inflight.Done()
-	if b.life.Err() != nil {
-		return nil, errShutdown
-	}
-	ctx, cancel := context.WithTimeout(ctx, b.cfg.FetchTimeout)
-	defer cancel()
-	defer context.AfterFunc(b.life, cancel)()
-	defer func() {
-		// A panic here would crash the process: the fetch runs on a
-		// goroutine of its own, out of reach of the server's recovery.
-		if p := recover(); p != nil {
-			b.cfg.Logger.Error("panic in token fetch", "key_id", t.keyID, "panic_type", fmt.Sprintf("%T", p), "stack", string(debug.Stack()))
-			rec, err = nil, errInternal
-			b.failed(t, nil, 0, err)
-		}
-	}()
-	e, gen, attempts, probe, err := b.beginFetch(t, forCallers)
-	if err != nil {
-		return nil, err
-	}
-	if probe {
-		defer b.endProbe(t.provider)
-	}
-	up := t
-	up.req.MaxAttempts = attempts
-	if b.cfg.Fleet != nil {
-		rec, err = b.cfg.Fleet.Obtain(ctx, t.key, b.fresh, func(ctx context.Context) (*tokencache.Record, error) {
-			return b.fetchUpstream(ctx, up)
-		})
-	} else {
-		rec, err = b.fetchUpstream(ctx, up)
-	}
-	if err != nil {
-		if b.life.Err() != nil {
-			// Cancelled by Shutdown: not the endpoint's failure.
-			b.abandoned(t, e, gen)
-			return nil, errShutdown
-		}
-		b.remember(t, err)
-		b.failed(t, e, gen, err)
-		return nil, err
-	}
-	if !b.install(t, rec, e, gen) {
-		return nil, errFenced
-	}
-	return rec, nil
-}
-
-// fetchUpstream asks t's token endpoint for a token.
-func (b *Broker) fetchUpstream(ctx context.Context, t target) (*tokencache.Record, error) {
-	start := time.Now()
-	tok, err := t.fetcher.Fetch(ctx, t.req)
-	b.cfg.Observer.UpstreamDone(Fetch{Provider: t.provider, ClientID: t.req.ClientID, KeyID: t.keyID}, err, time.Since(start))
-	b.countUpstream(t.provider, err)
-	b.upstreamOutcome(t, err)
-	if err != nil {
-		return nil, err
-	}
-	rec := b.record(tok)
-	if rec.ExpiresAt.Sub(time.Now()) < b.cfg.MinRemaining {
-		// Useless: it could never be served. Remember that rather than
-		// asking again on every call.
-		return nil, fmt.Errorf("the endpoint issued a token living %v, less than min_remaining %v: %w",
-			rec.ExpiresAt.Sub(rec.IssuedAt).Round(time.Second), b.cfg.MinRemaining, ErrTokenTooShort)
-	}
-	return rec, nil
-}
-
-// fresh reports whether a token another replica filed may stand for a
-// new one: it is before its refresh point and servable.
-func (b *Broker) fresh(rec *tokencache.Record) bool {
-	now := time.Now()
-	return now.Before(rec.RefreshAt) && rec.ExpiresAt.Sub(now) >= b.cfg.MinRemaining
+	cfg.Cache.OnGone(b.gone)
+	return b, nil
 }
 
 // Shutdown cancels the fetches in flight at once and refuses new ones:
@@ -538,120 +296,3 @@ func (b *Broker) Close() {
 	b.stop()
 	b.inflight.Wait()
 }
-
-// record turns a fetched token into a cache record with a jittered
-// refresh point in [fraction − jitter, fraction] of its lifetime.
-func (b *Broker) record(tok upstream.Token) *tokencache.Record {
-	lifetime := tok.ExpiresAt.Sub(tok.IssuedAt)
-	frac := b.cfg.RefreshFraction - b.cfg.RefreshJitter*mathrand.Float64()
-	return &tokencache.Record{
-		AccessToken: tok.AccessToken,
-		TokenType:   tok.TokenType,
-		Scopes:      tok.Scopes,
-		IssuedAt:    tok.IssuedAt,
-		ExpiresAt:   tok.ExpiresAt,
-		RefreshAt:   tok.IssuedAt.Add(time.Duration(frac * float64(lifetime))),
-	}
-}
-
-// remember files a non-retryable upstream rejection for NegativeTTL.
-func (b *Broker) remember(t target, err error) {
-	if b.cfg.NegativeTTL <= 0 || retryable(err) {
-		return
-	}
-	now := time.Now()
-	b.negMu.Lock()
-	defer b.negMu.Unlock()
-	if len(b.negative) >= maxRejections {
-		for k, r := range b.negative {
-			if !now.Before(r.until) {
-				delete(b.negative, k)
-			}
-		}
-	}
-	if len(b.negative) < maxRejections {
-		key := t.key
-		if errors.Is(err, upstream.ErrInvalidClient) {
-			// The credentials themselves were refused: whatever scopes,
-			// audience or resource a caller asks for next, the answer is
-			// the same.
-			key = b.keyer.deriveCredentials(t.provider, t.req)
-		}
-		b.negative[key] = rejection{err: err, until: now.Add(b.cfg.NegativeTTL), t: t}
-	}
-}
-
-// holdOff returns the reason not to ask the endpoint about t's key now: a
-// remembered non-retryable rejection of the key or of its credentials (for
-// negative_ttl), or a retryable failure of the key, or repeated failures
-// of its provider, whose backoff has not ended (see holdoff.go).
-func (b *Broker) holdOff(t target, now time.Time) error {
-	b.mu.RLock()
-	e := b.entries[t.key]
-	held := b.keyHeldLocked(e, now)
-	if held == nil {
-		held = b.providerHeldLocked(t.provider, now)
-	}
-	if held != nil && e != nil && !e.used.Load() {
-		// A caller waits for the key: the scheduler retries it.
-		e.used.Store(true)
-	}
-	b.mu.RUnlock()
-	if held != nil {
-		return held
-	}
-	b.negMu.Lock()
-	defer b.negMu.Unlock()
-	if len(b.negative) == 0 {
-		return nil
-	}
-	if err := b.rejectedLocked(t.key, now); err != nil {
-		return err
-	}
-	return b.rejectedLocked(b.keyer.deriveCredentials(t.provider, t.req), now)
-}
-
-// rejectedLocked returns the rejection remembered under key, dropping it
-// once expired. b.negMu must be held.
-func (b *Broker) rejectedLocked(key string, now time.Time) error {
-	r, ok := b.negative[key]
-	if !ok {
-		return nil
-	}
-	if now.Before(r.until) {
-		return r.err
-	}
-	delete(b.negative, key)
-	return nil
-}
-
-// retryable reports whether a failed fetch may succeed if tried again
-// later: throttling, unavailability, and anything that is not an upstream
-// rejection (a deadline, for instance).
-func retryable(err error) bool {
-	if errors.Is(err, ErrTokenTooShort) {
-		return false
-	}
-	var uerr *upstream.Error
-	if errors.As(err, &uerr) {
-		return uerr.Retryable()
-	}
-	return true
-}
-
-// toToken converts a record for the caller.
-func toToken(r *tokencache.Record, keyID string) Token {
-	return Token{
-		AccessToken: r.AccessToken,
-		TokenType:   r.TokenType,
-		Scopes:      r.Scopes,
-		IssuedAt:    r.IssuedAt,
-		ExpiresAt:   r.ExpiresAt,
-		RefreshAt:   r.RefreshAt,
-		KeyID:       keyID,
-	}
-}
-
-// errFenced: an invalidation happened while the fetch was in flight, so
-// its result was not installed.
-var errFenced = errors.New("fetch fenced off by an invalidation")

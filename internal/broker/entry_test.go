@@ -1,14 +1,15 @@
 package broker
 
 import (
-	"bytes"
+	"fmt"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
 )
 
-// entryState returns what the entry of req's key holds, under the lock.
-func entryState(t *testing.T, b *Broker, req Request) (clearToken string, sealed []byte) {
+// entryState returns a dump of the entry of req's key, under the lock.
+func entryState(t *testing.T, b *Broker, req Request) string {
 	t.Helper()
 	tg, err := b.resolve(req.Selector)
 	if err != nil {
@@ -17,29 +18,30 @@ func entryState(t *testing.T, b *Broker, req Request) (clearToken string, sealed
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	e := b.entries[tg.key]
-	if e == nil || e.current == nil {
+	if e == nil || !e.hasToken() {
 		t.Fatal("the key has no entry with a token")
 	}
-	return e.current.AccessToken.Reveal(), bytes.Clone(e.sealed)
+	return fmt.Sprintf("%#v %#v", e.tok, e.t)
 }
 
-// TestEntryKeepsTokenSealed: a tracked key's entry holds its token sealed,
-// like the cache, through fetch and refresh; a new watcher and a caller
-// whose cache lookup missed still get the token in clear.
-func TestEntryKeepsTokenSealed(t *testing.T) {
+// TestOneHomePerToken: a tracked key's entry holds its token's metadata
+// only; the token lives once, sealed, in the cache, pinned while the key
+// is watched, through fetch and refresh. A new watcher and a caller get
+// it from there, even when the cache is filled with other keys' tokens.
+func TestOneHomePerToken(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b := newBroker(t, lifetimeFetcher(time.Hour), Config{})
+		cache := newCache(t, 64<<10)
+		b := newBroker(t, lifetimeFetcher(time.Hour), Config{Cache: cache})
 		runBroker(t, b)
 		w := mustWatch(t, b, held())
 		first := w.Initial()
 		check := func(token string) {
 			t.Helper()
-			clearToken, sealed := entryState(t, b, held())
-			if clearToken != "" {
-				t.Errorf("the entry holds the token in clear: %q", clearToken)
+			if dump := entryState(t, b, held()); strings.Contains(dump, token) {
+				t.Errorf("the entry holds the token: %s", dump)
 			}
-			if len(sealed) == 0 || bytes.Contains(sealed, []byte(token)) {
-				t.Errorf("the entry's sealed token is %d bytes, containing %q: %v", len(sealed), token, bytes.Contains(sealed, []byte(token)))
+			if cache.Pinned() == 0 {
+				t.Error("the watched key's token is not pinned")
 			}
 		}
 		check("tok-1")
@@ -54,10 +56,15 @@ func TestEntryKeepsTokenSealed(t *testing.T) {
 		if got := mustWatch(t, b, held()).Initial().AccessToken.Reveal(); got != "tok-2" {
 			t.Errorf("a new watcher's first token: got %q, want tok-2", got)
 		}
-		tg, _ := b.resolve(held().Selector)
-		b.cfg.Cache.Del(tg.key)
+		// Fill the cache many times over with other keys' tokens.
+		for i := range 1000 {
+			mustGet(t, b, held(fmt.Sprint("s", i)))
+		}
 		if got := mustGet(t, b, held()).AccessToken.Reveal(); got != "tok-2" {
-			t.Errorf("a caller the cache missed: got %q, want tok-2", got)
+			t.Errorf("a caller after the cache filled up: got %q, want tok-2", got)
+		}
+		if used, limit := cache.Used(), cache.MaxCost(); used > limit {
+			t.Errorf("the cache uses %d bytes, more than max_cost %d", used, limit)
 		}
 	})
 }
@@ -76,7 +83,7 @@ func TestSameTokenInstalledAgainIsNotPushed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		again := b.installed(tg.key) // the same token, in a new record
+		again, _ := b.cfg.Cache.Get(tg.key) // the same token, in a new record
 		b.mu.Lock()
 		e := b.entries[tg.key]
 		b.installLocked(tg, again, e)

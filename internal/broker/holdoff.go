@@ -9,6 +9,10 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
+// This file is the hold-off of keys and providers after failures, and the
+// negative cache of non-retryable rejections (negative_ttl, guarded by
+// Broker.negMu): the two reasons not to ask a token endpoint now.
+//
 // Hold-off: after a retryable failure a key backs off (entry.failures,
 // entry.retryAt, Broker.backoff), and so, once fetches of two or more of
 // its keys keep failing, does the provider (providerState). A caller
@@ -223,4 +227,100 @@ func (b *Broker) retryWaitingLocked(provider string, now time.Time) int {
 		n++
 	}
 	return n
+}
+
+// rejection is a remembered non-retryable upstream failure.
+type rejection struct {
+	err   error
+	until time.Time
+	t     target // for invalidation
+}
+
+// maxRejections bounds the negative cache; past it, expired entries are
+// swept on insert.
+const maxRejections = 10_000
+
+// remember files a non-retryable upstream rejection for NegativeTTL.
+func (b *Broker) remember(t target, err error) {
+	if b.cfg.NegativeTTL <= 0 || retryable(err) {
+		return
+	}
+	now := time.Now()
+	b.negMu.Lock()
+	defer b.negMu.Unlock()
+	if len(b.negative) >= maxRejections {
+		for k, r := range b.negative {
+			if !now.Before(r.until) {
+				delete(b.negative, k)
+			}
+		}
+	}
+	if len(b.negative) < maxRejections {
+		key := t.key
+		if errors.Is(err, upstream.ErrInvalidClient) {
+			// The credentials themselves were refused: whatever scopes,
+			// audience or resource a caller asks for next, the answer is
+			// the same.
+			key = b.keyer.deriveCredentials(t.provider, t.req)
+		}
+		b.negative[key] = rejection{err: err, until: now.Add(b.cfg.NegativeTTL), t: t}
+	}
+}
+
+// holdOff returns the reason not to ask the endpoint about t's key now: a
+// remembered non-retryable rejection of the key or of its credentials (for
+// negative_ttl), or a retryable failure of the key, or repeated failures
+// of its provider, whose backoff has not ended (see holdoff.go).
+func (b *Broker) holdOff(t target, now time.Time) error {
+	b.mu.RLock()
+	e := b.entries[t.key]
+	held := b.keyHeldLocked(e, now)
+	if held == nil {
+		held = b.providerHeldLocked(t.provider, now)
+	}
+	if held != nil && e != nil && !e.used.Load() {
+		// A caller waits for the key: the scheduler retries it.
+		e.used.Store(true)
+	}
+	b.mu.RUnlock()
+	if held != nil {
+		return held
+	}
+	b.negMu.Lock()
+	defer b.negMu.Unlock()
+	if len(b.negative) == 0 {
+		return nil
+	}
+	if err := b.rejectedLocked(t.key, now); err != nil {
+		return err
+	}
+	return b.rejectedLocked(b.keyer.deriveCredentials(t.provider, t.req), now)
+}
+
+// rejectedLocked returns the rejection remembered under key, dropping it
+// once expired. b.negMu must be held.
+func (b *Broker) rejectedLocked(key string, now time.Time) error {
+	r, ok := b.negative[key]
+	if !ok {
+		return nil
+	}
+	if now.Before(r.until) {
+		return r.err
+	}
+	delete(b.negative, key)
+	return nil
+}
+
+// retryable reports whether a failed fetch may succeed if tried again
+// later: throttling, unavailability, and anything that is not an upstream
+// rejection (a deadline, for instance).
+func retryable(err error) bool {
+	if errors.Is(err, ErrTokenTooShort) {
+		return false
+	}
+	var uerr *upstream.Error
+	if errors.As(err, &uerr) {
+		return uerr.Retryable()
+	}
+	return true
 }

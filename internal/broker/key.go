@@ -1,9 +1,14 @@
 package broker
 
+// This file is key resolution: a selector becomes a target (the fetcher,
+// the credentials, the upstream request), its cache key (an HMAC over
+// everything that selects a token) and its non-secret key id.
+
 import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"hash"
 	"slices"
 	"strconv"
@@ -113,4 +118,47 @@ func normalizeScopes(scopes []string) []string {
 	out := slices.Clone(scopes)
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// target is a request resolved against the configuration.
+type target struct {
+	fetcher  Fetcher
+	provider string
+	req      upstream.Request
+	key      string // the cache key (raw HMAC bytes)
+	keyID    string
+}
+
+// resolve finds the fetcher and credentials a selector names.
+func (b *Broker) resolve(sel Selector) (target, error) {
+	var provider string
+	var req upstream.Request
+	switch {
+	case sel.Credentials != nil && sel.Client != "":
+		return target{}, &FieldError{Field: "selector.credentials", Rule: "exactly one of client and client_credentials must be set", Kind: ErrInvalidArgument}
+	case sel.Credentials != nil:
+		if !b.cfg.Passthrough {
+			return target{}, ErrPassthroughDisabled
+		}
+		provider = sel.Credentials.Provider
+		req.ClientID, req.ClientSecret = sel.Credentials.ClientID, sel.Credentials.ClientSecret
+		req.Passthrough = true // limited to the provider's pass-through share
+	case sel.Client != "":
+		c, ok := b.cfg.Clients[sel.Client]
+		if !ok {
+			return target{}, fmt.Errorf("client %q: %w", sel.Client, ErrUnknownClient)
+		}
+		provider = c.Provider
+		req.ClientID, req.ClientSecret = c.ClientID, c.ClientSecret
+	default:
+		return target{}, &FieldError{Field: "selector.credentials", Rule: "exactly one of client and client_credentials must be set", Kind: ErrInvalidArgument}
+	}
+	f := b.cfg.Providers[provider]
+	if f == nil {
+		return target{}, &FieldError{Field: "selector.client_credentials.provider", Rule: "must name a configured provider", Kind: ErrUnknownProvider}
+	}
+	req.Scopes = normalizeScopes(sel.Scopes)
+	req.Audience, req.Resource = sel.Audience, sel.Resource
+	key := b.keyer.derive(provider, req)
+	return target{fetcher: f, provider: provider, req: req, key: key, keyID: keyID(key)}, nil
 }

@@ -1,5 +1,11 @@
 package broker
 
+// This file is the watch fan-out: a Watcher per subscriber, each with a
+// one-slot latest-wins mailbox filled under Broker.mu without ever
+// blocking, and the events the rest of the broker sends through
+// notifyLocked. A watched key's token is pinned in the cache for as long
+// as it has watchers.
+
 import (
 	"context"
 	"sync"
@@ -33,23 +39,37 @@ func (b *Broker) Watch(ctx context.Context, req Request) (*Watcher, error) {
 	if err != nil {
 		return nil, &keyedError{keyID: t.keyID, err: err}
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	e := b.entryLocked(t)
-	if e.current == nil || e.current.IssuedAt.Before(rec.IssuedAt) {
-		// The entry was dropped or lost track of the token just served.
-		b.holdLocked(e, rec)
-	} else if cur := b.openLocked(e); cur != nil {
-		// The entry holds a newer token (or this one): start from it.
-		rec = cur
+	// Pinned before the watcher is registered, so that no token
+	// installed for it later can be evicted; Close unpins.
+	b.cfg.Cache.Pin(t.key)
+	for looked := false; ; looked = true {
+		b.mu.Lock()
+		e := b.entryLocked(t)
+		switch {
+		case !e.hasToken() || e.tok.issuedAt.Before(rec.IssuedAt):
+			// The entry was dropped or lost track of the token just served.
+			b.holdLocked(e, rec)
+		case !looked && !b.holdsLocked(e, rec):
+			// The entry knows a newer token: start from it. The cache is
+			// read outside the lock.
+			b.mu.Unlock()
+			if cur, ok := b.cfg.Cache.Get(t.key); ok && cur.IssuedAt.After(rec.IssuedAt) {
+				rec = cur
+			}
+			continue
+		}
+		if e.index < 0 && !e.refreshing && !e.stopped {
+			b.scheduleLocked(e, rec.RefreshAt)
+		}
+		w := &Watcher{b: b, e: e, initial: toToken(rec, t.keyID), ch: make(chan Event, 1)}
+		if e.watchers == nil {
+			e.watchers = make(map[*Watcher]struct{})
+		}
+		e.watchers[w] = struct{}{}
+		b.mu.Unlock()
+		b.cfg.Observer.Served(max(0, time.Until(rec.ExpiresAt)))
+		return w, nil
 	}
-	if e.index < 0 && !e.refreshing && !e.stopped {
-		b.scheduleLocked(e, rec.RefreshAt)
-	}
-	b.cfg.Observer.Served(max(0, time.Until(rec.ExpiresAt)))
-	w := &Watcher{b: b, e: e, initial: toToken(rec, t.keyID), ch: make(chan Event, 1)}
-	e.watchers[w] = struct{}{}
-	return w, nil
 }
 
 // Initial returns the token that was current when the watch began.
@@ -61,9 +81,15 @@ func (w *Watcher) Events() <-chan Event { return w.ch }
 // Close ends the subscription. It is safe to call more than once.
 func (w *Watcher) Close() {
 	w.once.Do(func() {
-		w.b.mu.Lock()
+		b := w.b
+		b.mu.Lock()
 		delete(w.e.watchers, w)
-		w.b.mu.Unlock()
+		if len(w.e.watchers) == 0 {
+			w.e.watchers = nil
+			b.settleLocked(w.e, time.Now())
+		}
+		b.mu.Unlock()
+		b.cfg.Cache.Unpin(w.e.t.key)
 	})
 }
 
@@ -81,5 +107,22 @@ func (w *Watcher) deliver(ev Event) {
 		case <-w.ch:
 		default:
 		}
+	}
+}
+
+// unavailableLocked tells e's watchers, once per token, that no valid token
+// can be held. b.mu must be held.
+func (b *Broker) unavailableLocked(e *entry, err error) {
+	if e.unavailable {
+		return
+	}
+	e.unavailable = true
+	b.notifyLocked(e, Event{Kind: EventUnavailable, Err: err})
+}
+
+// notifyLocked puts ev in every watcher's mailbox. b.mu must be held.
+func (b *Broker) notifyLocked(e *entry, ev Event) {
+	for w := range e.watchers {
+		w.deliver(ev)
 	}
 }

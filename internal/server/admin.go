@@ -18,8 +18,9 @@ type AdminBroker interface {
 	// Invalidate drops the entries sel selects and reports how many there
 	// were, or fails with an error that StatusFromError maps to a status
 	// (broker.ErrUnknownClient for a client name the broker does not
-	// hold).
-	Invalidate(sel broker.InvalidateSelector) (int, error)
+	// hold). ctx is the caller's: its deadline and cancellation reach
+	// the fleet.
+	Invalidate(ctx context.Context, sel broker.InvalidateSelector) (int, error)
 	// List returns up to pageSize entries (1 to broker.MaxPageSize)
 	// starting after pageToken, and the next page's token ("" on the last
 	// page). A page token it did not issue fails with
@@ -74,7 +75,7 @@ func (h *adminHandler) InvalidateTokens(ctx context.Context, in *tokenbrokerv1.I
 	if sel.KeyID != "" {
 		setLogKeyID(ctx, sel.KeyID)
 	}
-	n, err := h.admin.Invalidate(sel)
+	n, err := h.admin.Invalidate(ctx, sel)
 	if err != nil {
 		return nil, StatusFromError(adminFieldError(err), false).Err()
 	}

@@ -38,7 +38,7 @@ type stubAdmin struct {
 	calls      atomic.Int32
 }
 
-func (a *stubAdmin) Invalidate(sel broker.InvalidateSelector) (int, error) {
+func (a *stubAdmin) Invalidate(_ context.Context, sel broker.InvalidateSelector) (int, error) {
 	a.calls.Add(1)
 	if a.invalidate == nil {
 		return 0, errors.New("stub: no invalidate")

@@ -22,7 +22,7 @@ func benchGet(b *testing.B, kr *Keyring) {
 		b.Fatal(err)
 	}
 	b.Cleanup(c.Close)
-	if !c.Set(benchKey, benchRecord(), time.Hour) {
+	if !setWait(c, benchKey, benchRecord(), time.Hour) {
 		b.Fatal("Set refused the record")
 	}
 	var misses atomic.Int64

@@ -33,6 +33,14 @@ func record(tok string) *Record {
 		IssuedAt: now, ExpiresAt: now.Add(time.Hour), RefreshAt: now.Add(45 * time.Minute)}
 }
 
+// setWait is Set followed by Wait: the record is visible when it returns
+// (unless ristretto refused it).
+func setWait(c *Cache, key string, r *Record, ttl time.Duration) bool {
+	ok := c.Set(key, r, ttl)
+	c.Wait()
+	return ok
+}
+
 // stored returns the raw value filed under key, bypassing the keyring.
 func stored(t *testing.T, c *Cache, key string) []byte {
 	t.Helper()
@@ -57,7 +65,7 @@ func TestSetIsVisibleAndExpires(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := newCache(t, 1<<20)
 		r := record("tok")
-		if !c.Set("k", r, time.Minute) {
+		if !setWait(c, "k", r, time.Minute) {
 			t.Fatal("Set refused a record in an empty cache")
 		}
 		got, ok := c.Get("k")
@@ -81,7 +89,7 @@ func TestSetIsVisibleAndExpires(t *testing.T) {
 func TestGetReturnsAFreshRecord(t *testing.T) {
 	c := newCache(t, 1<<20)
 	r := record("tok")
-	c.Set("k", r, time.Hour)
+	setWait(c, "k", r, time.Hour)
 	r.AccessToken = "changed after Set"
 	a, _ := c.Get("k")
 	b, _ := c.Get("k")
@@ -100,11 +108,11 @@ func TestGetReturnsAFreshRecord(t *testing.T) {
 func TestSetWithoutTTLKeepsTheOldRecord(t *testing.T) {
 	c := newCache(t, 1<<20)
 	old := record("old")
-	c.Set("k", old, time.Hour)
-	if c.Set("k", record("new"), 0) {
+	setWait(c, "k", old, time.Hour)
+	if setWait(c, "k", record("new"), 0) {
 		t.Error("Set with ttl 0 reported success")
 	}
-	if c.Set("k", nil, time.Hour) {
+	if setWait(c, "k", nil, time.Hour) {
 		t.Error("Set of a nil record reported success")
 	}
 	if got, ok := c.Get("k"); !ok || equalRecords(got, old) != "" {
@@ -119,7 +127,7 @@ func TestSetWithoutTTLKeepsTheOldRecord(t *testing.T) {
 func TestCacheStoresSealedValues(t *testing.T) {
 	c := newCache(t, 1<<20)
 	const tok = "the-access-token-text"
-	c.Set("k", record(tok), time.Hour)
+	setWait(c, "k", record(tok), time.Hour)
 	raw := stored(t, c, "k")
 	if bytes.Contains(raw, []byte(tok)) || bytes.Contains(raw, []byte("Bearer")) {
 		t.Error("the stored value contains the record's text, want ciphertext")
@@ -136,7 +144,7 @@ func TestCacheStoresSealedValues(t *testing.T) {
 // replay) does not open; it is a miss and is removed.
 func TestValueIsBoundToItsKey(t *testing.T) {
 	c := newCache(t, 1<<20)
-	c.Set("victim", record("victim-token"), time.Hour)
+	setWait(c, "victim", record("victim-token"), time.Hour)
 	c.rc.SetWithTTL("attacker", value{sealed: stored(t, c, "victim")}, 100, time.Hour)
 	c.rc.Wait()
 	if r, ok := c.Get("attacker"); ok {
@@ -152,7 +160,7 @@ func TestValueIsBoundToItsKey(t *testing.T) {
 
 func TestCorruptValueIsAMiss(t *testing.T) {
 	c := newCache(t, 1<<20)
-	c.Set("k", record("tok"), time.Hour)
+	setWait(c, "k", record("tok"), time.Hour)
 	raw := stored(t, c, "k")
 	raw[len(raw)-1] ^= 1 // in place: the stored slice itself
 	if r, ok := c.Get("k"); ok {
@@ -168,14 +176,14 @@ func TestCorruptValueIsAMiss(t *testing.T) {
 // and seals new ones with k2; once k1 is removed, its values are misses.
 func TestKeyRotation(t *testing.T) {
 	before := newCache(t, 1<<20)
-	before.Set("old", record("old-token"), time.Hour)
+	setWait(before, "old", record("old-token"), time.Hour)
 
 	during := newCacheWith(t, 1<<20, newKeyring(t, "k2", k2, k1))
 	copyValue(t, before, during, "old")
 	if r, ok := during.Get("old"); !ok || r.AccessToken.Reveal() != "old-token" {
 		t.Errorf("rotated cache, value sealed with k1: got %v, %v; want old-token", r, ok)
 	}
-	during.Set("new", record("new-token"), time.Hour)
+	setWait(during, "new", record("new-token"), time.Hour)
 	if raw := stored(t, during, "new"); !bytes.HasPrefix(raw, []byte("\x02k2")) {
 		t.Errorf("rotated cache seals with prefix %q, want \"\\x02k2\"", raw[:3])
 	}
@@ -206,7 +214,7 @@ func copyValue(t *testing.T, from, to *Cache, key string) {
 func TestUnsealedCache(t *testing.T) {
 	c := newCacheWith(t, 1<<20, nil)
 	r := record("tok")
-	c.Set("k", r, time.Hour)
+	setWait(c, "k", r, time.Hour)
 	if got, ok := c.Get("k"); !ok || got != r {
 		t.Errorf("got %v, %v; want the stored record itself", got, ok)
 	}
@@ -222,7 +230,7 @@ func TestMaxCostBoundsMemory(t *testing.T) {
 	c := newCache(t, maxCost)
 	tok := strings.Repeat("t", 1000)
 	for i := range 1000 {
-		c.Set(fmt.Sprint(i), record(tok), time.Hour)
+		setWait(c, fmt.Sprint(i), record(tok), time.Hour)
 	}
 	held := 0
 	for i := range 1000 {
@@ -250,12 +258,12 @@ func TestUsedTracksRecords(t *testing.T) {
 	if got := c.Used(); got != 0 {
 		t.Errorf("Used() of an empty cache = %d, want 0", got)
 	}
-	c.Set("a", record(strings.Repeat("a", 1000)), time.Hour)
+	setWait(c, "a", record(strings.Repeat("a", 1000)), time.Hour)
 	one := c.Used()
 	if want := int64(len(stored(t, c, "a")) + sealedOverhead); one < want {
 		t.Errorf("Used() after one Set = %d, want at least the value's %d bytes", one, want)
 	}
-	c.Set("b", record(strings.Repeat("b", 1000)), time.Hour)
+	setWait(c, "b", record(strings.Repeat("b", 1000)), time.Hour)
 	if got := c.Used(); got != 2*one {
 		t.Errorf("Used() after two equal Sets = %d, want %d", got, 2*one)
 	}
@@ -278,9 +286,9 @@ func TestExpiryAndCloseAreNotEvictions(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i := range 10 {
-			c.Set(fmt.Sprint(i), record("tok"), time.Minute)
+			setWait(c, fmt.Sprint(i), record("tok"), time.Minute)
 		}
-		c.Set("long", record("tok"), time.Hour)
+		setWait(c, "long", record("tok"), time.Hour)
 		before := c.Used()
 		time.Sleep(5 * time.Minute) // several TTL sweeps
 		synctest.Wait()

@@ -39,16 +39,6 @@ func appendRecord(dst []byte, r *Record) []byte {
 	return dst
 }
 
-// encodedLen is the length of r's encoding, at most 3*binary.MaxVarintLen64
-// bytes more than its exact size plus the lengths of its strings.
-func encodedLen(r *Record) int {
-	n := 1 + 3*8 + 3*binary.MaxVarintLen64 + len(r.TokenType) + len(r.AccessToken)
-	for _, s := range r.Scopes {
-		n += binary.MaxVarintLen64 + len(s)
-	}
-	return n
-}
-
 func appendString(dst []byte, s string) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(s)))
 	return append(dst, s...)

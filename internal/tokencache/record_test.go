@@ -59,7 +59,7 @@ func TestRecordRoundTrip(t *testing.T) {
 			if d := equalRecords(got, tc.r); d != "" {
 				t.Error(d)
 			}
-			if tc.r.Scopes != nil && len(tc.r.Scopes) > 0 && &got.Scopes[0] == &tc.r.Scopes[0] {
+			if len(tc.r.Scopes) > 0 && &got.Scopes[0] == &tc.r.Scopes[0] {
 				t.Error("the opened record shares the original's scopes, want a copy")
 			}
 		})
