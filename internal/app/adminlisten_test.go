@@ -2,12 +2,11 @@ package app
 
 import (
 	"context"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
-	"syscall"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,21 +20,29 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/config"
 )
 
-// listenAddrs is a slog.Handler that passes on the address of every
-// "tokenbroker listening" record, so a test learns the port Run chose for
+// listenAddrs is a slog.Handler that passes on the address of the
+// "tokenbroker listening" record (on addrs) and of the "http listening"
+// record (on httpAddrs), so a test learns the ports Run chose for
 // "127.0.0.1:0" without polling its log.
 type listenAddrs struct {
 	slog.Handler
-	addrs chan string
+	addrs, httpAddrs chan string
 }
 
-// Handle passes the address of a "tokenbroker listening" record on, then
-// hands every record to the wrapped handler.
+// Handle passes the address of a listening record on, then hands every
+// record to the wrapped handler.
 func (h listenAddrs) Handle(ctx context.Context, r slog.Record) error {
-	if r.Message == "tokenbroker listening" {
+	var to chan string
+	switch {
+	case r.Message == "tokenbroker listening":
+		to = h.addrs
+	case strings.HasPrefix(r.Message, "http listening"):
+		to = h.httpAddrs
+	}
+	if to != nil {
 		r.Attrs(func(a slog.Attr) bool {
 			if a.Key == "addr" {
-				h.addrs <- a.Value.String()
+				to <- a.Value.String()
 				return false
 			}
 			return true
@@ -44,32 +51,15 @@ func (h listenAddrs) Handle(ctx context.Context, r slog.Record) error {
 	return h.Handler.Handle(ctx, r)
 }
 
-// holdDefaultPorts keeps the default gRPC and HTTP listen addresses busy
-// until the test ends, unless something else already holds them.
-func holdDefaultPorts(t *testing.T) {
-	t.Helper()
-	def := config.Default()
-	for _, addr := range []string{def.Listen, def.HTTPListen} {
-		l, err := net.Listen("tcp", addr)
-		if errors.Is(err, syscall.EADDRINUSE) {
-			continue // already taken, which is the point
-		}
-		if err != nil {
-			t.Fatalf("hold %s: %v", addr, err)
-		}
-		t.Cleanup(func() { l.Close() })
-	}
-}
-
 // TestAdminListenOnUnixSocket runs the whole product (Run) with
 // admin.listen on a unix socket that an earlier run left behind: the
 // AdminService, with health, answers there and only there, and the
 // TokenBrokerService only on the main listener.
 //
-// It holds the default ports while it runs, as `make run` in another
-// terminal would: a test that inherits a default listen address fails.
+// It also checks that the gRPC and HTTP addresses Run bound are not the
+// defaults: a test that inherited a default listen address would fail
+// whenever `make run` holds it in another terminal.
 func TestAdminListenOnUnixSocket(t *testing.T) {
-	holdDefaultPorts(t)
 	_, tokenURL := startIssuer(t, nil)
 	cfg := stackConfig(tokenURL)
 	sock := filepath.Join(t.TempDir(), "admin.sock")
@@ -83,7 +73,7 @@ func TestAdminListenOnUnixSocket(t *testing.T) {
 	stale.(*net.UnixListener).SetUnlinkOnClose(false)
 	stale.Close()
 
-	logs := listenAddrs{Handler: slog.NewJSONHandler(io.Discard, nil), addrs: make(chan string, 1)}
+	logs := listenAddrs{Handler: slog.NewJSONHandler(io.Discard, nil), addrs: make(chan string, 1), httpAddrs: make(chan string, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	var runErr error
@@ -98,13 +88,25 @@ func TestAdminListenOnUnixSocket(t *testing.T) {
 			t.Errorf("Run: %v", runErr)
 		}
 	})
-	var addr string
-	select {
-	case addr = <-logs.addrs:
-	case <-done:
-		t.Fatal("Run returned before listening")
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run did not log its listening address")
+	var addr, httpAddr string
+	for addr == "" || httpAddr == "" {
+		select {
+		case addr = <-logs.addrs:
+		case httpAddr = <-logs.httpAddrs:
+		case <-done:
+			t.Fatal("Run returned before listening")
+		case <-time.After(30 * time.Second):
+			t.Fatal("Run did not log its listening addresses")
+		}
+	}
+	def := config.Default()
+	for _, bound := range []struct{ name, got, def string }{
+		{"listen", addr, def.Listen},
+		{"http_listen", httpAddr, def.HTTPListen},
+	} {
+		if bound.got == bound.def {
+			t.Errorf("%s: Run bound %s, the default address; a test must listen on port 0", bound.name, bound.got)
+		}
 	}
 
 	dial := func(target string) *grpc.ClientConn {
