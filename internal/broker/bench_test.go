@@ -2,7 +2,9 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -186,4 +188,162 @@ func liveHeap() uint64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
+}
+
+// uniqueFetcher is an instant Fetcher whose every token is distinct (an
+// 800-byte body ending in the call number), so that no two records share
+// bytes.
+type uniqueFetcher struct{ calls atomic.Int64 }
+
+func (f *uniqueFetcher) Fetch(_ context.Context, r upstream.Request) (upstream.Token, error) {
+	n := f.calls.Add(1)
+	now := time.Now()
+	tok := benchTokenBody[:800-20] + secret.String(fmt.Sprintf("%020d", n))
+	return upstream.Token{AccessToken: tok, TokenType: "Bearer", Scopes: r.Scopes,
+		IssuedAt: now, ExpiresAt: now.Add(time.Hour)}, nil
+}
+
+// BenchmarkMemoryPerToken fills a 4 MiB cache with ten times more
+// distinct 800-byte tokens (on distinct keys) than it holds, then twenty
+// times, and measures the live heap after each (broker and cache, the
+// cache's fixed admission counters excluded).
+//
+// Custom metrics:
+//   - heap/cost: live heap per held token divided by the cost the cache
+//     charges for it (target ≤ 1.25): how honestly max_cost bounds memory;
+//   - B/evicted: live heap per evicted key - what the broker keeps of a
+//     key whose token the cache let go (target ≤ 256);
+//   - cost/token: the cost charged per held token;
+//   - cache-heap/cost: the same for the cache alone (the broker's
+//     entries dropped before measuring);
+//   - B/entry: live heap per entry of a held key (its metadata);
+//   - held: tokens held at 10×.
+func BenchmarkMemoryPerToken(b *testing.B) {
+	const maxCost = 4 << 20
+	for b.Loop() {
+		f := &uniqueFetcher{}
+		br, cache := newBenchBroker(b, f, maxCost, Config{})
+		ctx := context.Background()
+		base := liveHeap()
+		fill := func(from, to int) {
+			for i := from; i < to; i++ {
+				if _, err := br.GetToken(ctx, Request{Selector: Selector{Client: "held", Scopes: []string{"s" + strconv.Itoa(i)}}}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			cache.Wait()
+		}
+		held := func(n int) (count int) {
+			for i := range n {
+				t, _ := br.resolve(Selector{Client: "held", Scopes: []string{"s" + strconv.Itoa(i)}})
+				if cache.Has(t.key) {
+					count++
+				}
+			}
+			return count
+		}
+		perToken := int64(maxCost / 1100) // about what fits
+		n1 := int(10 * perToken)
+		fill(0, n1)
+		h1, held1, used1 := float64(liveHeap()-base), held(n1), cache.Used()
+		n2 := 2 * n1
+		fill(n1, n2)
+		h2, held2 := float64(liveHeap()-base), held(n2)
+		cost := float64(used1) / float64(held1)
+		ev1, ev2 := float64(n1-held1), float64(n2-held2)
+		// The held tokens' part is the same at 10× and 20× (up to the
+		// difference in their number): what grows is per evicted key.
+		meta := max(0, (h2-h1-float64(held2-held1)*cost)/(ev2-ev1))
+		perHeld := (h1 - ev1*meta) / float64(held1)
+		// The cache alone: the same heap without the broker's entries.
+		br.mu.Lock()
+		entries := len(br.entries)
+		br.entries, br.schedule = make(map[string]*entry), nil
+		br.mu.Unlock()
+		cacheOnly := float64(liveHeap() - base)
+		b.ReportMetric((h2-cacheOnly)/float64(entries), "B/entry")
+		b.ReportMetric(cacheOnly/float64(held2)/cost, "cache-heap/cost")
+		b.ReportMetric(perHeld/cost, "heap/cost")
+		b.ReportMetric(meta, "B/evicted")
+		b.ReportMetric(cost, "cost/token")
+		b.ReportMetric(float64(held1), "held")
+		br.Close()
+		cache.Close()
+	}
+}
+
+// BenchmarkHitLatencyUnderInstalls measures GetToken hit latency on one
+// key, p50 and p99, while another goroutine installs 1,000 other keys
+// (cold GetTokens: fetch, cache Set, entry, schedule) against the same
+// without installs, in interleaved rounds of the same run. The ratios are
+// the median of the per-round ratios (target p99 ratio ≤ 1.5).
+func BenchmarkHitLatencyUnderInstalls(b *testing.B) {
+	const rounds, samples, installs = 15, 20_000, 1000
+	f := &uniqueFetcher{}
+	br, cache := newBenchBroker(b, f, 256<<20, Config{})
+	defer cache.Close()
+	defer br.Close()
+	ctx := context.Background()
+	req := benchHitRequest()
+	if _, err := br.GetToken(ctx, req); err != nil {
+		b.Fatal(err)
+	}
+	measure := func(d []time.Duration, stop func() bool) []time.Duration {
+		d = d[:0]
+		for len(d) < samples && !stop() {
+			start := time.Now()
+			if _, err := br.GetToken(ctx, req); err != nil {
+				b.Fatal(err)
+			}
+			d = append(d, time.Since(start))
+		}
+		slices.Sort(d)
+		return d
+	}
+	pct := func(d []time.Duration, p float64) float64 { return float64(d[int(p*float64(len(d)-1))]) }
+	var quiet50, quiet99, busy50, busy99, r50, r99 []float64
+	buf := make([]time.Duration, 0, samples)
+	next := 0
+	for b.Loop() {
+		for range rounds {
+			q := measure(buf, func() bool { return false })
+			quiet50, quiet99 = append(quiet50, pct(q, 0.5)), append(quiet99, pct(q, 0.99))
+			var done atomic.Bool
+			from := next
+			next += installs
+			go func() {
+				defer done.Store(true)
+				for i := from; i < from+installs; i++ {
+					if _, err := br.GetToken(ctx, Request{Selector: Selector{Client: "held", Scopes: []string{"k" + strconv.Itoa(i)}}}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+			busy := measure(buf, done.Load)
+			for !done.Load() {
+				runtime.Gosched()
+			}
+			if len(busy) < 100 {
+				continue // the installs ended too soon to measure
+			}
+			busy50, busy99 = append(busy50, pct(busy, 0.5)), append(busy99, pct(busy, 0.99))
+			r50 = append(r50, busy50[len(busy50)-1]/quiet50[len(quiet50)-1])
+			r99 = append(r99, busy99[len(busy99)-1]/quiet99[len(quiet99)-1])
+		}
+	}
+	median := func(v []float64) float64 {
+		if len(v) == 0 {
+			return 0
+		}
+		v = slices.Clone(v)
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	b.ReportMetric(median(quiet50), "quiet-p50-ns")
+	b.ReportMetric(median(quiet99), "quiet-p99-ns")
+	b.ReportMetric(median(busy50), "busy-p50-ns")
+	b.ReportMetric(median(busy99), "busy-p99-ns")
+	b.ReportMetric(median(r50), "p50-ratio")
+	b.ReportMetric(median(r99), "p99-ratio")
 }
