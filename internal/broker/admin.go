@@ -157,15 +157,14 @@ func (b *Broker) countUpstream(provider string, err error) {
 	if c == nil {
 		return
 	}
-	switch {
-	case err == nil:
+	switch upstream.OutcomeOf(err) {
+	case upstream.OutcomeOK:
 		c.ok.Add(1)
-	case errors.Is(err, upstream.ErrThrottled):
+	case upstream.OutcomeThrottled:
 		c.throttled.Add(1)
-	case errors.Is(err, upstream.ErrUnavailable):
+	case upstream.OutcomeUnavailable:
 		c.unavailable.Add(1)
-	case errors.Is(err, upstream.ErrInvalidClient), errors.Is(err, upstream.ErrInvalidScope),
-		errors.Is(err, upstream.ErrUnauthorizedClient), errors.Is(err, upstream.ErrRejected):
+	case upstream.OutcomeInvalidClient, upstream.OutcomeInvalidScope, upstream.OutcomeUnauthorizedClient, upstream.OutcomeRejected:
 		c.rejected.Add(1)
 	default:
 		c.other.Add(1)

@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"errors"
+	"github.com/tokenbroker/tokenbroker/internal/backoff"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
@@ -171,19 +172,15 @@ func (s *schedule) Pop() any {
 }
 
 // backoff is the wait before retry number n: full jitter over an
-// exponentially growing window capped at ceiling, or the endpoint's
-// Retry-After when longer.
+// exponentially growing window (RetryBase doubling) capped at ceiling, or
+// the endpoint's Retry-After when longer (internal/backoff).
 func (b *Broker) backoff(n int, err error, ceiling time.Duration) time.Duration {
-	window := ceiling
-	if n < 32 {
-		window = min(window, b.cfg.RetryBase<<(n-1))
-	}
-	d := time.Duration(b.randN(int64(window) + 1))
+	var retryAfter time.Duration
 	var ra interface{ RetryDelay() time.Duration }
 	if errors.As(err, &ra) {
-		d = max(d, ra.RetryDelay())
+		retryAfter = ra.RetryDelay()
 	}
-	return d
+	return backoff.Policy{Base: b.cfg.RetryBase, Max: ceiling, Rand: b.randN}.Delay(n-1, retryAfter)
 }
 
 func minTime(a, b time.Time) time.Time {
