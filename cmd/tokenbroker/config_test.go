@@ -8,9 +8,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/testkit"
 )
 
 // TestConfigProblemsAllAtOnce: the file's unreadable values, the rule
@@ -83,35 +84,9 @@ insecure_allow_remote: true
 	}
 }
 
-// syncBuffer is a strings.Builder safe for one writer and one reader,
-// which signals each write on wrote.
-type syncBuffer struct {
-	mu    sync.Mutex
-	b     strings.Builder
-	wrote chan struct{}
-}
-
-func newSyncBuffer() *syncBuffer { return &syncBuffer{wrote: make(chan struct{}, 1)} }
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	select {
-	case s.wrote <- struct{}{}:
-	default:
-	}
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // waitFor waits until out holds text for which match returns a non-nil
 // result, or run ends (done), and returns that result.
-func waitFor(t *testing.T, out *syncBuffer, done <-chan error, match func(string) []string) []string {
+func waitFor(t *testing.T, out *testkit.LogBuffer, done <-chan error, match func(string) []string) []string {
 	t.Helper()
 	for {
 		if m := match(out.String()); m != nil {
@@ -120,7 +95,7 @@ func waitFor(t *testing.T, out *syncBuffer, done <-chan error, match func(string
 		select {
 		case err := <-done:
 			t.Fatalf("run ended: %v\n%s", err, out.String())
-		case <-out.wrote:
+		case <-out.Wrote():
 		}
 	}
 }
@@ -133,7 +108,7 @@ func waitFor(t *testing.T, out *syncBuffer, done <-chan error, match func(string
 func TestDevBannerCurlWorks(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	stdout, stderr := newSyncBuffer(), newSyncBuffer()
+	stdout, stderr := new(testkit.LogBuffer), new(testkit.LogBuffer)
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"-dev", "-listen", "127.0.0.1:0", "-http-listen", "127.0.0.1:0"}, func(string) string { return "" }, stdout, stderr)
@@ -175,7 +150,7 @@ func TestDevBannerCurlWorks(t *testing.T) {
 	// With the secret from the environment, the banner does not print it.
 	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel2()
-	out2 := newSyncBuffer()
+	out2 := new(testkit.LogBuffer)
 	done = make(chan error, 1)
 	go func() {
 		env := map[string]string{"TOKENBROKER_DEV_SECRET": "my-own-dev-secret"}

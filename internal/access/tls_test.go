@@ -1,7 +1,6 @@
 package access
 
 import (
-	"bytes"
 	"crypto/tls"
 	"log/slog"
 	"math/big"
@@ -10,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/testkit"
 )
 
 // fakeClock is a settable clock for the reloader.
@@ -28,24 +29,6 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
-}
-
-// lockedBuffer is a log sink safe for concurrent writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // handshake runs a TLS handshake over an in-memory pipe between a server
@@ -125,7 +108,7 @@ func TestServerTLSConfigReload(t *testing.T) {
 	files.writeCert(t, first)
 	files.writeCA(t, clientCA.pem)
 	clock := &fakeClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
-	var logs lockedBuffer
+	var logs testkit.LogBuffer
 	r, err := newReloader(files.certFile, files.keyFile, files.caFile, tls.RequireAndVerifyClientCert,
 		slog.New(slog.NewTextHandler(&logs, nil)), clock.Now)
 	if err != nil {

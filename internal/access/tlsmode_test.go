@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/testkit"
 )
 
 // TestServerTLSReloadRefusesWritableKey: a new key file that group or
@@ -20,7 +22,7 @@ func TestServerTLSReloadRefusesWritableKey(t *testing.T) {
 	files := &tlsFiles{dir: t.TempDir(), mtime: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
 	files.writeCert(t, first)
 	clock := &fakeClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
-	var logs lockedBuffer
+	var logs testkit.LogBuffer
 	r, err := newReloader(files.certFile, files.keyFile, "", tls.NoClientCert, slog.New(slog.NewTextHandler(&logs, nil)), clock.Now)
 	if err != nil {
 		t.Fatalf("newReloader: %v", err)

@@ -1,7 +1,6 @@
 package app
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +24,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/devissuer"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
+	"github.com/tokenbroker/tokenbroker/internal/testkit"
 )
 
 // The known values the leak test hunts for. Each is distinctive enough that
@@ -42,30 +41,11 @@ const (
 	leakBadBearerKey  = "LEAK-invalid-bearer-key-d82e19"
 )
 
-// lockedBuffer is an io.Writer safe for concurrent use, collecting every
-// log line the broker writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // leakStack is the whole product, as startStackHandler builds it, but
 // logging at debug level into logs, plus a second token endpoint that
 // misbehaves on purpose (providers "bad500" and "bad400").
 type leakStack struct {
-	logs   *lockedBuffer
+	logs   *testkit.LogBuffer
 	conn   *grpc.ClientConn
 	client tokenbrokerv1.TokenBrokerServiceClient
 	admin  tokenbrokerv1.AdminServiceClient
@@ -101,8 +81,8 @@ func startLeakStack(t *testing.T) *leakStack {
 	}))
 	t.Cleanup(bad.Close)
 
-	logs := &lockedBuffer{}
-	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logs := &testkit.LogBuffer{}
+	logger := testkit.JSONLogger(logs)
 	prev := slog.Default()
 	slog.SetDefault(logger)
 	t.Cleanup(func() { slog.SetDefault(prev) })

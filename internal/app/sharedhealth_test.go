@@ -20,6 +20,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/shared"
 	"github.com/tokenbroker/tokenbroker/internal/shared/redistest"
+	"github.com/tokenbroker/tokenbroker/internal/testkit"
 )
 
 // TestRedisWrongPassword runs a replica against a real redis-server that
@@ -44,19 +45,10 @@ func TestRedisWrongPassword(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys.HMAC = hmac
-	logs := &lockedBuffer{}
-	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logs := &testkit.LogBuffer{}
+	logger := testkit.JSONLogger(logs)
 	addr, httpAddr, _ := serveAppHTTP(t, cfg, keys, logger)
 
-	count := func(level, msg string) int {
-		n := 0
-		for line := range strings.Lines(logs.String()) {
-			if strings.Contains(line, `"level":"`+level+`"`) && strings.Contains(line, msg) {
-				n++
-			}
-		}
-		return n
-	}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)
@@ -85,7 +77,7 @@ func TestRedisWrongPassword(t *testing.T) {
 		msgUp   = "redis tier available again"
 	)
 
-	waitFor("the authentication failure logged", func() bool { return count("WARN", msgDown) > 0 })
+	waitFor("the authentication failure logged", func() bool { return logs.Count(slog.LevelWarn, msgDown) > 0 })
 	if status, body := get("/readyz"); status != http.StatusOK || !strings.HasPrefix(body, "ok\nredis tier: ") || !strings.Contains(body, "(auth_failed)") {
 		t.Errorf("/readyz during the outage: got %d %q, want 200 \"ok\\nredis tier: … (auth_failed)…\"", status, body)
 	}
@@ -118,14 +110,14 @@ func TestRedisWrongPassword(t *testing.T) {
 	if err := srv.Client().ConfigSet(ctx, "requirepass", wrong).Err(); err != nil {
 		t.Fatalf("CONFIG SET requirepass: %v", err)
 	}
-	waitFor("the recovery logged", func() bool { return count("INFO", msgUp) > 0 })
+	waitFor("the recovery logged", func() bool { return logs.Count(slog.LevelInfo, msgUp) > 0 })
 	if status, body := get("/readyz"); status != http.StatusOK || body != "ok\n" {
 		t.Errorf("/readyz after the recovery: got %d %q, want 200 \"ok\\n\"", status, body)
 	}
-	if n := count("WARN", "redis tier"); n != 1 {
+	if n := logs.Count(slog.LevelWarn, "redis tier"); n != 1 {
 		t.Errorf("warnings about the tier: got %d, want 1\n%s", n, logs)
 	}
-	if n := count("INFO", msgUp); n != 1 {
+	if n := logs.Count(slog.LevelInfo, msgUp); n != 1 {
 		t.Errorf("recovery lines: got %d, want 1\n%s", n, logs)
 	}
 	for _, pw := range []string{right, wrong} {

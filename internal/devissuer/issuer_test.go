@@ -1,13 +1,11 @@
 package devissuer
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/tokenbroker/tokenbroker/internal/testkit"
 )
 
 // testTimeout bounds every blocking operation in these tests.
@@ -513,9 +512,9 @@ func TestLifetime(t *testing.T) {
 }
 
 func TestAddClient(t *testing.T) {
-	var logs syncBuffer
+	var logs testkit.LogBuffer
 	cfg := testConfig()
-	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.Logger = testkit.TextLogger(&logs)
 	iss, srv := newTestServer(t, cfg)
 	form := url.Values{"grant_type": {"client_credentials"}}
 	status := func(c Client) int {
@@ -576,9 +575,9 @@ func TestAddClient(t *testing.T) {
 }
 
 func TestLogsHoldNoSecrets(t *testing.T) {
-	var logs syncBuffer
+	var logs testkit.LogBuffer
 	cfg := testConfig()
-	cfg.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.Logger = testkit.JSONLogger(&logs)
 	_, srv := newTestServer(t, cfg)
 	cc := url.Values{"grant_type": {"client_credentials"}}
 	var tokens []string
@@ -712,22 +711,4 @@ func TestServeListenerFailure(t *testing.T) {
 	case <-time.After(testTimeout):
 		t.Fatalf("Serve on a closed listener: still running after %s, want an error", testTimeout)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/internal/access"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/testkit"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
@@ -84,7 +85,7 @@ func TestErrorMapping(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			logs := new(lockedBuffer)
+			logs := new(testkit.LogBuffer)
 			var calls atomic.Int32
 			cfg := Config{
 				Broker: &stubBroker{getToken: func(context.Context, broker.Request) (broker.Token, error) {
@@ -94,7 +95,7 @@ func TestErrorMapping(t *testing.T) {
 					}
 					return broker.Token{}, tc.err
 				}},
-				Logger: newTextLogger(logs),
+				Logger: testkit.TextLogger(logs),
 			}
 			if tc.authzErr != nil {
 				cfg.Authorize = func(*http.Request, broker.Selector) error { return tc.authzErr }

@@ -1,22 +1,20 @@
 package httpapi
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/devissuer"
+	"github.com/tokenbroker/tokenbroker/internal/testkit"
 	"github.com/tokenbroker/tokenbroker/internal/tokencache"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
@@ -34,30 +32,6 @@ const (
 
 var testScopes = []string{"api/read", "api/write"}
 
-// lockedBuffer is a bytes.Buffer safe for concurrent writers (loggers of
-// server goroutines) and a reader (the test).
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// newTextLogger logs everything, as text, to w.
-func newTextLogger(w io.Writer) *slog.Logger {
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
 // env is a real broker behind the handler, fetching from real devissuer
 // token endpoints, all over loopback HTTP.
 type env struct {
@@ -65,7 +39,7 @@ type env struct {
 	broker  *broker.Broker
 	handler *handler
 	srv     *httptest.Server
-	logs    *lockedBuffer
+	logs    *testkit.LogBuffer
 }
 
 // envOptions tune newEnv.
@@ -91,8 +65,8 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if len(o.providers) == 0 {
 		o.providers = []string{"dev"}
 	}
-	logs := new(lockedBuffer)
-	logger := newTextLogger(logs)
+	logs := new(testkit.LogBuffer)
+	logger := testkit.TextLogger(logs)
 	e := &env{issuers: map[string]*devissuer.Issuer{}, logs: logs}
 	fetchers := map[string]broker.Fetcher{}
 	for i, name := range o.providers {

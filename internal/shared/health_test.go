@@ -105,7 +105,7 @@ func TestAuthFailureLoggedOnce(t *testing.T) {
 			t.Cleanup(func() { _ = tier.Close() })
 			runTier(t, tier)
 
-			eventually(t, "the outage logged", func() bool { return logs.count(slog.LevelWarn, msgOpen) > 0 })
+			eventually(t, "the outage logged", func() bool { return logs.Count(slog.LevelWarn, msgOpen) > 0 })
 			// Several probes fail after the first warning, each after a
 			// cooldown: none of them logs again.
 			eventually(t, "more failed probes", func() bool { return failures.get(ReasonAuth) >= 4 })
@@ -117,7 +117,7 @@ func TestAuthFailureLoggedOnce(t *testing.T) {
 					t.Errorf("OnFailure(%q): got %d calls, want none (only %q)", r, failures.get(r), ReasonAuth)
 				}
 			}
-			if got := logs.count(slog.LevelWarn, "redis tier"); got != 1 {
+			if got := logs.Count(slog.LevelWarn, "redis tier"); got != 1 {
 				t.Fatalf("warnings during the outage: got %d, want 1\n%s", got, logs)
 			}
 			line := logs.String()
@@ -131,14 +131,14 @@ func TestAuthFailureLoggedOnce(t *testing.T) {
 			if err := srv.Client().ConfigSet(ctx, "requirepass", tc.tierPassword).Err(); err != nil {
 				t.Fatalf("CONFIG SET requirepass: %v", err)
 			}
-			eventually(t, "the recovery logged", func() bool { return logs.count(slog.LevelInfo, msgClosed) > 0 })
+			eventually(t, "the recovery logged", func() bool { return logs.Count(slog.LevelInfo, msgClosed) > 0 })
 			if state, reason := tier.Health(); state != StateClosed || reason != "" {
 				t.Errorf("Health after the recovery: got (%q, %q), want (%q, \"\")", state, reason, StateClosed)
 			}
-			if got := logs.count(slog.LevelWarn, "redis tier"); got != 1 {
+			if got := logs.Count(slog.LevelWarn, "redis tier"); got != 1 {
 				t.Errorf("warnings: got %d, want 1\n%s", got, logs)
 			}
-			if got := logs.count(slog.LevelInfo, msgClosed); got != 1 {
+			if got := logs.Count(slog.LevelInfo, msgClosed); got != 1 {
 				t.Errorf("recovery lines: got %d, want 1\n%s", got, logs)
 			}
 			if !strings.Contains(logs.String(), "down_for=") {
@@ -175,7 +175,7 @@ func TestOutageReasonChange(t *testing.T) {
 	})
 
 	srv.Stop()
-	eventually(t, "the outage logged", func() bool { return logs.count(slog.LevelWarn, msgOpen) > 0 })
+	eventually(t, "the outage logged", func() bool { return logs.Count(slog.LevelWarn, msgOpen) > 0 })
 	if !strings.Contains(logs.String(), "reason="+ReasonRefused) {
 		t.Errorf("outage warning: got %q, want reason=%s", logs, ReasonRefused)
 	}
@@ -186,7 +186,7 @@ func TestOutageReasonChange(t *testing.T) {
 	if err := raw.ConfigSet(ctx, "requirepass", pw).Err(); err != nil {
 		t.Fatalf("CONFIG SET requirepass: %v", err)
 	}
-	eventually(t, "the new reason logged", func() bool { return logs.count(slog.LevelWarn, msgStillOpen) > 0 })
+	eventually(t, "the new reason logged", func() bool { return logs.Count(slog.LevelWarn, msgStillOpen) > 0 })
 	if _, reason := tier.Health(); reason != ReasonAuth {
 		t.Errorf("Health reason: got %q, want %q", reason, ReasonAuth)
 	}
@@ -194,8 +194,8 @@ func TestOutageReasonChange(t *testing.T) {
 	if err := raw.ConfigSet(ctx, "requirepass", "").Err(); err != nil {
 		t.Fatalf("CONFIG SET requirepass: %v", err)
 	}
-	eventually(t, "the recovery logged", func() bool { return logs.count(slog.LevelInfo, msgClosed) > 0 })
-	if got := logs.count(slog.LevelWarn, "redis tier"); got != 2 {
+	eventually(t, "the recovery logged", func() bool { return logs.Count(slog.LevelInfo, msgClosed) > 0 })
+	if got := logs.Count(slog.LevelWarn, "redis tier"); got != 2 {
 		t.Errorf("warnings: got %d, want 2 (refused, then auth failed)\n%s", got, logs)
 	}
 	if strings.Contains(logs.String(), pw) {

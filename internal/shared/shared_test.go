@@ -20,6 +20,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/shared/redistest"
+	"github.com/tokenbroker/tokenbroker/internal/testkit"
 	"github.com/tokenbroker/tokenbroker/internal/tokencache"
 )
 
@@ -182,40 +183,10 @@ func barrier(t *testing.T, sender *Tier, recvs ...*recorder) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a concurrent log handler.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-// Write implements io.Writer.
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// count returns the number of lines at level whose message contains msg.
-func (s *syncBuffer) count(level slog.Level, msg string) int {
-	n := 0
-	for line := range strings.Lines(s.String()) {
-		if strings.Contains(line, "level="+level.String()+" ") && strings.Contains(line, msg) {
-			n++
-		}
-	}
-	return n
-}
-
 // newLogger returns a logger writing text lines to a buffer.
-func newLogger() (*slog.Logger, *syncBuffer) {
-	buf := &syncBuffer{}
-	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
+func newLogger() (*slog.Logger, *testkit.LogBuffer) {
+	buf := &testkit.LogBuffer{}
+	return testkit.TextLogger(buf), buf
 }
 
 // Log messages the tests look for.
@@ -1034,7 +1005,7 @@ func TestRunDropsJunk(t *testing.T) {
 	if got := recv.adoptions(); len(got) != 1 || !sameRecord(got[0].rec, rec) {
 		t.Errorf("adopted: got %d records, want only the well-formed %s", len(got), describe(rec))
 	}
-	if got := logs.count(slog.LevelWarn, msgDropped); got != len(junk) {
+	if got := logs.Count(slog.LevelWarn, msgDropped); got != len(junk) {
 		t.Errorf("log lines %q: got %d, want %d\n%s", msgDropped, got, len(junk), logs)
 	}
 	if strings.Contains(logs.String(), rec.AccessToken.Reveal()) {
@@ -1107,7 +1078,7 @@ func TestBreaker(t *testing.T) {
 	if got := f.calls.Load(); got != 1+failures+5 {
 		t.Errorf("fetch calls: got %d, want %d", got, 1+failures+5)
 	}
-	if got := logs.count(slog.LevelWarn, msgOpen); got != 1 {
+	if got := logs.Count(slog.LevelWarn, msgOpen); got != 1 {
 		t.Errorf("log lines %q: got %d, want 1\n%s", msgOpen, got, logs)
 	}
 	if got := seenStates(); !slices.Equal(got, []string{StateOpen}) {
@@ -1119,10 +1090,10 @@ func TestBreaker(t *testing.T) {
 		obtain("after Redis came back")
 		return tier.Stats().State == StateClosed
 	})
-	if got := logs.count(slog.LevelInfo, msgClosed); got != 1 {
+	if got := logs.Count(slog.LevelInfo, msgClosed); got != 1 {
 		t.Errorf("log lines %q: got %d, want 1\n%s", msgClosed, got, logs)
 	}
-	if got := logs.count(slog.LevelWarn, msgOpen); got != 1 {
+	if got := logs.Count(slog.LevelWarn, msgOpen); got != 1 {
 		t.Errorf("log lines %q after recovery: got %d, want still 1\n%s", msgOpen, got, logs)
 	}
 	// A probe may fail on a connection left over from before the restart,
@@ -1264,7 +1235,7 @@ func TestCallerCancellationIsNotARedisFailure(t *testing.T) {
 	if st := tier.Stats(); st.State != StateClosed || st.Errors != 0 {
 		t.Errorf("Stats after callers gave up: got %+v, want closed with 0 errors", st)
 	}
-	if got := logs.count(slog.LevelWarn, msgOpen); got != 0 {
+	if got := logs.Count(slog.LevelWarn, msgOpen); got != 0 {
 		t.Errorf("log lines %q: got %d, want 0\n%s", msgOpen, got, logs)
 	}
 }

@@ -72,6 +72,20 @@ func (b *LogBuffer) Records(t testing.TB) []map[string]any {
 	return out
 }
 
+// Count returns how many of the lines written so far, text or JSON, are
+// at level and contain substr.
+func (b *LogBuffer) Count(level slog.Level, substr string) int {
+	textLevel := "level=" + level.String() + " "
+	jsonLevel := `"level":"` + level.String() + `"`
+	n := 0
+	for line := range strings.Lines(b.String()) {
+		if (strings.Contains(line, textLevel) || strings.Contains(line, jsonLevel)) && strings.Contains(line, substr) {
+			n++
+		}
+	}
+	return n
+}
+
 // TextLogger returns a logger that writes every level, debug included, to
 // w as text lines.
 func TextLogger(w io.Writer) *slog.Logger {

@@ -1,6 +1,7 @@
 package testkit
 
 import (
+	"log/slog"
 	"runtime"
 	"strings"
 	"sync"
@@ -73,6 +74,32 @@ func TestRecordsRejectsText(t *testing.T) {
 	<-done
 	if !ft.failed {
 		t.Error("Records accepted a text line, want a test failure")
+	}
+}
+
+// TestCount: Count finds lines by level and text in both formats.
+func TestCount(t *testing.T) {
+	var b LogBuffer
+	for _, l := range []*slog.Logger{TextLogger(&b), JSONLogger(&b)} {
+		l.Warn("redis tier down", "reason", "refused")
+		l.Warn("redis tier still down")
+		l.Info("redis tier down") // another level
+		l.Debug("other")
+	}
+	for _, tc := range []struct {
+		level slog.Level
+		text  string
+		want  int
+	}{
+		{slog.LevelWarn, "redis tier", 4},
+		{slog.LevelWarn, "still", 2},
+		{slog.LevelInfo, "redis tier down", 2},
+		{slog.LevelError, "redis", 0},
+		{slog.LevelDebug, "other", 2},
+	} {
+		if got := b.Count(tc.level, tc.text); got != tc.want {
+			t.Errorf("Count(%v, %q): got %d, want %d", tc.level, tc.text, got, tc.want)
+		}
 	}
 }
 
