@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 
@@ -106,31 +105,24 @@ func checkAPIKey(key secret.String) error {
 	return nil
 }
 
+// maxAPIKeyFileSize bounds an -api-key-file.
+const maxAPIKeyFileSize = 64 << 10
+
 // readSecretFile reads a secret from a file, without the trailing line
-// break. An empty file, or one that group or others can write, is an
-// error; one that others can read is read with a warning on stderr
-// (secret.CheckMode, the broker's own rule). Errors name the file, never
-// its content.
+// break, through secret.ReadPrivateFile (the broker's own rule): a file
+// that is not regular (a FIFO is refused without blocking), is larger than
+// maxAPIKeyFileSize, is empty, or that group or others can write is an
+// error; one that others can read is read with a warning on stderr. Errors
+// name the file, never its content.
 func readSecretFile(path string) (secret.String, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return "", err
-	}
-	if err := secret.CheckMode(path, fi.Mode(), nil); err != nil {
-		return "", err
-	}
-	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	b, err := secret.ReadPrivateFile(path, maxAPIKeyFileSize, nil)
 	if err != nil {
 		return "", err
 	}
 	v := strings.TrimRight(string(b), "\r\n")
+	clear(b)
 	if v == "" {
-		return "", fmt.Errorf("%s: file is empty", path)
+		return "", fmt.Errorf("%q is empty", secret.AbsPath(path))
 	}
 	return secret.String(v), nil
 }

@@ -21,6 +21,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -664,6 +665,11 @@ func TestAPIKey(t *testing.T) {
 	if err := os.Chmod(openFile, 0o666); err != nil {
 		t.Fatal(err)
 	}
+	// A FIFO is refused, not opened for a read that waits for a writer.
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		env  map[string]string
@@ -679,12 +685,16 @@ func TestAPIKey(t *testing.T) {
 		{"wrong key from a file", nil, []string{"-api-key-file", wrongFile, "get", "-client", "held"}, exitAuth},
 		{"key with a space", map[string]string{envAPIKey: "two words"}, []string{"stats"}, exitError},
 		{"key file others can write", nil, []string{"-api-key-file", openFile, "stats"}, exitError},
+		{"key file is a FIFO", nil, []string{"-api-key-file", fifo, "stats"}, exitError},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := s.ctl(t, tr, tc.env, tc.args...)
 			wantCode(t, r, tc.code)
 			if tc.args[0] == "-api-key-file" && tc.args[1] == openFile && !strings.Contains(r.stderr, "has mode 0666") {
 				t.Errorf("got stderr %q, want the file's mode named", r.stderr)
+			}
+			if tc.args[0] == "-api-key-file" && tc.args[1] == fifo && !strings.Contains(r.stderr, "is not a regular file") {
+				t.Errorf("got stderr %q, want the FIFO refused", r.stderr)
 			}
 			if tc.code == exitAuth && !strings.HasPrefix(r.stderr, "tokenbrokerctl: Unauthenticated: ") {
 				t.Errorf("got stderr %q, want Unauthenticated", r.stderr)

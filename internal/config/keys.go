@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 
 	"github.com/tokenbroker/tokenbroker/internal/secret"
@@ -101,18 +100,12 @@ func (c *Config) checkTLSFiles(logger *slog.Logger) []error {
 }
 
 // checkReadable checks that path is a regular file that can be opened
-// and, when private, that its mode passes secret.CheckFileMode.
+// and, when private, that the opened file's mode passes
+// secret.CheckFileMode.
 func checkReadable(path string, private bool, logger *slog.Logger) error {
-	fi, err := os.Stat(path)
+	f, fi, err := secret.OpenRegular(path)
 	if err != nil {
-		return secret.FileProblem(path, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("%q is not a regular file", secret.AbsPath(path))
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return secret.FileProblem(path, err)
+		return err
 	}
 	_ = f.Close()
 	if private {
@@ -146,7 +139,7 @@ func readKeyText(section, fileKey, file, envKey, env string, getenv func(string)
 // readKeyFile reads a key file. Its errors name the file and the problem,
 // never the content.
 func readKeyFile(path string, logger *slog.Logger) ([]byte, error) {
-	data, err := readPrivateFile(path, MaxKeyFileSize, logger)
+	data, err := secret.ReadPrivateFile(path, MaxKeyFileSize, logger)
 	if err != nil {
 		return nil, err
 	}

@@ -3,9 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
 	"strings"
 
 	"github.com/tokenbroker/tokenbroker/internal/secret"
@@ -63,7 +61,7 @@ func (c *Config) LoadSecrets(getenv func(string) string, logger *slog.Logger) er
 // readSecretFile reads a secret file. Its errors name the file (made
 // absolute) and the problem, never the content.
 func readSecretFile(path string, logger *slog.Logger) (secret.String, error) {
-	data, err := readPrivateFile(path, MaxSecretSize, logger)
+	data, err := secret.ReadPrivateFile(path, MaxSecretSize, logger)
 	if err != nil {
 		return "", err
 	}
@@ -76,45 +74,4 @@ func readSecretFile(path string, logger *slog.Logger) (secret.String, error) {
 		return "", fmt.Errorf("%q is empty", secret.AbsPath(path))
 	}
 	return secret.String(s), nil
-}
-
-// readPrivateFile reads a file holding a secret or key: a regular file of
-// at most limit bytes whose mode passes secret.CheckFileMode (a warning
-// goes to logger). Its errors name the file, made absolute, and the
-// problem, never the content.
-func readPrivateFile(path string, limit int64, logger *slog.Logger) ([]byte, error) {
-	// Stat first, so a FIFO or device cannot block or flood the read.
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, secret.FileProblem(path, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%q is not a regular file", secret.AbsPath(path))
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, secret.FileProblem(path, err)
-	}
-	defer func() { _ = f.Close() }()
-	// The mode of the file opened, which a rename since the Stat cannot
-	// change.
-	if fi, err = f.Stat(); err != nil {
-		return nil, secret.FileProblem(path, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%q is not a regular file", secret.AbsPath(path))
-	}
-	if err := secret.CheckMode(path, fi.Mode(), logger); err != nil {
-		return nil, err
-	}
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		clear(data)
-		return nil, secret.FileProblem(path, err)
-	}
-	if int64(len(data)) > limit {
-		clear(data)
-		return nil, fmt.Errorf("%q is larger than %d bytes", secret.AbsPath(path), limit)
-	}
-	return data, nil
 }

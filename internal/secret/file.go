@@ -3,10 +3,12 @@ package secret
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // FileModeError is the problem of a file holding a secret or a private key
@@ -45,15 +47,83 @@ func CheckFileMode(path string, mode fs.FileMode) (warn bool, err error) {
 	return false, nil
 }
 
-// CheckFile applies CheckFileMode to the file at path as it is now, and
-// logs the warning itself (to logger; nil: slog.Default()). A file that
-// cannot be looked at is an error naming it.
+// CheckFile applies CheckFileMode to the file at path as it is now (the
+// mode of the file opened, see OpenRegular), and logs the warning itself
+// (to logger; nil: slog.Default()). A file that cannot be opened, or is
+// not a regular file, is an error naming it.
 func CheckFile(path string, logger *slog.Logger) error {
-	fi, err := os.Stat(path)
+	f, fi, err := OpenRegular(path)
 	if err != nil {
-		return FileProblem(path, err)
+		return err
 	}
+	_ = f.Close()
 	return CheckMode(path, fi.Mode(), logger)
+}
+
+// OpenRegular opens the file at path for reading and returns it with its
+// FileInfo, taken from the opened file (so a rename after the open cannot
+// change what was checked), when it is a regular file. It opens without
+// blocking, so a FIFO or a device is refused at once instead of hanging
+// the caller. Errors name the file, made absolute.
+func OpenRegular(path string) (*os.File, fs.FileInfo, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, FileProblem(path, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, nil, FileProblem(path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		_ = f.Close()
+		return nil, nil, fmt.Errorf("%q is not a regular file (%s)", AbsPath(path), fileType(fi.Mode()))
+	}
+	return f, fi, nil
+}
+
+// fileType names the type of a file that is not regular.
+func fileType(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "mode " + m.Type().String()
+}
+
+// ReadPrivateFile reads a file holding a secret or a private key: it opens
+// the file (OpenRegular: a regular file, or an error without blocking),
+// applies CheckMode to the opened file's mode (a file group or others can
+// write is refused; one others can read is logged to logger as a warning;
+// nil logger: slog.Default()) and reads at most limit bytes: a larger
+// file is an error. Errors name the file, made absolute, and the problem,
+// never the content. The caller owns the bytes and should clear them once
+// used.
+func ReadPrivateFile(path string, limit int64, logger *slog.Logger) ([]byte, error) {
+	f, fi, err := OpenRegular(path)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	if err := CheckMode(path, fi.Mode(), logger); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		clear(data)
+		return nil, FileProblem(path, err)
+	}
+	if int64(len(data)) > limit {
+		clear(data)
+		return nil, fmt.Errorf("%q is larger than %d bytes", AbsPath(path), limit)
+	}
+	return data, nil
 }
 
 // CheckMode is CheckFileMode with the warning logged to logger (nil:
