@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -51,5 +52,35 @@ func TestCallerReachesUpstreamNotTheKey(t *testing.T) {
 	}
 	if r := seen[1]; r.Passthrough {
 		t.Error("broker-held request: got Passthrough true, want false")
+	}
+}
+
+// TestCallerLimitHoldsOffOnlyThatCaller (issue 10, point 2, review): when
+// the upstream client refuses a pass-through caller for its own budget
+// share (a Local ErrThrottled; nothing was sent), the key is not put in
+// hold-off: another caller presenting the same credentials is still
+// fetched for at once.
+func TestCallerLimitHoldsOffOnlyThatCaller(t *testing.T) {
+	f := lifetimeFetcher(time.Hour)
+	inner := f.fn
+	f.fn = func(ctx context.Context, n int64, r upstream.Request) (upstream.Token, error) {
+		if r.Caller == "apikey:greedy" {
+			return upstream.Token{}, &upstream.Error{Kind: upstream.ErrThrottled, Provider: "p", Local: true,
+				RetryAfter: time.Minute, Description: "pass-through limit of the caller reached"}
+		}
+		return inner(ctx, n, r)
+	}
+	b := newBroker(t, f, Config{})
+	pass := func(caller string) Request {
+		return Request{Caller: caller, Selector: Selector{
+			Credentials: &Credentials{Provider: "p", ClientID: "id", ClientSecret: secret.String("sec")},
+			Scopes:      []string{"a"},
+		}}
+	}
+	if _, err := b.GetToken(context.Background(), pass("apikey:greedy")); !errors.Is(err, upstream.ErrThrottled) {
+		t.Fatalf("greedy caller: got %v, want its own limit (ErrThrottled)", err)
+	}
+	if _, err := b.GetToken(context.Background(), pass("apikey:other")); err != nil {
+		t.Fatalf("other caller with the same credentials: got %v, want a token (the key must not be held off)", err)
 	}
 }

@@ -103,6 +103,14 @@ func (b *Broker) fetchAndInstall(ctx context.Context, t target, forCallers bool)
 			b.abandoned(t, e, gen)
 			return nil, errShutdown
 		}
+		if forCallers && refusedLocally(t, err) {
+			// The pass-through budget refused this caller: nothing was
+			// asked of the endpoint, and the key's other callers (other
+			// identities with the same credentials) must not be held
+			// off for one caller's limit.
+			b.abandoned(t, e, gen)
+			return nil, err
+		}
 		b.remember(t, err)
 		b.failed(t, e, gen, err)
 		return nil, err
@@ -302,14 +310,25 @@ func (b *Broker) failed(t target, fe *entry, gen uint64, err error) {
 	b.scheduleLocked(e, due)
 }
 
-// abandoned records the end of a fetch that Shutdown cancelled: nothing is
-// retried, nobody is told.
+// abandoned records the end of a fetch that failed for no fault of the
+// key (Shutdown cancelled it, or a caller's own pass-through limit refused
+// it): nothing is retried, nobody is told, no failure is counted, and the
+// entry ends if nothing else keeps it.
 func (b *Broker) abandoned(t target, fe *entry, gen uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if e := b.entries[t.key]; e != nil && e == fe && e.gen == gen {
 		e.refreshing = false
+		b.settleLocked(e, time.Now())
 	}
+}
+
+// refusedLocally reports whether err is the upstream client refusing a
+// pass-through request for its budget shares without contacting the
+// endpoint.
+func refusedLocally(t target, err error) bool {
+	var ue *upstream.Error
+	return t.req.Passthrough && errors.As(err, &ue) && ue.Local && errors.Is(err, upstream.ErrThrottled)
 }
 
 // current returns key's cached token if it is before its refresh point
