@@ -15,9 +15,6 @@ import (
 // address.
 const plaintextRemote = "plaintext on a non-loopback address; configure tls or set insecure_allow_remote: true"
 
-// identityRule is how the rule of an identity pattern reads in an error.
-const identityRule = `must be an identity (1-2048 printable ASCII characters without spaces), a prefix ending in "/*" or ":*", or "*"`
-
 // maxUnixPath is the longest unix socket path admin.listen may name (Linux
 // sun_path less its terminating NUL).
 const maxUnixPath = 107
@@ -123,11 +120,7 @@ func (c *Config) validateSecurity(v *validator, clients map[string]bool) {
 
 	for i, r := range c.Policy {
 		key := fmt.Sprintf("policy[%d]", i)
-		if !validIdentityPattern(r.Identity) {
-			v.add(key+".identity", identityRule+", got %q", r.Identity)
-		} else {
-			c.checkIdentityKind(v, key+".identity", r.Identity)
-		}
+		c.checkIdentityPattern(v, key+".identity", r.Identity)
 		for j, name := range r.Clients {
 			switch {
 			case name == "*" || clients[name]:
@@ -149,11 +142,7 @@ func (c *Config) validateSecurity(v *validator, clients map[string]bool) {
 		}
 	}
 	for i, id := range c.Admin.Identities {
-		if !validIdentityPattern(id) {
-			v.add(fmt.Sprintf("admin.identities[%d]", i), identityRule+", got %q", id)
-		} else {
-			c.checkIdentityKind(v, fmt.Sprintf("admin.identities[%d]", i), id)
-		}
+		c.checkIdentityPattern(v, fmt.Sprintf("admin.identities[%d]", i), id)
 	}
 
 	if c.Sealing.KeysFile != "" && c.Sealing.KeysEnv != "" {
@@ -183,14 +172,20 @@ func (c *Config) checkRemote(v *validator, key, addr string, plaintextOK bool) {
 	}
 }
 
-// checkIdentityKind checks that the policy or admin identity p names its
-// kind (package ident), and that it names "anonymous" only when
-// unauthenticated callers are allowed.
-func (c *Config) checkIdentityKind(v *validator, key, p string) {
+// checkIdentityPattern checks the policy or admin identity p, named key
+// in errors: the pattern rules are ident.ParsePattern's (the ones the
+// access package matches with); on top of them p must be at most
+// MaxIdentityLength printable ASCII characters without spaces, and name
+// "anonymous" only when unauthenticated callers are allowed.
+func (c *Config) checkIdentityPattern(v *validator, key, p string) {
 	pat, err := ident.ParsePattern(p)
 	switch {
 	case err != nil:
 		v.add(key, "%v, got %q", err, p)
+	case len(p) > MaxIdentityLength:
+		v.add(key, "must be at most %d characters, got %d", MaxIdentityLength, len(p))
+	case !validIdentity(p):
+		v.add(key, "must be printable ASCII characters without spaces, got %q", p)
 	case pat.IsAnonymous() && !c.Auth.AllowUnauthenticated && !c.Dev:
 		v.add(key, "%q matches only unauthenticated callers, who are refused unless auth.allow_unauthenticated: true", p)
 	}
@@ -240,17 +235,4 @@ func validIdentity(id string) bool {
 		}
 	}
 	return true
-}
-
-// validIdentityPattern reports whether p is an identity, a prefix ending in
-// "/*" or ":*", or "*" (checkIdentityKind checks the kinds).
-func validIdentityPattern(p string) bool {
-	if p == "*" {
-		return true
-	}
-	if !validIdentity(p) {
-		return false
-	}
-	n := strings.Count(p, "*")
-	return n == 0 || (n == 1 && (strings.HasSuffix(p, "/*") || strings.HasSuffix(p, ":*")))
 }

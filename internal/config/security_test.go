@@ -9,6 +9,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/tokenbroker/tokenbroker/internal/access/ident"
 )
 
 // TestLoadSecuritySections loads every key of tls, auth, policy, admin,
@@ -355,5 +357,38 @@ func TestAdminSocketKeys(t *testing.T) {
 	c.Admin.SocketGroup = "1001"
 	if err := c.Validate(); err != nil {
 		t.Errorf("Validate() = %v, want nil", err)
+	}
+}
+
+// TestIdentityPatternRulesAreIdents: a policy or admin identity is valid
+// exactly when ident.ParsePattern (the rule the access package matches
+// with) accepts it, within the length and printable limits, and the error
+// is ParsePattern's own, naming the field.
+func TestIdentityPatternRulesAreIdents(t *testing.T) {
+	for _, p := range []string{
+		"*", "anonymous", "spiffe://prod/ns/a/sa/b", "spiffe://prod/*", "spiffe://*", "dns:*", "dns:API.example.test",
+		"dns:*.example.test", "uri:https://x.test/a", "uri:*", "apikey:ops", "apikey:*", "apikey:ops/*",
+		"", " *", "* ", "**", "x*", "a/*", "ops", "dns:", "spiffe://prod/ns*", "spiffe://prod/*/x", "apikey:o*s",
+		"dns:a/*/*", "ANONYMOUS", "uri:", "spiffe://",
+	} {
+		c := validConfig()
+		c.Auth.AllowUnauthenticated = true
+		c.Policy = []PolicyRule{{Identity: p}}
+		c.Admin.Identities = []string{p}
+		got := problems(c.Validate())
+		_, err := ident.ParsePattern(p)
+		if err == nil {
+			if len(got) != 0 {
+				t.Errorf("%q: ParsePattern accepts it, Validate says %q", p, got)
+			}
+			continue
+		}
+		want := []string{
+			fmt.Sprintf("policy[0].identity: %v, got %q", err, p),
+			fmt.Sprintf("admin.identities[0]: %v, got %q", err, p),
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%q: got problems %q, want %q", p, got, want)
+		}
 	}
 }

@@ -334,13 +334,16 @@ func TestValidateRules(t *testing.T) {
 		{"policy anonymous without unauthenticated callers", func(c *Config) { c.Policy = []PolicyRule{{Identity: "anonymous"}} }, `policy[0].identity: "anonymous" matches only unauthenticated callers, who are refused unless auth.allow_unauthenticated: true`},
 		{"admin anonymous without unauthenticated callers", func(c *Config) { c.Admin.Identities = []string{"anonymous"} }, `admin.identities[0]: "anonymous" matches only unauthenticated callers`},
 		{"api key identity with its kind", func(c *Config) { c.Auth.APIKeys[0].Identity = "apikey:batch-jobs" }, `auth.api_keys[0].identity: is the key's name without its kind: callers presenting the key are "apikey:NAME", write "batch-jobs"`},
-		{"policy identity empty", func(c *Config) { c.Policy = []PolicyRule{{Identity: ""}} }, `policy[0].identity: must be an identity (1-2048 printable ASCII characters without spaces), a prefix ending in "/*" or ":*", or "*", got ""`},
-		{"policy identity inner star", func(c *Config) { c.Policy = []PolicyRule{{Identity: "spiffe://prod/*/sa/x"}} }, `policy[0].identity: must be an identity`},
-		{"policy identity trailing star without slash", func(c *Config) { c.Policy = []PolicyRule{{Identity: "spiffe://prod/ns*"}} }, `policy[0].identity: must be an identity`},
-		{"policy identity two stars", func(c *Config) { c.Policy = []PolicyRule{{Identity: "a/*/*"}} }, `policy[0].identity: must be an identity`},
-		{"policy identity double star", func(c *Config) { c.Policy = []PolicyRule{{Identity: "**"}} }, `policy[0].identity: must be an identity`},
-		{"policy identity space", func(c *Config) { c.Policy = []PolicyRule{{Identity: "a b"}} }, `policy[0].identity: must be an identity`},
-		{"policy identity too long", func(c *Config) { c.Policy = []PolicyRule{{Identity: strings.Repeat("a", 2047) + "/*"}} }, `policy[0].identity: must be an identity`},
+		{"policy identity empty", func(c *Config) { c.Policy = []PolicyRule{{Identity: ""}} }, `policy[0].identity: must not be empty, got ""`},
+		{"policy identity inner star", func(c *Config) { c.Policy = []PolicyRule{{Identity: "spiffe://prod/*/sa/x"}} }, `policy[0].identity: "*" is allowed only alone, as a trailing "/*" or as "KIND:*", got "spiffe://prod/*/sa/x"`},
+		{"policy identity trailing star without slash", func(c *Config) { c.Policy = []PolicyRule{{Identity: "spiffe://prod/ns*"}} }, `policy[0].identity: "*" is allowed only alone`},
+		{"policy identity two stars", func(c *Config) { c.Policy = []PolicyRule{{Identity: "dns:a/*/*"}} }, `policy[0].identity: "*" is allowed only alone`},
+		{"policy identity untyped prefix", func(c *Config) { c.Policy = []PolicyRule{{Identity: "a/*"}} }, `policy[0].identity: must name its kind`},
+		{"policy identity double star", func(c *Config) { c.Policy = []PolicyRule{{Identity: "**"}} }, `policy[0].identity: must name its kind`},
+		{"policy identity space", func(c *Config) { c.Policy = []PolicyRule{{Identity: "apikey:a b"}} }, `policy[0].identity: must be printable ASCII characters without spaces, got "apikey:a b"`},
+		{"policy identity control character", func(c *Config) { c.Policy = []PolicyRule{{Identity: "dns:a\x01b"}} }, `policy[0].identity: must be printable ASCII characters without spaces, got "dns:a\x01b"`},
+		{"policy identity leading space", func(c *Config) { c.Policy = []PolicyRule{{Identity: " *"}} }, `policy[0].identity: must not have leading or trailing spaces`},
+		{"policy identity too long", func(c *Config) { c.Policy = []PolicyRule{{Identity: "spiffe://" + strings.Repeat("a", 2038) + "/*"}} }, `policy[0].identity: must be at most 2048 characters, got 2049`},
 		{"policy client unknown", func(c *Config) {
 			c.Policy = []PolicyRule{{Identity: "*", Clients: []string{"orders", "payments"}}}
 		}, `policy[0].clients[1]: "payments" is not a configured client`},
@@ -353,9 +356,10 @@ func TestValidateRules(t *testing.T) {
 		{"policy scope too long", func(c *Config) { c.Policy = []PolicyRule{{Identity: "*", Scopes: []string{strings.Repeat("s", 257)}}} }, `policy[0].scopes[0]: must be at most 256 bytes`},
 		{"policy second rule", func(c *Config) {
 			c.Policy = []PolicyRule{{Identity: "*"}, {Identity: "x*"}}
-		}, `policy[1].identity: must be an identity`},
-		{"admin identity empty", func(c *Config) { c.Admin.Identities = []string{"spiffe://a/b", ""} }, `admin.identities[1]: must be an identity (1-2048 printable ASCII characters without spaces), a prefix ending in "/*" or ":*", or "*", got ""`},
-		{"admin identity inner star", func(c *Config) { c.Admin.Identities = []string{"spiffe://*/admin"} }, `admin.identities[0]: must be an identity`},
+		}, `policy[1].identity: must name its kind`},
+		{"admin identity empty", func(c *Config) { c.Admin.Identities = []string{"spiffe://a/b", ""} }, `admin.identities[1]: must not be empty, got ""`},
+		{"admin identity inner star", func(c *Config) { c.Admin.Identities = []string{"spiffe://*/admin"} }, `admin.identities[0]: "*" is allowed only alone`},
+		{"admin identity too long", func(c *Config) { c.Admin.Identities = []string{"uri:" + strings.Repeat("u", 2045)} }, `admin.identities[0]: must be at most 2048 characters, got 2049`},
 
 		{"sealing both", func(c *Config) { c.Sealing = Sealing{KeysFile: "/k", KeysEnv: "K"} }, "sealing: at most one of keys_file and keys_env may be set, got both"},
 		{"hmac key both", func(c *Config) { c.Cache.HMACKeyFile, c.Cache.HMACKeyEnv = "/k", "K" }, "cache: at most one of hmac_key_file and hmac_key_env may be set, got both"},
