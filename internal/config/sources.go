@@ -29,7 +29,7 @@ func (e *FieldError) Unwrap() error { return e.Err }
 
 // fieldErr returns a *FieldError for key with the formatted rule.
 func fieldErr(key, format string, args ...any) *FieldError {
-	return &FieldError{Key: key, Err: errors.New(fmt.Sprintf(format, args...))}
+	return &FieldError{Key: key, Err: fmt.Errorf(format, args...)}
 }
 
 // Sources records where the keys of a configuration came from: the line of

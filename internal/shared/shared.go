@@ -547,7 +547,7 @@ func (t *Tier) open(key string, v []byte) (uint64, *tokencache.Record, error) {
 func (t *Tier) Obtain(ctx context.Context, key string, fresh func(*tokencache.Record) bool, fetch func(context.Context) (*tokencache.Record, error)) (*tokencache.Record, error) {
 	waited := false
 	for {
-		gen, rec, locked, err := t.read(ctx, key)
+		_, rec, locked, err := t.read(ctx, key)
 		if err != nil {
 			return t.fallback(ctx, fetch)
 		}
@@ -570,7 +570,7 @@ func (t *Tier) Obtain(ctx context.Context, key string, fresh func(*tokencache.Re
 			if won {
 				// Another replica may have filed the token, and let go of
 				// the lock, since the read: look again before fetching.
-				gen, rec, _, err = t.read(ctx, key)
+				gen, rec, _, err := t.read(ctx, key)
 				if err == nil && rec != nil && fresh(rec) {
 					t.unlock(ctx, key, string(owner))
 					t.hits.Add(1)
