@@ -277,6 +277,7 @@ func New(cfg Config) (*Broker, error) {
 		negative:   make(map[string]rejection),
 	}
 	cfg.Cache.OnGone(b.gone)
+	cfg.Cache.ChargeKeys(entryCost)
 	return b, nil
 }
 

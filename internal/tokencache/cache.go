@@ -117,6 +117,7 @@ type Cache struct {
 	maxCost int64
 
 	gone      atomic.Pointer[func(key string)]
+	keyCost   atomic.Int64 // ChargeKeys: the owner's bytes per stored key
 	evictions atomic.Int64
 	refused   atomic.Int64
 	closing   atomic.Bool
@@ -276,12 +277,19 @@ func (c *Cache) Set(key string, r *Record, ttl time.Duration) bool {
 	return c.rc.SetWithTTL(key, v, c.cost(&v), ttl)
 }
 
+// ChargeKeys adds n bytes to the cost of every record filed from now on:
+// what the cache's owner keeps per stored key besides the record (the
+// broker's entry for the key), so that max_cost bounds that memory too.
+// The owner calls it once, before the first Set.
+func (c *Cache) ChargeKeys(n int64) { c.keyCost.Store(max(0, n)) }
+
 // cost is what v is charged for, besides ristretto's own item struct.
 func (c *Cache) cost(v *value) int64 {
+	owner := c.keyCost.Load()
 	if v.plain != nil {
-		return v.plain.Cost() + sealedOverhead + valueSize
+		return v.plain.Cost() + sealedOverhead + valueSize + owner
 	}
-	return int64(sizeClass(cap(v.sealed))) + sealedOverhead + valueSize
+	return int64(sizeClass(cap(v.sealed))) + sealedOverhead + valueSize + owner
 }
 
 // pinCost is what a pinned value is charged for: as in ristretto, with
