@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -53,21 +54,64 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		return app.ServeDevIssuer(ctx, cfg.DevIssuer, cfg.DevSecret, time.Duration(cfg.DevLifetime), logger)
 	}
-	// Every problem at once: the file's values that could not be read and
-	// the rules the others break, each with where its key came from.
-	if err := errors.Join(src.Err(), src.Locate(cfg.Validate())); err != nil {
-		return fmt.Errorf("invalid configuration:\n%w", err)
-	}
-	logger, err := newLogger(cfg.Log, stderr)
-	if err != nil {
-		return err
+	// Every problem at once: the file's values that could not be read, the
+	// rules the others break, and the secret and key files' problems, each
+	// with where its key came from. The files are read even when a rule is
+	// broken, so a fix never reveals a second round of problems.
+	validErr := errors.Join(src.Err(), src.Locate(cfg.Validate()))
+	logger, logErr := newLogger(cfg.Log, stderr)
+	if logErr != nil {
+		// Validate has reported the log settings; the files' warnings
+		// still need a logger.
+		logger = slog.New(slog.NewJSONHandler(stderr, nil))
+		if validErr == nil {
+			validErr = logErr
+		}
 	}
 	secretsErr := cfg.LoadSecrets(getenv, logger)
 	sealing, hmacKey, keysErr := cfg.LoadKeys(getenv, logger)
-	if err := src.Locate(errors.Join(secretsErr, keysErr)); err != nil {
+	if err := distinct(validErr, src.Locate(errors.Join(secretsErr, keysErr))); err != nil {
+		clear(sealing)
+		clear(hmacKey)
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	return app.Run(ctx, cfg, app.Keys{Sealing: sealing, HMAC: hmacKey}, logger, stdout)
+}
+
+// distinct joins the problems of errs, each once: Validate and the file
+// loaders both report, in the same words, a secret or key set both ways or
+// not at all. A problem is a leaf of errors.Join trees (an error whose
+// text is its parts' texts, one a line); other errors are kept whole.
+func distinct(errs ...error) error {
+	seen := map[string]bool{}
+	var out []error
+	var add func(error)
+	add = func(err error) {
+		if err == nil {
+			return
+		}
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			parts := j.Unwrap()
+			texts := make([]string, 0, len(parts))
+			for _, p := range parts {
+				texts = append(texts, p.Error())
+			}
+			if strings.Join(texts, "\n") == err.Error() {
+				for _, p := range parts {
+					add(p)
+				}
+				return
+			}
+		}
+		if !seen[err.Error()] {
+			seen[err.Error()] = true
+			out = append(out, err)
+		}
+	}
+	for _, err := range errs {
+		add(err)
+	}
+	return errors.Join(out...)
 }
 
 // newLogger builds the process logger from the log settings.
