@@ -127,7 +127,7 @@ func (b *Broker) fetchUpstream(ctx context.Context, t target) (*tokencache.Recor
 	tok, err := t.fetcher.Fetch(ctx, t.req)
 	b.cfg.Observer.UpstreamDone(Fetch{Provider: t.provider, ClientID: t.req.ClientID, KeyID: t.keyID}, err, time.Since(start))
 	b.countUpstream(t.provider, err)
-	b.upstreamOutcome(t, err)
+	b.upstreamOutcome(t, err, requestsOf(tok, err))
 	if err != nil {
 		return nil, err
 	}

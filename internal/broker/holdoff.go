@@ -48,7 +48,7 @@ type providerState struct {
 	retryAt  time.Time // when a held-off provider may be probed again
 	probing  bool      // a caller's fetch is probing the held-off provider
 	since    time.Time // when the first of the failures happened
-	requests int       // upstream fetches since then
+	requests int       // upstream requests sent since then, retries included
 }
 
 // down reports whether the provider's failures are an outage (logged).
@@ -141,7 +141,7 @@ func endpointFailure(err error) bool {
 // (the first success after it) at info with its length and the requests
 // it cost; at its end every key of the provider waiting in backoff is
 // retried within recoverySpread.
-func (b *Broker) upstreamOutcome(t target, err error) {
+func (b *Broker) upstreamOutcome(t target, err error, requests int) {
 	if b.life.Err() != nil {
 		return
 	}
@@ -159,7 +159,7 @@ func (b *Broker) upstreamOutcome(t target, err error) {
 	}
 	now := time.Now()
 	if p.failures > 0 {
-		p.requests++
+		p.requests += requests
 	}
 	switch {
 	case err == nil:
@@ -174,7 +174,7 @@ func (b *Broker) upstreamOutcome(t target, err error) {
 		*p = providerState{}
 	case endpointFailure(err):
 		if p.failures == 0 {
-			p.since, p.requests = now, 1
+			p.since, p.requests = now, requests
 		}
 		p.failures++
 		if p.keys == 0 || p.keys == 1 && p.lastKey != t.key {
@@ -323,4 +323,20 @@ func retryable(err error) bool {
 		return uerr.Retryable()
 	}
 	return true
+}
+
+// requestsOf is how many requests to the endpoint one fetch cost: what the
+// upstream client reports, or one for a fetcher that does not count (a
+// Local refusal sent none).
+func requestsOf(tok upstream.Token, err error) int {
+	var ue *upstream.Error
+	switch {
+	case err == nil:
+		return max(1, tok.Requests)
+	case errors.As(err, &ue) && ue.Local && ue.Requests == 0:
+		return 0
+	case errors.As(err, &ue):
+		return max(1, ue.Requests)
+	}
+	return 1
 }

@@ -16,6 +16,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/internal/testkit"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
@@ -163,7 +164,8 @@ func TestDownEndpointIsNotHammered(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ep := newFaultyEndpoint()
 		ep.set(true, false)
-		b := newUpstreamBroker(t, ep, Config{})
+		var logs testkit.LogBuffer
+		b := newUpstreamBroker(t, ep, Config{Logger: testkit.JSONLogger(&logs)})
 		b.randN = func(n int64) int64 { return n - 1 } // the longest wait of each window
 		t.Cleanup(b.Close)
 		runBroker(t, b)
@@ -218,6 +220,17 @@ func TestDownEndpointIsNotHammered(t *testing.T) {
 			if at > outage+starvedRetryMax+time.Second {
 				t.Errorf("caller %d still failed at %v, want served within %v of the endpoint's return at %v", i, at, starvedRetryMax, outage)
 			}
+		}
+		// The recovery line counts the HTTP requests the outage cost, the
+		// retries inside a fetch included, and the successful probe.
+		var recovered []map[string]any
+		for _, r := range logs.Records(t) {
+			if r["msg"] == "token endpoint recovered" {
+				recovered = append(recovered, r)
+			}
+		}
+		if want := float64(during["a"] + during["b"] + 1); len(recovered) != 1 || recovered[0]["requests"] != want {
+			t.Errorf("recovery log lines: got %v, want one with requests %v (the endpoint's count, plus the probe that succeeded)", recovered, want)
 		}
 		if refused < 20_000 || served == 0 {
 			t.Errorf("got %d calls refused and %d served, want most of the ~22,500 calls of the outage refused and the rest served", refused, served)

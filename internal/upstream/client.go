@@ -184,7 +184,25 @@ func (c *Client) Provider() Provider { return c.p }
 // Errors are *Error values, except that a ctx that ends before any answer
 // was received yields ctx's error (wrapped). An invalid Request yields a
 // Local ErrRejected error naming the field.
+//
+// The token, or the *Error, says how many requests were sent for it
+// (Token.Requests, Error.Requests), retries included.
 func (c *Client) Fetch(ctx context.Context, r Request) (Token, error) {
+	sent := 0
+	tok, err := c.fetch(ctx, r, &sent)
+	if err != nil {
+		var ue *Error
+		if errors.As(err, &ue) {
+			ue.Requests = sent
+		}
+		return Token{}, err
+	}
+	tok.Requests = sent
+	return tok, nil
+}
+
+// fetch is Fetch, counting in *sent the requests it sends.
+func (c *Client) fetch(ctx context.Context, r Request, sent *int) (Token, error) {
 	if err := c.validateRequest(r); err != nil {
 		return Token{}, err
 	}
@@ -214,6 +232,7 @@ func (c *Client) Fetch(ctx context.Context, r Request) (Token, error) {
 		if err := c.takeBudget(ctx, r, last); err != nil {
 			return Token{}, err
 		}
+		*sent++
 		tok, err := c.attempt(ctx, r, form, scrub)
 		if err == nil {
 			return tok, nil

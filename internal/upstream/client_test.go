@@ -601,8 +601,8 @@ func TestFetchRetries(t *testing.T) {
 			if tok.AccessToken.Reveal() != "tok-123" {
 				t.Errorf("token: got %q, want tok-123", tok.AccessToken.Reveal())
 			}
-			if n := ep.count(); n != 2 {
-				t.Errorf("requests: got %d, want 2", n)
+			if n := ep.count(); n != 2 || tok.Requests != 2 {
+				t.Errorf("requests: got %d (token says %d), want 2", n, tok.Requests)
 			}
 			tt.wantWait(t, w.all())
 		})
@@ -668,8 +668,9 @@ func TestFetchGivesUpAfterMaxAttempts(t *testing.T) {
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Fetch: got %v, want ErrUnavailable", err)
 	}
-	if n := ep.count(); n != 4 {
-		t.Errorf("requests: got %d, want 4", n)
+	var ue *Error
+	if n := ep.count(); n != 4 || !errors.As(err, &ue) || ue.Requests != 4 {
+		t.Errorf("requests: got %d (error says %+v), want 4", n, ue)
 	}
 	wantCeilings := []int64{int64(time.Second) + 1, int64(2*time.Second) + 1, int64(3*time.Second) + 1}
 	if !slices.Equal(ceilings, wantCeilings) {

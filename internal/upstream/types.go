@@ -104,6 +104,9 @@ type Token struct {
 	IssuedAt time.Time
 	// ExpiresAt is IssuedAt plus the token's lifetime.
 	ExpiresAt time.Time
+	// Requests is how many requests Fetch sent to obtain it, retries
+	// included.
+	Requests int
 }
 
 // The kinds of upstream failure. Every error returned by Client.Fetch
@@ -141,6 +144,9 @@ type Error struct {
 	Description string
 	// RetryAfter is how long to wait before trying again, when known.
 	RetryAfter time.Duration
+	// Requests is how many requests Fetch sent before giving up, retries
+	// included (0 for a Local error).
+	Requests int
 	// Local is true when the error was produced without contacting the
 	// endpoint (request budget exhausted, or an invalid Request).
 	Local bool
