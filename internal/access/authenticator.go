@@ -167,6 +167,20 @@ func (a *Authenticator) Authorize(ctx context.Context, sel broker.Selector) erro
 	return a.policy.Authorize(id, sel)
 }
 
+// AuthorizeVerify applies the configured policy's verify grant to the
+// identity in ctx (see Policy.AuthorizeVerify). Without a policy it allows
+// everything; with one, a context without an identity is refused.
+func (a *Authenticator) AuthorizeVerify(ctx context.Context) error {
+	if a.policy.Empty() {
+		return nil
+	}
+	id, ok := FromContext(ctx)
+	if !ok {
+		return denied(msgNoIdentity)
+	}
+	return a.policy.AuthorizeVerify(id)
+}
+
 // Policy returns the configured policy (nil when none).
 func (a *Authenticator) Policy() *Policy { return a.policy }
 

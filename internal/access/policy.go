@@ -26,6 +26,9 @@ type Rule struct {
 	// Passthrough allows the identity to present its own client
 	// credentials.
 	Passthrough bool
+	// Verify allows the identity to verify tokens (TokenVerifierService
+	// and the Envoy ext_authz Check).
+	Verify bool
 }
 
 // rule is a checked Rule.
@@ -34,6 +37,7 @@ type rule struct {
 	clients     set
 	scopes      set
 	passthrough bool
+	verify      bool
 }
 
 // set is a list of names with an optional "*" wildcard.
@@ -76,7 +80,7 @@ func NewPolicy(rules []Rule) (*Policy, error) {
 		if err != nil {
 			return nil, err
 		}
-		p.rules = append(p.rules, rule{identity: id, clients: clients, scopes: scopes, passthrough: r.Passthrough})
+		p.rules = append(p.rules, rule{identity: id, clients: clients, scopes: scopes, passthrough: r.Passthrough, verify: r.Verify})
 	}
 	return p, nil
 }
@@ -186,4 +190,19 @@ func (p *Policy) Authorize(id Identity, sel broker.Selector) error {
 		}
 	}
 	return nil
+}
+
+// AuthorizeVerify reports whether the policy lets id verify tokens
+// (VerifyToken, ext_authz Check): some rule matching id must grant Verify.
+// A refusal is a *DeniedError. A nil or empty policy allows everything.
+func (p *Policy) AuthorizeVerify(id Identity) error {
+	if p.Empty() {
+		return nil
+	}
+	for i := range p.rules {
+		if p.rules[i].verify && p.rules[i].identity.Matches(id.Name) {
+			return nil
+		}
+	}
+	return denied("identity may not verify tokens (no policy rule with verify: true matches it)")
 }
