@@ -31,6 +31,18 @@ import (
 // and returns a client connection; both end at cleanup.
 func startTCPServer(t *testing.T, cfg Config) *grpc.ClientConn {
 	t.Helper()
+	conn, err := grpc.NewClient(serveTCP(t, cfg), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("grpc.NewClient: got error %v, want nil", err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// serveTCP serves cfg on a loopback TCP port (port 0) through Serve until
+// cleanup, and returns its address.
+func serveTCP(t *testing.T, cfg Config) string {
+	t.Helper()
 	srv, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: got error %v, want nil", err)
@@ -44,12 +56,7 @@ func startTCPServer(t *testing.T, cfg Config) *grpc.ClientConn {
 	ctx, s.cancel = context.WithCancel(context.Background())
 	go func() { s.done <- srv.Serve(ctx, lis) }()
 	t.Cleanup(func() { s.stop(t) })
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatalf("grpc.NewClient: got error %v, want nil", err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	return conn
+	return lis.Addr().String()
 }
 
 // TestMaxHeaderListSize: a call carrying 32 KiB of metadata is refused by
