@@ -13,6 +13,7 @@
 //	POST /oauth2/token                          the token endpoint
 //	GET  /.well-known/jwks.json                 the public key (JWKS, RFC 7517)
 //	GET  /.well-known/oauth-authorization-server server metadata (RFC 8414)
+//	GET  /.well-known/openid-configuration       the same, for OpenID discovery
 //
 // Time is read with time.Now, so the issuer works inside testing/synctest
 // bubbles (when driven without real sockets).
@@ -206,6 +207,7 @@ func (i *Issuer) Handler() http.Handler {
 	mux.HandleFunc(TokenPath, i.serveToken)
 	mux.HandleFunc(JWKSPath, i.serveJWKS)
 	mux.HandleFunc(MetadataPath, i.serveMetadata)
+	mux.HandleFunc(OpenIDConfigurationPath, i.serveMetadata)
 	return mux
 }
 

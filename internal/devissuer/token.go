@@ -26,6 +26,9 @@ const (
 	JWKSPath = "/.well-known/jwks.json"
 	// MetadataPath serves authorization server metadata (RFC 8414).
 	MetadataPath = "/.well-known/oauth-authorization-server"
+	// OpenIDConfigurationPath serves the same metadata as an OpenID
+	// discovery document, where verifiers look for jwks_uri.
+	OpenIDConfigurationPath = "/.well-known/openid-configuration"
 )
 
 // TokenType is the "typ" header of issued access tokens (RFC 9068 §2.1).
