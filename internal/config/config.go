@@ -122,6 +122,9 @@ type Config struct {
 	Sealing Sealing `yaml:"sealing"`
 	// Shared configures the Redis tier that replicas share. Default: none.
 	Shared Shared `yaml:"shared"`
+	// Verifier tunes token verification for resource servers
+	// (TokenVerifierService, Envoy ext_authz).
+	Verifier Verifier `yaml:"verifier"`
 	// HTTPMaxBodyBytes bounds the body of a token request on the HTTP
 	// listener; a longer one is refused with 413. Default 64KiB; from 1KiB
 	// to 1MiB.
@@ -199,6 +202,10 @@ type Provider struct {
 	// TokenURL is the token endpoint: an absolute https URL (http only for
 	// loopback hosts), without user info or fragment.
 	TokenURL string `yaml:"token_url"`
+	// Verify, when set, lets the broker verify the provider's access
+	// tokens for resource servers (VerifyToken, Envoy ext_authz): see
+	// ProviderVerify. Default none.
+	Verify *ProviderVerify `yaml:"verify"`
 	// AuthMethod is how clients authenticate: AuthClientSecretBasic
 	// (default) or AuthClientSecretPost.
 	AuthMethod string `yaml:"auth_method"`
@@ -393,6 +400,9 @@ type PolicyRule struct {
 	// (it has effect only with the top-level passthrough on). Default
 	// false.
 	Passthrough bool `yaml:"passthrough"`
+	// Verify lets the identity verify tokens (TokenVerifierService and
+	// the Envoy ext_authz Check). Default false.
+	Verify bool `yaml:"verify"`
 }
 
 // Admin configures AdminService.
@@ -484,6 +494,7 @@ func Default() Config {
 		Admin:       Admin{SocketMode: "0600"},
 		TLS:         TLS{ClientAuth: ClientAuthNone},
 		Shared:      Shared{Redis: defaultRedis()},
+		Verifier:    defaultVerifier(),
 		DevLifetime: Duration(5 * time.Minute),
 	}
 }

@@ -64,6 +64,7 @@ func TestDefault(t *testing.T) {
 			BreakerFailures: 3,
 			BreakerCooldown: Duration(5 * time.Second),
 		}},
+		Verifier: defaultVerifier(),
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Default() = %+v\nwant %+v", c, want)

@@ -134,6 +134,11 @@ func decodeFile(data []byte, name string) (Config, *Sources, error) {
 	for i := range cfg.Clients {
 		paths = append(paths, &cfg.Clients[i].ClientSecretFile)
 	}
+	for i := range cfg.Providers {
+		if v := cfg.Providers[i].Verify; v != nil {
+			paths = append(paths, &v.JWKSFile)
+		}
+	}
 	for _, p := range paths {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
@@ -315,7 +320,7 @@ func yamlKeys(t reflect.Type) []string {
 // to the keys valid there, for "unknown key" errors.
 var sectionKeys = func() map[string][]string {
 	m := map[string][]string{}
-	for _, v := range []any{Config{}, Cache{}, Provider{}, Client{}, Server{}, Log{}, Metrics{}, TLS{}, Auth{}, APIKey{}, PolicyRule{}, Admin{}, Sealing{}, Shared{}, Redis{}, RedisTLS{}} {
+	for _, v := range []any{Config{}, Cache{}, Provider{}, Client{}, Server{}, Log{}, Metrics{}, TLS{}, Auth{}, APIKey{}, PolicyRule{}, Admin{}, Sealing{}, Shared{}, Redis{}, RedisTLS{}, ProviderVerify{}, Verifier{}, VerifierHeaders{}, PathScopes{}} {
 		t := reflect.TypeOf(v)
 		m[t.String()] = yamlKeys(t)
 	}

@@ -97,7 +97,7 @@ func TestLoadSecurityErrors(t *testing.T) {
 	}{
 		{"unknown tls key", "tls:\n  ca_file: x\n", `c.yaml:2: tls.ca_file: unknown key "ca_file" (valid keys here: cert_file, key_file, client_ca_file, client_auth)`},
 		{"unknown api key key", "auth:\n  api_keys:\n    - identity: a\n      key: hunter2\n", `c.yaml:4: auth.api_keys[0].key: unknown key "key" (valid keys here: identity, sha256)`},
-		{"unknown policy key", "policy:\n  - identity: a\n    client: [x]\n", `c.yaml:3: policy[0].client: unknown key "client" (valid keys here: identity, clients, scopes, passthrough)`},
+		{"unknown policy key", "policy:\n  - identity: a\n    client: [x]\n", `c.yaml:3: policy[0].client: unknown key "client" (valid keys here: identity, clients, scopes, passthrough, verify)`},
 		{"unknown admin key", "admin:\n  admin_listen: x\n", `c.yaml:2: admin.admin_listen: unknown key "admin_listen" (valid keys here: identities, listen, socket_mode, socket_group)`},
 		{"unknown sealing key", "sealing:\n  key: x\n", `c.yaml:2: sealing.key: unknown key "key" (valid keys here: keys_file, keys_env)`},
 		{"policy not a list", "policy: everyone\n", "c.yaml:1: policy: must be a list"},
