@@ -30,6 +30,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/shared"
 	"github.com/tokenbroker/tokenbroker/internal/tokencache"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
+	"github.com/tokenbroker/tokenbroker/internal/verifier"
 )
 
 // The names -dev mode configures.
@@ -49,12 +50,19 @@ type App struct {
 	server *server.Server
 	http   *http.Server // nil without http_listen
 
+	// verifier checks tokens for resource servers; nil unless a
+	// provider has a verify section.
+	verifier *verifier.Verifier
+
 	shutdownTimeout time.Duration
 }
 
 // close releases what New built, for an App that will not serve.
 func (a *App) close() {
 	a.cache.Close()
+	if a.verifier != nil {
+		a.verifier.Close()
+	}
 	if a.tier != nil {
 		_ = a.tier.Close()
 	}
@@ -119,6 +127,10 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 		return nil, err
 	}
 	a.server = srv
+	if err := a.setupVerifier(cfg, guard, reg, logger); err != nil {
+		a.close()
+		return nil, err
+	}
 	m.GRPC().InitializeMetrics(srv.GRPCServer())
 	if cfg.HTTPListen != "" {
 		if a.http, err = newHTTPServer(cfg, b, guard, reg, srv.Serving, a.tierHealth, tlsConfig, logger); err != nil {
@@ -143,7 +155,7 @@ func newAuthenticator(cfg config.Config) (*access.Authenticator, error) {
 	}
 	rules := make([]access.Rule, len(cfg.Policy))
 	for i, r := range cfg.Policy {
-		rules[i] = access.Rule{Identity: r.Identity, Clients: r.Clients, Scopes: r.Scopes, Passthrough: r.Passthrough}
+		rules[i] = access.Rule{Identity: r.Identity, Clients: r.Clients, Scopes: r.Scopes, Passthrough: r.Passthrough, Verify: r.Verify}
 	}
 	policy, err := access.NewPolicy(rules)
 	if err != nil {
@@ -195,6 +207,9 @@ func (a *App) Serve(ctx context.Context, l, adminL, httpL net.Listener) error {
 	defer a.close()
 	defer a.broker.Close()
 	rctx, stop := context.WithCancel(context.Background())
+	// Deferred after a.close: the key refreshes end (stop) before the
+	// verifier is closed.
+	defer a.runVerifier(rctx)()
 	done := make(chan error, 2)
 	go func() { done <- a.broker.Run(rctx) }()
 	if a.tier != nil {
@@ -528,6 +543,8 @@ func startDevIssuer(ctx context.Context, g *errgroup.Group, cfg *config.Config, 
 	})
 	p := config.DefaultProvider()
 	p.Name, p.TokenURL = DevProvider, url+devissuer.TokenPath
+	// Its tokens can be verified too (VerifyToken, ext_authz).
+	p.Verify = &config.ProviderVerify{Issuer: url}
 	cfg.Providers = append(cfg.Providers, p)
 	cfg.Clients = append(cfg.Clients, config.Client{
 		Name: DevClient, Provider: DevProvider, ClientID: DevIssuerClientID, Secret: secret.String(sec),
