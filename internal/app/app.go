@@ -23,6 +23,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/access"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/config"
+	"github.com/tokenbroker/tokenbroker/internal/credential"
 	"github.com/tokenbroker/tokenbroker/internal/devissuer"
 	"github.com/tokenbroker/tokenbroker/internal/metrics"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
@@ -46,7 +47,8 @@ var DevScopes = []string{"demo/read", "demo/write"}
 type App struct {
 	broker *broker.Broker
 	cache  *tokencache.Cache
-	tier   *shared.Tier // nil without a Redis tier
+	tier   *shared.Tier        // nil without a Redis tier
+	creds  *credential.Watcher // re-reads the clients' credential files
 	server *server.Server
 	http   *http.Server // nil without http_listen
 
@@ -212,6 +214,9 @@ func (a *App) Serve(ctx context.Context, l, adminL, httpL net.Listener) error {
 	defer a.runVerifier(rctx)()
 	done := make(chan error, 2)
 	go func() { done <- a.broker.Run(rctx) }()
+	credsDone := make(chan struct{})
+	go func() { defer close(credsDone); _ = a.creds.Run(rctx) }()
+	defer func() { <-credsDone }() // stop() has ended rctx by then
 	if a.tier != nil {
 		go func() { done <- a.tier.Run(rctx, a.broker) }()
 	} else {
@@ -396,7 +401,7 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Met
 		c, err := upstream.New(upstream.Provider{
 			Name:            p.Name,
 			TokenURL:        p.TokenURL,
-			AuthMethod:      upstream.AuthMethod(p.AuthMethod),
+			AuthMethod:      passthroughMethod(p.AuthMethod),
 			Timeout:         time.Duration(p.Timeout),
 			RateLimit:       p.RateLimit,
 			Burst:           p.Burst,
@@ -417,8 +422,17 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Met
 		providers[p.Name] = c
 	}
 	clients := make(map[string]broker.Client, len(cfg.Clients))
-	for _, c := range cfg.Clients {
-		clients[c.Name] = broker.Client{Provider: c.Provider, ClientID: c.ClientID, ClientSecret: c.Secret}
+	var sources []credential.Source
+	for i, c := range cfg.Clients {
+		clients[c.Name] = broker.Client{Provider: c.Provider, ClientID: c.ClientID, ClientSecret: c.Secret,
+			Credential: c.Credential, Params: cfg.ClientParams(i), AllowedParams: c.AllowedParameters}
+		if c.Credential != nil {
+			sources = append(sources, credential.Source{Spec: cfg.CredentialSpec(i), Credential: c.Credential})
+		}
+	}
+	providerParams := make(map[string][][2]string, len(cfg.Providers))
+	for _, p := range cfg.Providers {
+		providerParams[p.Name] = config.SortedParams(p.Parameters)
 	}
 	kr, err := newKeyring(keys.Sealing)
 	if err != nil {
@@ -428,7 +442,7 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Met
 	if err != nil {
 		return nil, err
 	}
-	a := &App{cache: cache}
+	a := &App{cache: cache, creds: credential.NewWatcher(sources, 0, nil, logger)}
 	var f broker.Fleet
 	m.SetSharedState(metrics.SharedDisabled)
 	if cfg.Shared.Redis.Enabled() {
@@ -442,6 +456,7 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Met
 	b, err := broker.New(broker.Config{
 		Providers:       providers,
 		Clients:         clients,
+		ProviderParams:  providerParams,
 		Passthrough:     cfg.Passthrough,
 		Cache:           cache,
 		RefreshFraction: cfg.Cache.RefreshFraction,
@@ -587,4 +602,16 @@ Provider %[2]q, client %[3]q (scopes %[4]s). Try:
 		}
 	}
 	fmt.Fprint(out, "\nPress Ctrl-C to stop.\n\n")
+}
+
+// passthroughMethod is how a provider's requests authenticate with a
+// client secret (pass-through credentials, and held clients without a
+// Credential): client_secret_post when the provider's auth_method says
+// so, else client_secret_basic. Broker-held clients authenticate with
+// their Credential's method.
+func passthroughMethod(m string) upstream.AuthMethod {
+	if m == config.AuthClientSecretPost {
+		return upstream.AuthPost
+	}
+	return upstream.AuthBasic
 }

@@ -117,8 +117,18 @@ type Client struct {
 	Provider string
 	// ClientID is the OAuth 2.0 client id.
 	ClientID string
-	// ClientSecret is the client secret.
+	// ClientSecret is the client secret, used when Credential is nil.
 	ClientSecret secret.String
+	// Credential, when set, authenticates the client instead of
+	// ClientSecret: its method and current material (which may rotate).
+	// The cache key binds its Binding, not the material, so a rotation
+	// keeps the client's tokens until their refresh point.
+	Credential *upstream.Credential
+	// Params are the form parameters of the client's token requests (its
+	// provider's and its own), sorted by name.
+	Params [][2]string
+	// AllowedParams are the names of the parameters callers may add.
+	AllowedParams []string
 }
 
 // Config configures a Broker. Every value is explicit: the defaults live in
@@ -131,6 +141,10 @@ type Config struct {
 	Clients map[string]Client
 	// Passthrough accepts credentials presented by callers.
 	Passthrough bool
+	// ProviderParams are the form parameters of each provider's
+	// pass-through requests, sorted by name (broker-held clients carry
+	// theirs in Client.Params).
+	ProviderParams map[string][][2]string
 	// Cache holds the tokens. Required.
 	Cache *tokencache.Cache
 	// RefreshFraction is where in a token's lifetime its refresh point lies

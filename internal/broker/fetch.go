@@ -263,7 +263,7 @@ func (b *Broker) installLocked(t target, rec *tokencache.Record, e *entry) {
 		kind, e.invalidated = EventInvalidated, false
 	}
 	if !same {
-		b.notifyLocked(e, Event{Kind: kind, Token: toToken(rec, t.keyID)})
+		b.notifyLocked(e, Event{Kind: kind, Token: toToken(rec, t)})
 	}
 	b.scheduleLocked(e, rec.RefreshAt)
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/tokencache"
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
 // This file is the GetToken path, read top to bottom: resolve the key,
@@ -26,7 +27,7 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (Token, error) {
 		return Token{}, &keyedError{keyID: t.keyID, err: err}
 	}
 	b.cfg.Observer.Served(max(0, time.Until(rec.ExpiresAt)))
-	return toToken(rec, t.keyID), nil
+	return toToken(rec, t), nil
 }
 
 // get returns a record for t with at least need of life left, and marks
@@ -193,15 +194,21 @@ func maxTime(a, b time.Time) time.Time {
 	return b
 }
 
-// toToken converts a record for the caller.
-func toToken(r *tokencache.Record, keyID string) Token {
-	return Token{
+// toToken converts a record of t's key for the caller. The token of a
+// client authenticated with a certificate reports the certificate it is
+// bound to (its cnf.x5t#S256 claim).
+func toToken(r *tokencache.Record, t target) Token {
+	tok := Token{
 		AccessToken: r.AccessToken,
 		TokenType:   r.TokenType,
 		Scopes:      r.Scopes,
 		IssuedAt:    r.IssuedAt,
 		ExpiresAt:   r.ExpiresAt,
 		RefreshAt:   r.RefreshAt,
-		KeyID:       keyID,
+		KeyID:       t.keyID,
 	}
+	if cr := t.req.Credential; cr != nil && (cr.Method == upstream.AuthTLSClient || cr.Method == upstream.AuthSelfSignedTLSClient) {
+		tok.CertThumbprint = upstream.BoundThumbprint(r.AccessToken.Reveal())
+	}
+	return tok
 }

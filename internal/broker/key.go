@@ -12,6 +12,7 @@ import (
 	"hash"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
@@ -38,11 +39,13 @@ func newKeyer(hmacKey []byte) *keyer {
 }
 
 // derive computes the cache key of a request: HMAC-SHA256 over the
-// provider, client id, client secret, the number of scopes, each scope
-// (sorted, de-duplicated), audience and resource, each field followed by a
-// NUL byte so that no two different requests share an encoding. Scopes,
-// names and ids never contain NUL (the API rejects it). r.Scopes must be
-// normalised already.
+// provider, client id, the credentials (see credentialFields), the number
+// of scopes, each scope (sorted, de-duplicated), audience, resource, the
+// number of form parameters and each parameter's name and value (sorted by
+// name: every parameter that reaches the token endpoint), each field
+// followed by a NUL byte so that no two different requests share an
+// encoding. Scopes, names, ids and parameters never contain NUL (the API
+// rejects it). r.Scopes and r.Params must be normalised already.
 func (k *keyer) derive(provider string, r upstream.Request) string {
 	st := k.pool.Get().(*keyState)
 	defer k.pool.Put(st)
@@ -53,7 +56,9 @@ func (k *keyer) derive(provider string, r upstream.Request) string {
 	}
 	field(provider)
 	field(r.ClientID)
-	field(r.ClientSecret.Reveal())
+	kind, cred := credentialFields(r)
+	field(kind)
+	field(cred)
 	b = strconv.AppendInt(b, int64(len(r.Scopes)), 10)
 	b = append(b, 0)
 	for _, s := range r.Scopes {
@@ -61,6 +66,12 @@ func (k *keyer) derive(provider string, r upstream.Request) string {
 	}
 	field(r.Audience)
 	field(r.Resource)
+	b = strconv.AppendInt(b, int64(len(r.Params)), 10)
+	b = append(b, 0)
+	for _, p := range r.Params {
+		field(p[0])
+		field(p[1])
+	}
 	st.mac.Reset()
 	st.mac.Write(b)
 	st.sum = st.mac.Sum(st.sum[:0])
@@ -71,17 +82,32 @@ func (k *keyer) derive(provider string, r upstream.Request) string {
 	return string(st.sum)
 }
 
+// credentialFields are the credential fields of a cache key: "p" and the
+// secret for pass-through credentials (a caller proves it holds the
+// secret: a wrong one derives another key); "h" and the Credential's
+// Binding for a broker-held client (its source: method and files, never
+// the secret, private key or certificate bytes, so that a rotation of the
+// material keeps the key and its tokens until their refresh point). The
+// tag keeps a pass-through secret from ever deriving a held client's key.
+func credentialFields(r upstream.Request) (kind, value string) {
+	if r.Credential != nil {
+		return "h", r.Credential.Binding
+	}
+	return "p", r.ClientSecret.Reveal()
+}
+
 // deriveCredentials computes the HMAC of a client's credentials alone:
-// provider, client id and client secret, each followed by a NUL byte. A
-// full cache key always encodes more fields after the secret (the number
-// of scopes at least), so the two never share an input. It files a
+// provider, client id and the credential fields, each followed by a NUL
+// byte. A full cache key always encodes more fields after them (the
+// number of scopes at least), so the two never share an input. It files a
 // rejection of the credentials (invalid_client), which holds whatever
 // scopes a caller asks for.
 func (k *keyer) deriveCredentials(provider string, r upstream.Request) string {
 	st := k.pool.Get().(*keyState)
 	defer k.pool.Put(st)
 	b := st.buf[:0]
-	for _, f := range []string{provider, r.ClientID, r.ClientSecret.Reveal()} {
+	kind, cred := credentialFields(r)
+	for _, f := range []string{provider, r.ClientID, kind, cred} {
 		b = append(b, f...)
 		b = append(b, 0)
 	}
@@ -143,13 +169,22 @@ func (b *Broker) resolve(sel Selector) (target, error) {
 		provider = sel.Credentials.Provider
 		req.ClientID, req.ClientSecret = sel.Credentials.ClientID, sel.Credentials.ClientSecret
 		req.Passthrough = true // limited to the provider's pass-through share
+		if len(sel.Params) > 0 {
+			return target{}, &FieldError{Field: FieldParams, Rule: "callers may pass parameters only for broker-held clients that allow them", Kind: ErrInvalidArgument}
+		}
+		req.Params = b.cfg.ProviderParams[provider]
 	case sel.Client != "":
 		c, ok := b.cfg.Clients[sel.Client]
 		if !ok {
 			return target{}, fmt.Errorf("client %q: %w", sel.Client, ErrUnknownClient)
 		}
 		provider = c.Provider
-		req.ClientID, req.ClientSecret = c.ClientID, c.ClientSecret
+		req.ClientID, req.ClientSecret, req.Credential = c.ClientID, c.ClientSecret, c.Credential
+		params, fe := withCallerParams(c, sel.Params)
+		if fe != nil {
+			return target{}, fe
+		}
+		req.Params = params
 	default:
 		return target{}, &FieldError{Field: "selector.credentials", Rule: "exactly one of client and client_credentials must be set", Kind: ErrInvalidArgument}
 	}
@@ -161,4 +196,27 @@ func (b *Broker) resolve(sel Selector) (target, error) {
 	req.Audience, req.Resource = sel.Audience, sel.Resource
 	key := b.keyer.derive(provider, req)
 	return target{fetcher: f, provider: provider, req: req, key: key, keyID: keyID(key)}, nil
+}
+
+// withCallerParams returns c's parameters with the caller's added (a
+// caller's value wins over the client's for a name it allows), sorted by
+// name; a name c does not allow is a *FieldError.
+func withCallerParams(c Client, callerParams map[string]string) ([][2]string, *FieldError) {
+	if len(callerParams) == 0 {
+		return c.Params, nil
+	}
+	out := make([][2]string, 0, len(c.Params)+len(callerParams))
+	for _, p := range c.Params {
+		if _, over := callerParams[p[0]]; !over {
+			out = append(out, p)
+		}
+	}
+	for name, v := range callerParams {
+		if !slices.Contains(c.AllowedParams, name) {
+			return nil, &FieldError{Field: FieldParams, Rule: "names a parameter the client's allowed_parameters do not allow", Kind: ErrInvalidArgument}
+		}
+		out = append(out, [2]string{name, v})
+	}
+	slices.SortFunc(out, func(a, b [2]string) int { return strings.Compare(a[0], b[0]) })
+	return out, nil
 }

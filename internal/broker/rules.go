@@ -62,6 +62,7 @@ const (
 	FieldAudience     = "selector.audience"
 	FieldResource     = "selector.resource"
 	FieldMinTTL       = "min_ttl"
+	FieldParams       = "selector.params"
 )
 
 // CheckRequest checks every request rule of r and returns the first one
@@ -115,7 +116,25 @@ func CheckSelector(s Selector) *FieldError {
 	if fe := checkPrintable(FieldAudience, s.Audience, 0, MaxAudienceBytes); fe != nil {
 		return fe
 	}
+	if fe := checkParams(s.Params); fe != nil {
+		return fe
+	}
 	return checkResource(s.Resource)
+}
+
+// checkParams checks a caller's form parameters: at most
+// upstream.MaxParams, each valid by upstream.ParamRule. Whether the
+// client allows them is the broker's check (resolve).
+func checkParams(params map[string]string) *FieldError {
+	if len(params) > upstream.MaxParams {
+		return invalid(FieldParams, "must have at most "+strconv.Itoa(upstream.MaxParams)+" entries")
+	}
+	for name, v := range params {
+		if rule := upstream.ParamRule(name, v); rule != "" {
+			return invalid(FieldParams, rule)
+		}
+	}
+	return nil
 }
 
 // checkCredentials checks pass-through credentials.

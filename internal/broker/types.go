@@ -22,6 +22,10 @@ type Selector struct {
 	Audience string
 	// Resource is sent upstream as `resource` when set.
 	Resource string
+	// Params are further form parameters (name → value) the caller asks
+	// to send: only those its broker-held client's allowed_parameters
+	// name; none with pass-through credentials. Part of the cache key.
+	Params map[string]string
 }
 
 // Credentials are client credentials presented by a caller.
@@ -63,6 +67,10 @@ type Token struct {
 	RefreshAt time.Time
 	// KeyID is the non-secret id of the token's cache entry.
 	KeyID string
+	// CertThumbprint is the cnf.x5t#S256 of a certificate-bound token
+	// (RFC 8705): it is usable only with that client certificate. "" when
+	// the token is not bound.
+	CertThumbprint string
 }
 
 // Errors returned by the broker itself. Upstream failures are returned as

@@ -61,7 +61,7 @@ func (b *Broker) Watch(ctx context.Context, req Request) (*Watcher, error) {
 		if e.index < 0 && !e.refreshing && !e.stopped {
 			b.scheduleLocked(e, rec.RefreshAt)
 		}
-		w := &Watcher{b: b, e: e, initial: toToken(rec, t.keyID), ch: make(chan Event, 1)}
+		w := &Watcher{b: b, e: e, initial: toToken(rec, t), ch: make(chan Event, 1)}
 		if e.watchers == nil {
 			e.watchers = make(map[*Watcher]struct{})
 		}

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/secret"
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
 // Auth methods a Provider may use to authenticate the broker's clients at
@@ -32,6 +33,16 @@ const (
 	// AuthClientSecretPost sends them as client_id and client_secret form
 	// parameters.
 	AuthClientSecretPost = "client_secret_post"
+	// AuthPrivateKeyJWT authenticates with a signed JWT client assertion
+	// (RFC 7523): signed by the broker with client_key_file, or read
+	// ready from client_assertion_file.
+	AuthPrivateKeyJWT = "private_key_jwt"
+	// AuthTLSClient authenticates with a CA-issued client certificate
+	// (RFC 8705 section 2.1).
+	AuthTLSClient = "tls_client_auth"
+	// AuthSelfSignedTLSClient authenticates with a self-signed client
+	// certificate registered with the provider (RFC 8705 section 2.2).
+	AuthSelfSignedTLSClient = "self_signed_tls_client_auth"
 )
 
 // MinCacheMaxCost is the smallest cache.max_cost Validate accepts.
@@ -206,9 +217,20 @@ type Provider struct {
 	// tokens for resource servers (VerifyToken, Envoy ext_authz): see
 	// ProviderVerify. Default none.
 	Verify *ProviderVerify `yaml:"verify"`
-	// AuthMethod is how clients authenticate: AuthClientSecretBasic
-	// (default) or AuthClientSecretPost.
+	// AuthMethod is how its clients authenticate unless a client says
+	// otherwise: AuthClientSecretBasic (default), AuthClientSecretPost,
+	// AuthPrivateKeyJWT, AuthTLSClient or AuthSelfSignedTLSClient.
+	// Pass-through credentials are secrets: they are sent with
+	// client_secret_post when it is AuthClientSecretPost, else with
+	// client_secret_basic.
 	AuthMethod string `yaml:"auth_method"`
+	// Parameters are form parameters added to every token request to the
+	// endpoint (for example Auth0's audience is the request's own field;
+	// provider-specific extensions go here): at most 16, names of
+	// [A-Za-z0-9_.-] that the broker does not set itself, values of at
+	// most 1024 printable ASCII bytes. A client's parameters of the same
+	// name win. Every parameter is part of the cache key. Default none.
+	Parameters map[string]string `yaml:"parameters,omitempty"`
 	// Timeout bounds one HTTP request to the endpoint. Default 10s; > 0.
 	Timeout Duration `yaml:"timeout"`
 	// RateLimit is the sustained request budget, in requests per second.
@@ -265,8 +287,53 @@ type Client struct {
 	// ClientSecretEnv is the name of an environment variable holding the
 	// client secret.
 	ClientSecretEnv string `yaml:"client_secret_env"`
+	// AuthMethod is how the client authenticates; "" (the default) means
+	// its provider's auth_method. The secret methods need exactly one of
+	// client_secret_file and client_secret_env; AuthPrivateKeyJWT exactly
+	// one of client_key_file and client_assertion_file; the TLS methods
+	// client_cert_file and client_key_file.
+	AuthMethod string `yaml:"auth_method"`
+	// ClientKeyFile is, for AuthPrivateKeyJWT, a file of private keys that
+	// sign client assertions: PEM blocks (PKCS #8, PKCS #1 or SEC 1) or a
+	// JWK or JWK set; the last key in the file is the newest and signs.
+	// For the TLS methods it is the PEM private key of client_cert_file.
+	// Load resolves a relative path against the configuration file's
+	// directory. Watched: a change is used by the next token request.
+	ClientKeyFile string `yaml:"client_key_file"`
+	// ClientKeyID is the kid header of the assertions; default "": the
+	// JWK's own kid, or none.
+	ClientKeyID string `yaml:"client_key_id"`
+	// ClientKeyAlgorithm signs the assertions: RS256, PS256 or ES256;
+	// default "": the JWK's alg, else RS256 for an RSA key, ES256 for a
+	// P-256 key.
+	ClientKeyAlgorithm string `yaml:"client_key_algorithm"`
+	// AssertionAudience is the aud claim of signed assertions; default "":
+	// the provider's token_url (some providers want their issuer).
+	AssertionAudience string `yaml:"assertion_audience"`
+	// AssertionLifetime is how long a signed assertion is valid: > 0 and
+	// at most 5m; default 0: 60s.
+	AssertionLifetime Duration `yaml:"assertion_lifetime"`
+	// ClientAssertionFile is, for AuthPrivateKeyJWT, a file holding a
+	// ready client assertion (a JWT) that a platform writes and renews,
+	// read again for every token request. Load resolves a relative path.
+	ClientAssertionFile string `yaml:"client_assertion_file"`
+	// ClientCertFile is, for the TLS methods, the PEM client certificate
+	// chain presented to the token endpoint. Load resolves a relative
+	// path. Watched with client_key_file.
+	ClientCertFile string `yaml:"client_cert_file"`
+	// Parameters are form parameters added to this client's token
+	// requests, over its provider's; same rules as Provider.Parameters.
+	Parameters map[string]string `yaml:"parameters,omitempty"`
+	// AllowedParameters are the names of the form parameters a caller may
+	// pass with a request for this client (at most 16 parameters a
+	// request, values of at most 1024 printable ASCII bytes). Default
+	// none.
+	AllowedParameters []string `yaml:"allowed_parameters,omitempty"`
 	// Secret is the client secret, filled by LoadSecrets; never in the file.
 	Secret secret.String `yaml:"-"`
+	// Credential is the client's credential with its current material,
+	// filled by LoadSecrets (every method); never in the file.
+	Credential *upstream.Credential `yaml:"-"`
 }
 
 // Server tunes the gRPC server.

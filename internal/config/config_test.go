@@ -106,7 +106,7 @@ func TestDefault(t *testing.T) {
 		RetryBackoff:    Duration(100 * time.Millisecond),
 		RetryBackoffMax: Duration(5 * time.Second),
 	}
-	if p != wantP {
+	if !reflect.DeepEqual(p, wantP) {
 		t.Fatalf("DefaultProvider() = %+v, want %+v", p, wantP)
 	}
 }
@@ -166,13 +166,20 @@ func TestExampleFile(t *testing.T) {
 	for i, p := range c.Providers {
 		want := DefaultProvider()
 		want.Name, want.TokenURL = p.Name, p.TokenURL
-		if p != want {
+		if !reflect.DeepEqual(p, want) {
 			t.Errorf("providers[%d] = %+v, want %+v", i, p, want)
 		}
 	}
 	wantClients := []Client{
 		{Name: "orders", Provider: "cognito", ClientID: "1example23456789abcdefghij", ClientSecretFile: "/run/secrets/orders-client-secret"},
 		{Name: "billing", Provider: "cognito", ClientID: "2example98765432zyxwvutsrq", ClientSecretEnv: "BILLING_CLIENT_SECRET"},
+		{Name: "reports", Provider: "cognito", ClientID: "3example11111111aaaaaaaaaa", AuthMethod: AuthPrivateKeyJWT,
+			ClientKeyFile: "/run/secrets/reports-key.pem", ClientKeyID: "reports-2025", ClientKeyAlgorithm: "ES256",
+			AssertionLifetime: Duration(time.Minute), Parameters: map[string]string{"tenant": "reports"}, AllowedParameters: []string{"organization"}},
+		{Name: "workload", Provider: "cognito", ClientID: "4example22222222bbbbbbbbbb", AuthMethod: AuthPrivateKeyJWT,
+			ClientAssertionFile: "/var/run/secrets/tokens/client-assertion"},
+		{Name: "ledger", Provider: "cognito", ClientID: "5example33333333cccccccccc", AuthMethod: AuthTLSClient,
+			ClientCertFile: "/run/secrets/ledger.crt", ClientKeyFile: "/run/secrets/ledger.key"},
 	}
 	if !reflect.DeepEqual(c.Clients, wantClients) {
 		t.Errorf("clients = %+v\nwant %+v", c.Clients, wantClients)

@@ -126,7 +126,8 @@ func checkSane(t *testing.T, c Config) {
 		names[p.Name] = true
 	}
 	for _, cl := range c.Clients {
-		if !names[cl.Provider] || cl.ClientID == "" || (cl.ClientSecretFile == "") == (cl.ClientSecretEnv == "") {
+		secretMethod := cl.AuthMethod == "" || cl.AuthMethod == AuthClientSecretBasic || cl.AuthMethod == AuthClientSecretPost
+		if !names[cl.Provider] || cl.ClientID == "" || (secretMethod && (cl.ClientSecretFile == "") == (cl.ClientSecretEnv == "")) {
 			t.Fatalf("valid config has an insane client: %+v", cl)
 		}
 	}

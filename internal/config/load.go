@@ -124,6 +124,7 @@ func decodeFile(data []byte, name string) (Config, *Sources, error) {
 	if err := applyProviderDefaults(&doc, cfg.Providers); err != nil && len(src.errs) == 0 {
 		src.errs = append(src.errs, fileError(name, err, &doc))
 	}
+	noEmptyParameters(&cfg)
 	base := filepath.Dir(name)
 	if abs, err := filepath.Abs(base); err == nil {
 		base = abs
@@ -132,7 +133,8 @@ func decodeFile(data []byte, name string) (Config, *Sources, error) {
 	paths := []*string{&cfg.TLS.CertFile, &cfg.TLS.KeyFile, &cfg.TLS.ClientCAFile, &cfg.Sealing.KeysFile, &cfg.Cache.HMACKeyFile,
 		&cfg.Shared.Redis.PasswordFile, &rt.CAFile, &rt.CertFile, &rt.KeyFile}
 	for i := range cfg.Clients {
-		paths = append(paths, &cfg.Clients[i].ClientSecretFile)
+		cl := &cfg.Clients[i]
+		paths = append(paths, &cl.ClientSecretFile, &cl.ClientKeyFile, &cl.ClientAssertionFile, &cl.ClientCertFile)
 	}
 	for i := range cfg.Providers {
 		if v := cfg.Providers[i].Verify; v != nil {

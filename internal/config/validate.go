@@ -93,9 +93,10 @@ func (c *Config) Validate() error {
 		if err := checkTokenURL(p.TokenURL); err != "" {
 			v.add(key+".token_url", "%s", err)
 		}
-		if p.AuthMethod != AuthClientSecretBasic && p.AuthMethod != AuthClientSecretPost {
-			v.add(key+".auth_method", "must be %s or %s, got %q", AuthClientSecretBasic, AuthClientSecretPost, p.AuthMethod)
+		if !validAuthMethod(p.AuthMethod) {
+			v.add(key+".auth_method", authMethodRule+", got %q", p.AuthMethod)
 		}
+		checkParameters(&v, key+".parameters", p.Parameters)
 		if p.Timeout <= 0 {
 			v.add(key+".timeout", "must be > 0, got %s", p.Timeout)
 		} else if cc.FetchTimeout > 0 && p.Timeout > cc.FetchTimeout {
@@ -151,12 +152,7 @@ func (c *Config) Validate() error {
 		if !validClientID(cl.ClientID) {
 			v.add(key+".client_id", "must be 1-128 printable ASCII characters without spaces")
 		}
-		switch {
-		case cl.ClientSecretFile == "" && cl.ClientSecretEnv == "":
-			v.add(key, "exactly one of client_secret_file and client_secret_env must be set, got neither")
-		case cl.ClientSecretFile != "" && cl.ClientSecretEnv != "":
-			v.add(key, "exactly one of client_secret_file and client_secret_env must be set, got both")
-		}
+		c.validateClientAuth(&v, i)
 	}
 
 	switch c.Log.Level {

@@ -60,6 +60,7 @@ type Client struct {
 	baseBackoff time.Duration
 	maxBackoff  time.Duration
 	budget      *budget
+	tls         tlsClients // per client certificate (auth.go)
 
 	// Seams for tests.
 	now    func() time.Time
@@ -232,12 +233,22 @@ func (c *Client) fetch(ctx context.Context, r Request, sent *int) (Token, error)
 		if err := c.takeBudget(ctx, r, last); err != nil {
 			return Token{}, err
 		}
+		plan, perr := c.plan(r, scrub)
+		if perr != nil {
+			if last != nil {
+				return Token{}, last
+			}
+			return Token{}, perr
+		}
 		*sent++
-		tok, err := c.attempt(ctx, r, form, scrub)
+		tok, err := c.attempt(ctx, r.Scopes, form, plan)
 		if err == nil {
 			return tok, nil
 		}
 		var ue *Error
+		if errors.As(err, &ue) {
+			c.noteRejected(r.Credential, ue)
+		}
 		if !errors.As(err, &ue) {
 			// ctx ended during the attempt.
 			if last != nil {
@@ -278,8 +289,16 @@ func (c *Client) validateRequest(r Request) error {
 	if r.ClientID == "" {
 		return bad("ClientID", "must not be empty")
 	}
-	if r.ClientSecret.Reveal() == "" {
+	if r.Credential == nil && r.ClientSecret.Reveal() == "" {
 		return bad("ClientSecret", "must not be empty")
+	}
+	if len(r.Params) > MaxParams {
+		return bad("Params", "must hold at most "+strconv.Itoa(MaxParams)+" parameters")
+	}
+	for i, p := range r.Params {
+		if rule := ParamRule(p[0], p[1]); rule != "" {
+			return bad(fmt.Sprintf("Params[%d]", i), rule)
+		}
 	}
 	for i, s := range r.Scopes {
 		if rule := ScopeRule(s); rule != "" {
@@ -289,8 +308,9 @@ func (c *Client) validateRequest(r Request) error {
 	return nil
 }
 
-// form returns the encoded request body (RFC 6749 section 4.4.2).
-func (c *Client) form(r Request) string {
+// form returns the request body (RFC 6749 section 4.4.2) without the
+// client authentication, which each attempt adds (see plan).
+func (c *Client) form(r Request) url.Values {
 	v := url.Values{}
 	v.Set("grant_type", "client_credentials")
 	if len(r.Scopes) > 0 {
@@ -302,11 +322,10 @@ func (c *Client) form(r Request) string {
 	if r.Resource != "" {
 		v.Set("resource", r.Resource)
 	}
-	if c.p.AuthMethod == AuthPost {
-		v.Set("client_id", r.ClientID)
-		v.Set("client_secret", r.ClientSecret.Reveal())
+	for _, p := range r.Params {
+		v.Add(p[0], p[1])
 	}
-	return v.Encode()
+	return v
 }
 
 // fits reports whether a wait of d ends no later than ctx's deadline.
@@ -339,10 +358,21 @@ func (c *Client) ctxError(err error) error {
 
 // attempt sends one request. Its error is an *Error, or a wrapped context
 // error when ctx ended first.
-func (c *Client) attempt(ctx context.Context, r Request, form string, scrub *scrubber) (Token, error) {
+func (c *Client) attempt(ctx context.Context, requested []string, base url.Values, plan authPlan) (Token, error) {
 	actx, cancel := context.WithTimeout(ctx, c.p.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(actx, http.MethodPost, c.tokenURL, strings.NewReader(form))
+	form := base
+	if len(plan.form) > 0 {
+		form = make(url.Values, len(base)+len(plan.form))
+		for k, v := range base {
+			form[k] = v
+		}
+		for _, p := range plan.form {
+			form.Set(p[0], p[1])
+		}
+	}
+	scrub := plan.scrub
+	req, err := http.NewRequestWithContext(actx, http.MethodPost, c.tokenURL, strings.NewReader(form.Encode()))
 	if err != nil {
 		// Not reachable: the URL was checked by New.
 		return Token{}, &Error{Kind: ErrRejected, Provider: c.p.Name, Local: true, Description: "cannot build request"}
@@ -350,13 +380,13 @@ func (c *Client) attempt(ctx context.Context, r Request, form string, scrub *scr
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", userAgent)
-	if c.p.AuthMethod == AuthBasic {
+	if plan.basicID != "" {
 		// RFC 6749 section 2.3.1: form-encode each part, then Basic.
-		req.SetBasicAuth(url.QueryEscape(r.ClientID), url.QueryEscape(r.ClientSecret.Reveal()))
+		req.SetBasicAuth(url.QueryEscape(plan.basicID), url.QueryEscape(plan.basicSecret))
 	}
 
 	sentAt := c.now()
-	resp, err := c.hc.Do(req)
+	resp, err := plan.hc.Do(req)
 	if err != nil {
 		return Token{}, c.transportError(ctx, actx, 0, err, scrub)
 	}
@@ -367,7 +397,7 @@ func (c *Client) attempt(ctx context.Context, r Request, form string, scrub *scr
 	}
 
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		tok, usedDefault, err := parseTokenResponse(body, sentAt, r.Scopes, c.p.DefaultLifetime)
+		tok, usedDefault, err := parseTokenResponse(body, sentAt, requested, c.p.DefaultLifetime)
 		if err != nil {
 			var e *Error
 			if !errors.As(err, &e) {
@@ -380,6 +410,9 @@ func (c *Client) attempt(ctx context.Context, r Request, form string, scrub *scr
 		if usedDefault {
 			c.log.WarnContext(ctx, "token endpoint reported no lifetime; assuming the default",
 				"provider", c.p.Name, "lifetime", tok.ExpiresAt.Sub(tok.IssuedAt))
+		}
+		if plan.certThumbprint != "" {
+			tok.CertThumbprint = BoundThumbprint(tok.AccessToken.Reveal())
 		}
 		return tok, nil
 	}

@@ -1,6 +1,8 @@
 // Package upstream is the client for OAuth 2.0 token endpoints (RFC 6749
 // section 4.4, the client-credentials grant). One Client serves one provider:
-// it authenticates with client_secret_basic or client_secret_post, parses the
+// it authenticates with client_secret_basic or client_secret_post, or, for
+// a broker-held client's Credential, with private_key_jwt (a signed or a
+// ready client assertion) or mutual TLS (RFC 8705), parses the
 // endpoint's answer (expires_in as number or string, the JWT exp claim as a
 // fallback), retries throttling and transient failures with exponential
 // backoff and full jitter (honouring Retry-After), and keeps to the
@@ -84,6 +86,15 @@ type Request struct {
 	// for (access.Identity.Name; every anonymous caller is one identity).
 	// It is not sent and must not be part of a cache key.
 	Caller string
+	// Credential, when set, authenticates the request with its method and
+	// current material (a broker-held client); ClientSecret and the
+	// provider's AuthMethod are then not used.
+	Credential *Credential
+	// Params are further form parameters (name, value) sent as they are:
+	// the provider's, the client's and the caller's allowed ones. They
+	// must not name a parameter the client sets itself (see
+	// ReservedParam). The caller puts them in its cache key.
+	Params [][2]string
 	// MaxAttempts, when > 0, lowers Options.MaxAttempts for this request:
 	// the broker sends a key that is already backing off as a single
 	// attempt (its own backoff spaces the retries). Not sent; not part of
@@ -107,6 +118,10 @@ type Token struct {
 	// Requests is how many requests Fetch sent to obtain it, retries
 	// included.
 	Requests int
+	// CertThumbprint is the cnf.x5t#S256 of a certificate-bound token
+	// (RFC 8705 section 3): the token is only usable over TLS with that
+	// client certificate. "" for unbound tokens.
+	CertThumbprint string
 }
 
 // The kinds of upstream failure. Every error returned by Client.Fetch
