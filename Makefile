@@ -91,7 +91,8 @@ FUZZ_TARGETS := \
 	./internal/config:FuzzLoad \
 	./internal/access:FuzzPolicyAuthorize \
 	./internal/shared:FuzzHandle \
-	./internal/httpapi:FuzzTokenRequest
+	./internal/httpapi:FuzzTokenRequest \
+	./internal/verifier:FuzzParseJWT
 
 .PHONY: fuzz
 fuzz: check-go ## Run every fuzz target briefly (FUZZTIME=50000x executions each).
