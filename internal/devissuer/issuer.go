@@ -58,9 +58,20 @@ type Client struct {
 	// ID is the client identifier. Required; unique within a Config. Any
 	// characters are allowed (client_secret_basic carries it form-encoded).
 	ID string
-	// Secret is the client secret. Required. It never appears in logs or
-	// error messages.
+	// Secret is the client secret (client_secret_basic and _post). At
+	// least one of Secret, PublicKeys and CertThumbprints is required. It
+	// never appears in logs or error messages.
 	Secret string
+	// PublicKeys are the client's registered public keys: it may
+	// authenticate with private_key_jwt (RFC 7523), a client assertion
+	// signed by one of them (RS256, PS256 or ES256), found by the
+	// assertion's kid when it has one.
+	PublicKeys []jose.JSONWebKey
+	// CertThumbprints are the RFC 8705 thumbprints (base64url SHA-256 of
+	// the DER) of the client certificates it may authenticate with over
+	// TLS (tls_client_auth, self_signed_tls_client_auth); its tokens are
+	// then bound to the certificate (cnf.x5t#S256).
+	CertThumbprints []string
 	// Scopes are the scopes this client may get. Each must be a scope-token
 	// as defined by RFC 6749 §3.3 (printable ASCII, no space, '"' or '\').
 	// A request that omits `scope` is granted all of them.
@@ -95,6 +106,9 @@ type Issuer struct {
 
 	mu      sync.RWMutex
 	clients map[string]Client
+
+	jtiMu sync.Mutex
+	jtis  map[string]time.Time // assertion ids seen, until their exp
 }
 
 // New validates cfg and returns an Issuer with a freshly generated ECDSA P-256
@@ -169,8 +183,13 @@ func validateClient(c Client) error {
 	if c.ID == "" {
 		return errors.New(".ID: must not be empty")
 	}
-	if c.Secret == "" {
-		return fmt.Errorf(".Secret: must not be empty (client %q)", c.ID)
+	if c.Secret == "" && len(c.PublicKeys) == 0 && len(c.CertThumbprints) == 0 {
+		return fmt.Errorf(".Secret: must not be empty (client %q) unless PublicKeys or CertThumbprints are set", c.ID)
+	}
+	for n, k := range c.PublicKeys {
+		if !k.IsPublic() || !k.Valid() {
+			return fmt.Errorf(".PublicKeys[%d]: must be a valid public key (client %q)", n, c.ID)
+		}
 	}
 	for n, s := range c.Scopes {
 		if !validScopeToken(s) {
@@ -197,6 +216,8 @@ func validScopeToken(s string) bool {
 
 func cloneClient(c Client) Client {
 	c.Scopes = slices.Clone(c.Scopes)
+	c.PublicKeys = slices.Clone(c.PublicKeys)
+	c.CertThumbprints = slices.Clone(c.CertThumbprints)
 	return c
 }
 

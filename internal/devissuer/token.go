@@ -52,6 +52,15 @@ type Claims struct {
 	Scope string `json:"scope,omitempty"`
 	// TokenUse is always "access", as in Amazon Cognito's access tokens.
 	TokenUse string `json:"token_use"`
+	// Cnf binds the token to the client certificate the request was
+	// authenticated with (RFC 8705 section 3.1); nil otherwise.
+	Cnf *Confirmation `json:"cnf,omitempty"`
+}
+
+// Confirmation is the cnf claim of a certificate-bound token.
+type Confirmation struct {
+	// X5tS256 is the certificate's SHA-256 thumbprint, base64url.
+	X5tS256 string `json:"x5t#S256"`
 }
 
 // tokenResponse is a successful token response (RFC 6749 §5.1).
@@ -101,7 +110,7 @@ func sanitize(s string) string {
 
 // singleParams are the parameters that must not be repeated (RFC 6749 §3.2).
 // audience and resource may be (RFC 8707 §2).
-var singleParams = []string{"grant_type", "scope", "client_id", "client_secret"}
+var singleParams = []string{"grant_type", "scope", "client_id", "client_secret", "client_assertion", "client_assertion_type"}
 
 // serveToken is the token endpoint.
 func (i *Issuer) serveToken(w http.ResponseWriter, r *http.Request) {
@@ -153,7 +162,7 @@ func (i *Issuer) token(w http.ResponseWriter, r *http.Request) (Client, *tokenRe
 		}
 	}
 
-	c, oerr := i.authenticate(r, form)
+	c, thumb, oerr := i.authenticateAny(r, form)
 	if oerr != nil {
 		return c, nil, oerr
 	}
@@ -176,7 +185,7 @@ func (i *Issuer) token(w http.ResponseWriter, r *http.Request) (Client, *tokenRe
 		return c, nil, oerr
 	}
 
-	resp, err := i.issue(r, c, scopes, aud)
+	resp, err := i.issue(r, c, scopes, aud, thumb)
 	if err != nil {
 		i.log.Error("devissuer: sign access token", "client_id", c.ID, "error", err)
 		return c, nil, &oauthError{http.StatusInternalServerError, "server_error", "could not sign the access token"}
@@ -231,7 +240,9 @@ func (i *Issuer) authenticate(r *http.Request, form url.Values) (Client, *oauthE
 	if !known {
 		return Client{}, errInvalidClient("client authentication failed")
 	}
-	if !match {
+	if !match || c.Secret == "" {
+		// A client registered without a secret never authenticates with
+		// one, not even an empty one.
 		return c, errInvalidClient("client authentication failed")
 	}
 	return c, nil
@@ -315,7 +326,7 @@ func audiences(form url.Values) ([]string, *oauthError) {
 }
 
 // issue signs an access token for c.
-func (i *Issuer) issue(r *http.Request, c Client, scopes, aud []string) (*tokenResponse, error) {
+func (i *Issuer) issue(r *http.Request, c Client, scopes, aud []string, certThumbprint string) (*tokenResponse, error) {
 	lifetimeSec := int64(time.Duration(i.lifetime.Load()) / time.Second)
 	iat := time.Now().Unix()
 	issuedAt, expiry := jwt.NumericDate(iat), jwt.NumericDate(iat+lifetimeSec)
@@ -332,6 +343,9 @@ func (i *Issuer) issue(r *http.Request, c Client, scopes, aud []string) (*tokenR
 		ClientID: c.ID,
 		Scope:    scope,
 		TokenUse: "access",
+	}
+	if certThumbprint != "" {
+		claims.Cnf = &Confirmation{X5tS256: certThumbprint}
 	}
 	tok, err := jwt.Signed(i.signer).Claims(claims).Serialize()
 	if err != nil {
@@ -383,7 +397,7 @@ func (i *Issuer) serveMetadata(w http.ResponseWriter, r *http.Request) {
 		JWKSURI:                           base + JWKSPath,
 		ResponseTypesSupported:            []string{},
 		GrantTypesSupported:               []string{"client_credentials"},
-		TokenEndpointAuthMethodsSupported: []string{"client_secret_basic", "client_secret_post"},
+		TokenEndpointAuthMethodsSupported: []string{"client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth", "self_signed_tls_client_auth"},
 	})
 }
 
