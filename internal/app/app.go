@@ -51,6 +51,11 @@ type App struct {
 	creds  *credential.Watcher // re-reads the clients' credential files
 	server *server.Server
 	http   *http.Server // nil without http_listen
+	sds    *sdsService  // nil unless sds.enabled
+	// sdsL is sds.listen's listener, when SDS has one of its own; Run
+	// opens it, or else Serve does.
+	sdsL   net.Listener
+	sdsCfg config.SDS
 
 	// verifier checks tokens for resource servers; nil unless a
 	// provider has a verify section.
@@ -132,6 +137,13 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 	if err := a.setupVerifier(cfg, guard, reg, logger); err != nil {
 		a.close()
 		return nil, err
+	}
+	if cfg.SDS.Enabled {
+		if a.sds, err = newSDS(cfg, b, guard, m, tlsConfig, logger, srv.GRPCServer()); err != nil {
+			a.close()
+			return nil, err
+		}
+		a.sdsCfg = cfg.SDS
 	}
 	m.GRPC().InitializeMetrics(srv.GRPCServer())
 	if cfg.HTTPListen != "" {
@@ -228,6 +240,22 @@ func (a *App) Serve(ctx context.Context, l, adminL, httpL net.Listener) error {
 	// slow token endpoint get Unavailable at once and the graceful stop
 	// does not wait for them.
 	context.AfterFunc(gctx, a.broker.Shutdown)
+	if a.sds != nil {
+		// SDS streams never end by themselves: they end when shutdown
+		// begins, as the server ends WatchToken streams, so that the
+		// graceful stop does not wait for them.
+		context.AfterFunc(gctx, a.sds.sds.Shutdown)
+		if a.sds.grpc != nil {
+			if a.sdsL == nil {
+				var err error
+				if a.sdsL, err = listenSDS(a.sdsCfg); err != nil {
+					stop()
+					return errors.Join(fmt.Errorf("sds.listen: %w", err), <-done, <-done)
+				}
+			}
+			g.Go(func() error { return a.sds.serve(gctx, a.sdsL, a.shutdownTimeout) })
+		}
+	}
 	g.Go(func() error { return a.server.Serve(gctx, l) })
 	if adminL != nil {
 		g.Go(func() error { return a.server.ServeAdmin(gctx, adminL) })
@@ -296,9 +324,25 @@ func Run(ctx context.Context, cfg config.Config, keys Keys, logger *slog.Logger,
 			}
 			logger.Info("http listening (token endpoint, /metrics, /healthz, /readyz)", "addr", httpL.Addr().String())
 		}
-		if cfg.Dev {
-			if err := devBoundLoopback(l, adminL, httpL); err != nil {
+		if cfg.SDS.Enabled && cfg.SDS.Listen != "" {
+			if a.sdsL, err = listenSDS(cfg.SDS); err != nil {
 				for _, open := range []net.Listener{l, adminL, httpL} {
+					if open != nil {
+						open.Close()
+					}
+				}
+				a.close()
+				return fmt.Errorf("sds.listen: %w", err)
+			}
+			logger.Info("sds listening", "addr", cfg.SDS.Listen)
+		}
+		if cfg.Dev {
+			err := devBoundLoopback(l, adminL, httpL)
+			if err == nil && a.sdsL != nil {
+				err = devLoopbackAddr("sds.listen", a.sdsL.Addr())
+			}
+			if err != nil {
+				for _, open := range []net.Listener{l, adminL, httpL, a.sdsL} {
 					if open != nil {
 						open.Close()
 					}

@@ -140,6 +140,12 @@ type Config struct {
 	// listener; a longer one is refused with 413. Default 64KiB; from 1KiB
 	// to 1MiB.
 	HTTPMaxBodyBytes ByteSize `yaml:"http_max_body_bytes"`
+	// SDS configures the Secret Discovery Service for Envoy sidecars.
+	// Default off.
+	SDS SDS `yaml:"sds"`
+	// SDSSecrets are the secret names SDS serves, each a broker-held
+	// client's token. Default none.
+	SDSSecrets []SDSSecret `yaml:"sds_secrets"`
 	// Dev runs the broker in development mode (an embedded token endpoint).
 	// It is set by the -dev flag only, never by the file.
 	Dev bool `yaml:"-"`
@@ -561,6 +567,7 @@ func Default() Config {
 		Admin:       Admin{SocketMode: "0600"},
 		TLS:         TLS{ClientAuth: ClientAuthNone},
 		Shared:      Shared{Redis: defaultRedis()},
+		SDS:         defaultSDS(),
 		Verifier:    defaultVerifier(),
 		DevLifetime: Duration(5 * time.Minute),
 	}

@@ -65,6 +65,7 @@ func TestDefault(t *testing.T) {
 			BreakerCooldown: Duration(5 * time.Second),
 		}},
 		Verifier: defaultVerifier(),
+		SDS:      SDS{SocketMode: "0600", HeaderFormat: "Bearer %s"},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Default() = %+v\nwant %+v", c, want)

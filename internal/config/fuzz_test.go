@@ -96,6 +96,14 @@ func normalized(c Config) Config {
 	if len(c.Shared.Redis.Addrs) == 0 {
 		c.Shared.Redis.Addrs = nil
 	}
+	if len(c.SDSSecrets) == 0 {
+		c.SDSSecrets = nil
+	}
+	for i := range c.SDSSecrets {
+		if len(c.SDSSecrets[i].Scopes) == 0 {
+			c.SDSSecrets[i].Scopes = nil
+		}
+	}
 	for i := range c.Policy {
 		r := &c.Policy[i]
 		if len(r.Clients) == 0 {

@@ -322,7 +322,7 @@ func yamlKeys(t reflect.Type) []string {
 // to the keys valid there, for "unknown key" errors.
 var sectionKeys = func() map[string][]string {
 	m := map[string][]string{}
-	for _, v := range []any{Config{}, Cache{}, Provider{}, Client{}, Server{}, Log{}, Metrics{}, TLS{}, Auth{}, APIKey{}, PolicyRule{}, Admin{}, Sealing{}, Shared{}, Redis{}, RedisTLS{}, ProviderVerify{}, Verifier{}, VerifierHeaders{}, PathScopes{}} {
+	for _, v := range []any{Config{}, Cache{}, Provider{}, Client{}, Server{}, Log{}, Metrics{}, TLS{}, Auth{}, APIKey{}, PolicyRule{}, Admin{}, Sealing{}, Shared{}, Redis{}, RedisTLS{}, ProviderVerify{}, Verifier{}, VerifierHeaders{}, PathScopes{}, SDS{}, SDSSecret{}} {
 		t := reflect.TypeOf(v)
 		m[t.String()] = yamlKeys(t)
 	}

@@ -196,6 +196,7 @@ func (c *Config) Validate() error {
 
 	c.validateSecurity(&v, clientNames)
 	c.validateShared(&v)
+	c.validateSDS(&v, clientNames)
 	c.validateVerifier(&v)
 	if p := c.HTTPDefaultProvider; p != "" && !slices.ContainsFunc(c.Providers, func(q Provider) bool { return q.Name == p }) {
 		v.add("http_default_provider", "must name a configured provider, got %q", p)

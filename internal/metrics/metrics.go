@@ -136,6 +136,7 @@ type Metrics struct {
 	served   prometheus.Histogram
 	grpc     *grpcprom.ServerMetrics
 	stats    *statsCollector
+	sds      *sdsMetrics
 	opts     options
 
 	// observers caches the histogram series per label values, so that the
@@ -203,10 +204,12 @@ func New(reg prometheus.Registerer, stats func() broker.Stats, opts ...Option) (
 			grpcprom.WithHistogramBuckets(grpcBuckets),
 		)),
 		stats: newStatsCollector(stats),
+		sds:   newSDSMetrics(),
 	}
 	m.observers.Store(&seriesCache{series: map[seriesKey]prometheus.Observer{}})
 
 	cs := []prometheus.Collector{m.stats, m.upstream, m.refresh, m.served, m.grpc}
+	cs = append(cs, m.sds.collectors()...)
 	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
 			for _, done := range cs[:i] {

@@ -1,0 +1,94 @@
+package sds
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+)
+
+// ParsedPrefix starts every parsed secret name.
+const ParsedPrefix = "oauth2:"
+
+// ParseName parses a name of the form "oauth2:CLIENT:SCOPE+SCOPE" (or
+// "oauth2:CLIENT" for the client's default scopes): the broker-held
+// client CLIENT and the scopes between the '+' signs. Everything after the
+// second ':' is scopes, so a scope may hold ':' (a Cognito resource server
+// URL) but not '+'. It reports false for any other form. Whether the
+// client exists and the scopes are valid is for the broker and the policy
+// to say.
+func ParseName(name string) (broker.Selector, bool) {
+	rest, ok := strings.CutPrefix(name, ParsedPrefix)
+	if !ok {
+		return broker.Selector{}, false
+	}
+	client, scopes, hasScopes := strings.Cut(rest, ":")
+	if client == "" {
+		return broker.Selector{}, false
+	}
+	sel := broker.Selector{Client: client}
+	if hasScopes {
+		if scopes == "" {
+			return broker.Selector{}, false
+		}
+		sel.Scopes = strings.Split(scopes, "+")
+		for _, sc := range sel.Scopes {
+			if sc == "" {
+				return broker.Selector{}, false
+			}
+		}
+	}
+	return sel, true
+}
+
+// CheckName returns an error unless name is a valid secret name: 1 to
+// MaxNameLength bytes of UTF-8 without control characters.
+func CheckName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("must not be empty")
+	case len(name) > MaxNameLength:
+		return errors.New("must be at most " + strconv.Itoa(MaxNameLength) + " bytes")
+	case !utf8.ValidString(name):
+		return errors.New("must be valid UTF-8")
+	}
+	for _, r := range name {
+		if r < 0x20 || r == 0x7f {
+			return errors.New("must not hold control characters")
+		}
+	}
+	return nil
+}
+
+// version is the xDS version of tok's secret: its issue time in Unix
+// nanoseconds, which is the same wherever the same token is served.
+func version(tok broker.Token) string {
+	return strconv.FormatInt(tok.IssuedAt.UnixNano(), 10)
+}
+
+// resource returns name's secret holding tok: a generic_secret whose
+// inline value is the header value.
+func (s *Server) resource(name string, tok broker.Token) (*anypb.Any, error) {
+	sec := &tlsv3.Secret{
+		Name: name,
+		Type: &tlsv3.Secret_GenericSecret{GenericSecret: &tlsv3.GenericSecret{
+			Secret: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{
+				InlineString: s.prefix + tok.AccessToken.Reveal() + s.suffix,
+			}},
+		}},
+	}
+	res, err := anypb.New(sec)
+	if err != nil {
+		// Marshalling a Secret does not fail; say nothing of its content.
+		return nil, status.Error(codes.Internal, "internal error")
+	}
+	return res, nil
+}
