@@ -6,6 +6,8 @@
 //	tokenbroker -config /etc/tokenbroker/config.yaml
 //	tokenbroker -dev      # embedded token endpoint, no configuration needed
 //	tokenbroker -dev-issuer 127.0.0.1:7080   # only a token endpoint, for replicas to share
+//	tokenbroker -check -config FILE          # validate the configuration and its files, then exit
+//	tokenbroker -check=online -config FILE   # and ask for one token per broker-held client
 //
 // It runs until SIGINT or SIGTERM, then shuts down gracefully.
 package main
@@ -40,6 +42,10 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	check, args, err := checkFlag(args)
+	if err != nil {
+		return err
+	}
 	cfg, src, err := config.ParseSources(args, getenv)
 	if err != nil {
 		return err
@@ -74,6 +80,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		clear(sealing)
 		clear(hmacKey)
 		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	switch check {
+	case checkOffline:
+		clear(sealing)
+		clear(hmacKey)
+		fmt.Fprintf(stdout, "configuration OK: %d providers, %d clients; their secret, key, certificate and assertion files are readable\n", len(cfg.Providers), len(cfg.Clients))
+		return nil
+	case checkOnline:
+		clear(sealing)
+		clear(hmacKey)
+		return app.CheckOnline(ctx, cfg, logger, stdout)
 	}
 	return app.Run(ctx, cfg, app.Keys{Sealing: sealing, HMAC: hmacKey}, logger, stdout)
 }
@@ -125,4 +142,40 @@ func newLogger(c config.Log, w io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	}
 	return slog.New(slog.NewJSONHandler(w, opts)), nil
+}
+
+// The modes of -check.
+const (
+	checkNone    = ""
+	checkOffline = "offline"
+	checkOnline  = "online"
+)
+
+// checkFlag takes -check (or -check=offline, -check=true) and
+// -check=online out of args: the configuration is then validated, its
+// files read, and, online, one token requested per broker-held client;
+// no port is bound. Arguments after "--" are left alone.
+func checkFlag(args []string) (mode string, rest []string, err error) {
+	for i, a := range args {
+		if a == "--" {
+			rest = append(rest, args[i:]...)
+			break
+		}
+		name, value, hasValue := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-"), "=")
+		if !strings.HasPrefix(a, "-") || name != "check" {
+			rest = append(rest, a)
+			continue
+		}
+		switch {
+		case !hasValue, value == "offline", value == "true":
+			mode = checkOffline
+		case value == "online":
+			mode = checkOnline
+		case value == "false":
+			mode = checkNone
+		default:
+			return "", nil, fmt.Errorf("invalid value %q for flag -check: must be offline (the default) or online", value)
+		}
+	}
+	return mode, rest, nil
 }

@@ -442,26 +442,9 @@ func newKeyring(text []byte) (*tokencache.Keyring, error) {
 func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Metrics) (*App, error) {
 	providers := make(map[string]broker.Fetcher, len(cfg.Providers))
 	for _, p := range cfg.Providers {
-		c, err := upstream.New(upstream.Provider{
-			Name:            p.Name,
-			TokenURL:        p.TokenURL,
-			AuthMethod:      passthroughMethod(p.AuthMethod),
-			Timeout:         time.Duration(p.Timeout),
-			RateLimit:       p.RateLimit,
-			Burst:           p.Burst,
-			DefaultLifetime: time.Duration(p.DefaultLifetime),
-
-			PassthroughShare:       p.PassthroughShare,
-			PassthroughCallerShare: p.PassthroughCallerShare,
-			PassthroughClientShare: p.PassthroughClientShare,
-		}, upstream.Options{
-			Logger:      logger,
-			MaxAttempts: p.MaxAttempts,
-			BaseBackoff: time.Duration(p.RetryBackoff),
-			MaxBackoff:  time.Duration(p.RetryBackoffMax),
-		})
+		c, err := newUpstream(p, logger)
 		if err != nil {
-			return nil, fmt.Errorf("provider %q: %w", p.Name, err)
+			return nil, err
 		}
 		providers[p.Name] = c
 	}
