@@ -538,6 +538,8 @@ func toProtoToken(t broker.Token) *tokenbrokerv1.Token {
 		ExpiresAt:   timestamp(t.ExpiresAt),
 		RefreshAt:   timestamp(t.RefreshAt),
 		KeyId:       t.KeyID,
+
+		CertThumbprint: t.CertThumbprint,
 	}
 	if len(t.Scopes) > 0 {
 		out.Scopes = append([]string(nil), t.Scopes...)

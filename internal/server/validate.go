@@ -1,6 +1,8 @@
 package server
 
 import (
+	"maps"
+
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
@@ -111,6 +113,9 @@ func toSelector(sel *tokenbrokerv1.TokenSelector) (broker.Selector, error) {
 	}
 	out.Audience = sel.GetAudience()
 	out.Resource = sel.GetResource()
+	if p := sel.GetParams(); len(p) > 0 {
+		out.Params = maps.Clone(p)
+	}
 	if fe := broker.CheckSelector(out); fe != nil {
 		return broker.Selector{}, fe
 	}

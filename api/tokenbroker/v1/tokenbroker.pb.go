@@ -108,7 +108,14 @@ type TokenSelector struct {
 	// Optional. Sent upstream as the `audience` parameter when set.
 	Audience string `protobuf:"bytes,4,opt,name=audience,proto3" json:"audience,omitempty"`
 	// Optional. Sent upstream as the `resource` parameter (RFC 8707) when set.
-	Resource      string `protobuf:"bytes,5,opt,name=resource,proto3" json:"resource,omitempty"`
+	Resource string `protobuf:"bytes,5,opt,name=resource,proto3" json:"resource,omitempty"`
+	// Optional. Further form parameters to send to the token endpoint, by
+	// name. Only parameters the broker-held client's allowed_parameters name
+	// are accepted (none with client_credentials). At most 16; names of
+	// 1-64 bytes of A-Z, a-z, 0-9, '_', '.' and '-' that the broker does not
+	// set itself; values of at most 1024 printable ASCII bytes. They are
+	// part of the cache key.
+	Params        map[string]string `protobuf:"bytes,6,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -187,6 +194,13 @@ func (x *TokenSelector) GetResource() string {
 		return x.Resource
 	}
 	return ""
+}
+
+func (x *TokenSelector) GetParams() map[string]string {
+	if x != nil {
+		return x.Params
+	}
+	return nil
 }
 
 type isTokenSelector_Credentials interface {
@@ -401,9 +415,15 @@ type Token struct {
 	RefreshAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=refresh_at,json=refreshAt,proto3" json:"refresh_at,omitempty"`
 	// Non-secret identifier of the cache entry the token came from, for
 	// operators and for invalidating one entry.
-	KeyId         string `protobuf:"bytes,7,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	KeyId string `protobuf:"bytes,7,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The base64url SHA-256 thumbprint of the client certificate the token is
+	// bound to (its cnf.x5t#S256 claim, RFC 8705 section 3), when the broker
+	// obtained it with mutual TLS client authentication: the token is usable
+	// only over TLS with that certificate. Empty for tokens that are not
+	// certificate-bound.
+	CertThumbprint string `protobuf:"bytes,8,opt,name=cert_thumbprint,json=certThumbprint,proto3" json:"cert_thumbprint,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Token) Reset() {
@@ -481,6 +501,13 @@ func (x *Token) GetRefreshAt() *timestamppb.Timestamp {
 func (x *Token) GetKeyId() string {
 	if x != nil {
 		return x.KeyId
+	}
+	return ""
+}
+
+func (x *Token) GetCertThumbprint() string {
+	if x != nil {
+		return x.CertThumbprint
 	}
 	return ""
 }
@@ -600,13 +627,17 @@ var File_tokenbroker_v1_tokenbroker_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"\n" +
-	" tokenbroker/v1/tokenbroker.proto\x12\x0etokenbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xdc\x01\n" +
+	" tokenbroker/v1/tokenbroker.proto\x12\x0etokenbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xda\x02\n" +
 	"\rTokenSelector\x12\x18\n" +
 	"\x06client\x18\x01 \x01(\tH\x00R\x06client\x12R\n" +
 	"\x12client_credentials\x18\x02 \x01(\v2!.tokenbroker.v1.ClientCredentialsH\x00R\x11clientCredentials\x12\x16\n" +
 	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x12\x1a\n" +
 	"\baudience\x18\x04 \x01(\tR\baudience\x12\x1a\n" +
-	"\bresource\x18\x05 \x01(\tR\bresourceB\r\n" +
+	"\bresource\x18\x05 \x01(\tR\bresource\x12A\n" +
+	"\x06params\x18\x06 \x03(\v2).tokenbroker.v1.TokenSelector.ParamsEntryR\x06params\x1a9\n" +
+	"\vParamsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\r\n" +
 	"\vcredentials\"q\n" +
 	"\x11ClientCredentials\x12\x1a\n" +
 	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x1b\n" +
@@ -616,7 +647,7 @@ const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"\bselector\x18\x01 \x01(\v2\x1d.tokenbroker.v1.TokenSelectorR\bselector\x122\n" +
 	"\amin_ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06minTtl\"?\n" +
 	"\x10GetTokenResponse\x12+\n" +
-	"\x05token\x18\x01 \x01(\v2\x15.tokenbroker.v1.TokenR\x05token\"\xa7\x02\n" +
+	"\x05token\x18\x01 \x01(\v2\x15.tokenbroker.v1.TokenR\x05token\"\xd0\x02\n" +
 	"\x05Token\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
 	"\n" +
@@ -627,7 +658,8 @@ const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x129\n" +
 	"\n" +
 	"refresh_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\trefreshAt\x12\x15\n" +
-	"\x06key_id\x18\a \x01(\tR\x05keyId\"N\n" +
+	"\x06key_id\x18\a \x01(\tR\x05keyId\x12'\n" +
+	"\x0fcert_thumbprint\x18\b \x01(\tR\x0ecertThumbprint\"N\n" +
 	"\x11WatchTokenRequest\x129\n" +
 	"\bselector\x18\x01 \x01(\v2\x1d.tokenbroker.v1.TokenSelectorR\bselector\"\xa1\x02\n" +
 	"\x12WatchTokenResponse\x12>\n" +
@@ -659,7 +691,7 @@ func file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP() []byte {
 }
 
 var file_tokenbroker_v1_tokenbroker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tokenbroker_v1_tokenbroker_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_tokenbroker_v1_tokenbroker_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_tokenbroker_v1_tokenbroker_proto_goTypes = []any{
 	(WatchTokenResponse_Event)(0), // 0: tokenbroker.v1.WatchTokenResponse.Event
 	(*TokenSelector)(nil),         // 1: tokenbroker.v1.TokenSelector
@@ -669,31 +701,33 @@ var file_tokenbroker_v1_tokenbroker_proto_goTypes = []any{
 	(*Token)(nil),                 // 5: tokenbroker.v1.Token
 	(*WatchTokenRequest)(nil),     // 6: tokenbroker.v1.WatchTokenRequest
 	(*WatchTokenResponse)(nil),    // 7: tokenbroker.v1.WatchTokenResponse
-	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
-	(*status.Status)(nil),         // 10: google.rpc.Status
+	nil,                           // 8: tokenbroker.v1.TokenSelector.ParamsEntry
+	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*status.Status)(nil),         // 11: google.rpc.Status
 }
 var file_tokenbroker_v1_tokenbroker_proto_depIdxs = []int32{
 	2,  // 0: tokenbroker.v1.TokenSelector.client_credentials:type_name -> tokenbroker.v1.ClientCredentials
-	1,  // 1: tokenbroker.v1.GetTokenRequest.selector:type_name -> tokenbroker.v1.TokenSelector
-	8,  // 2: tokenbroker.v1.GetTokenRequest.min_ttl:type_name -> google.protobuf.Duration
-	5,  // 3: tokenbroker.v1.GetTokenResponse.token:type_name -> tokenbroker.v1.Token
-	9,  // 4: tokenbroker.v1.Token.issued_at:type_name -> google.protobuf.Timestamp
-	9,  // 5: tokenbroker.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	9,  // 6: tokenbroker.v1.Token.refresh_at:type_name -> google.protobuf.Timestamp
-	1,  // 7: tokenbroker.v1.WatchTokenRequest.selector:type_name -> tokenbroker.v1.TokenSelector
-	0,  // 8: tokenbroker.v1.WatchTokenResponse.event:type_name -> tokenbroker.v1.WatchTokenResponse.Event
-	5,  // 9: tokenbroker.v1.WatchTokenResponse.token:type_name -> tokenbroker.v1.Token
-	10, // 10: tokenbroker.v1.WatchTokenResponse.error:type_name -> google.rpc.Status
-	3,  // 11: tokenbroker.v1.TokenBrokerService.GetToken:input_type -> tokenbroker.v1.GetTokenRequest
-	6,  // 12: tokenbroker.v1.TokenBrokerService.WatchToken:input_type -> tokenbroker.v1.WatchTokenRequest
-	4,  // 13: tokenbroker.v1.TokenBrokerService.GetToken:output_type -> tokenbroker.v1.GetTokenResponse
-	7,  // 14: tokenbroker.v1.TokenBrokerService.WatchToken:output_type -> tokenbroker.v1.WatchTokenResponse
-	13, // [13:15] is the sub-list for method output_type
-	11, // [11:13] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	8,  // 1: tokenbroker.v1.TokenSelector.params:type_name -> tokenbroker.v1.TokenSelector.ParamsEntry
+	1,  // 2: tokenbroker.v1.GetTokenRequest.selector:type_name -> tokenbroker.v1.TokenSelector
+	9,  // 3: tokenbroker.v1.GetTokenRequest.min_ttl:type_name -> google.protobuf.Duration
+	5,  // 4: tokenbroker.v1.GetTokenResponse.token:type_name -> tokenbroker.v1.Token
+	10, // 5: tokenbroker.v1.Token.issued_at:type_name -> google.protobuf.Timestamp
+	10, // 6: tokenbroker.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	10, // 7: tokenbroker.v1.Token.refresh_at:type_name -> google.protobuf.Timestamp
+	1,  // 8: tokenbroker.v1.WatchTokenRequest.selector:type_name -> tokenbroker.v1.TokenSelector
+	0,  // 9: tokenbroker.v1.WatchTokenResponse.event:type_name -> tokenbroker.v1.WatchTokenResponse.Event
+	5,  // 10: tokenbroker.v1.WatchTokenResponse.token:type_name -> tokenbroker.v1.Token
+	11, // 11: tokenbroker.v1.WatchTokenResponse.error:type_name -> google.rpc.Status
+	3,  // 12: tokenbroker.v1.TokenBrokerService.GetToken:input_type -> tokenbroker.v1.GetTokenRequest
+	6,  // 13: tokenbroker.v1.TokenBrokerService.WatchToken:input_type -> tokenbroker.v1.WatchTokenRequest
+	4,  // 14: tokenbroker.v1.TokenBrokerService.GetToken:output_type -> tokenbroker.v1.GetTokenResponse
+	7,  // 15: tokenbroker.v1.TokenBrokerService.WatchToken:output_type -> tokenbroker.v1.WatchTokenResponse
+	14, // [14:16] is the sub-list for method output_type
+	12, // [12:14] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_tokenbroker_proto_init() }
@@ -711,7 +745,7 @@ func file_tokenbroker_v1_tokenbroker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_tokenbroker_proto_rawDesc), len(file_tokenbroker_v1_tokenbroker_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
