@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,8 +21,11 @@ import (
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/go-jose/go-jose/v4"
+
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/config"
+	"github.com/tokenbroker/tokenbroker/internal/credential"
 	"github.com/tokenbroker/tokenbroker/internal/devissuer"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/testkit"
@@ -39,7 +43,13 @@ const (
 	leakBadHeldSecret = "LEAK-bad-held-s3cret-31e6b0"
 	leakAPIKey        = "LEAK-valid-api-key-a41b7c"
 	leakBadBearerKey  = "LEAK-invalid-bearer-key-d82e19"
+	leakJWTID         = "leak-jwt-client"
 )
+
+// leakMaterial holds the private key and assertions of the leak stack's
+// private_key_jwt and client_assertion_file clients (set by
+// startLeakStack): none may appear anywhere either.
+var leakMaterial []string
 
 // leakStack is the whole product, as startStackHandler builds it, but
 // logging at debug level into logs, plus a second token endpoint that
@@ -62,6 +72,14 @@ func startLeakStack(t *testing.T) *leakStack {
 	}
 	good := httptest.NewServer(issuer.Handler())
 	t.Cleanup(good.Close)
+	// A private_key_jwt client, and a client_assertion_file one sent to
+	// the endpoint that echoes what it got.
+	jwtKey := genKey(t)
+	issuer.AddClient(devissuer.Client{ID: leakJWTID, PublicKeys: []jose.JSONWebKey{{Key: jwtKey.Public()}}, Scopes: []string{"api/read"}})
+	dir := t.TempDir()
+	jwtPEM := keyPEM(t, jwtKey)
+	assertion := signedAssertion(t, jwtKey, "https://example.com/token")
+	leakMaterial = []string{string(jwtPEM[40:100]), assertion, assertion[:80]}
 
 	// The misbehaving endpoint echoes the client secret it was sent in its
 	// bodies, as a careless real one might.
@@ -69,6 +87,9 @@ func startLeakStack(t *testing.T) *leakStack {
 		_, sec, ok := r.BasicAuth()
 		if !ok {
 			sec = r.PostFormValue("client_secret")
+		}
+		if a := r.PostFormValue("client_assertion"); a != "" {
+			sec = a
 		}
 		switch r.URL.Path {
 		case "/500":
@@ -100,6 +121,21 @@ func startLeakStack(t *testing.T) *leakStack {
 		{Name: "held", Provider: "test", ClientID: leakHeldID, Secret: secret.String(leakHeldSecret)},
 		{Name: "held500", Provider: "bad500", ClientID: leakHeldID, Secret: secret.String(leakBadHeldSecret)},
 		{Name: "held400", Provider: "bad400", ClientID: leakHeldID, Secret: secret.String(leakBadHeldSecret)},
+		{Name: "heldjwt", Provider: "test", ClientID: leakJWTID, AuthMethod: config.AuthPrivateKeyJWT,
+			ClientKeyFile: writePrivate(t, dir, "jwt.pem", jwtPEM)},
+		{Name: "heldassert400", Provider: "bad400", ClientID: leakJWTID, AuthMethod: config.AuthPrivateKeyJWT,
+			ClientAssertionFile: writePrivate(t, dir, "assertion", []byte(assertion))},
+		{Name: "heldjwt500", Provider: "bad500", ClientID: leakJWTID, AuthMethod: config.AuthPrivateKeyJWT,
+			ClientKeyFile: filepath.Join(dir, "jwt.pem")},
+	}
+	for i := range cfg.Clients {
+		if cfg.Clients[i].AuthMethod == config.AuthPrivateKeyJWT {
+			cr, err := credential.New(cfg.CredentialSpec(i), nil, logger)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Clients[i].Credential = cr
+		}
 	}
 	cfg.Passthrough = true
 	// Retries of the 500s end soon.
@@ -150,6 +186,7 @@ func TestNoSecretOrTokenLeaks(t *testing.T) {
 	defer cancel()
 
 	forbidden := []string{leakHeldSecret, leakPassSecret, leakWrongSecret, leakBadSecret, leakBadHeldSecret, leakAPIKey, leakBadBearerKey}
+	forbidden = append(forbidden, leakMaterial...)
 	// texts maps a description of what a client saw to its text.
 	type seen struct{ what, text string }
 	var texts []seen
@@ -183,6 +220,11 @@ func TestNoSecretOrTokenLeaks(t *testing.T) {
 	if err != nil {
 		t.Fatalf("pass-through GetToken: %v", err)
 	}
+	jwtTok, err := s.client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Selector: leakHeldNamed("heldjwt", "api/read")})
+	if err != nil {
+		t.Fatalf("private_key_jwt GetToken: %v", err)
+	}
+	forbidden = append(forbidden, jwtTok.GetToken().GetAccessToken())
 	for _, tok := range []string{held.GetToken().GetAccessToken(), pass.GetToken().GetAccessToken()} {
 		if tok == "" {
 			t.Fatal("got an empty access token, want one")
@@ -212,6 +254,8 @@ func TestNoSecretOrTokenLeaks(t *testing.T) {
 		{"upstream 400, pass-through", leakPass("bad400", leakPassID, leakBadSecret, "api/read")},
 		{"upstream 500, broker-held", &tokenbrokerv1.GetTokenRequest{Selector: leakHeldNamed("held500", "api/read")}},
 		{"upstream 400, broker-held", &tokenbrokerv1.GetTokenRequest{Selector: leakHeldNamed("held400", "api/read")}},
+		{"upstream 400 echoing the assertion", &tokenbrokerv1.GetTokenRequest{Selector: leakHeldNamed("heldassert400", "api/read")}},
+		{"upstream 500, private_key_jwt", &tokenbrokerv1.GetTokenRequest{Selector: leakHeldNamed("heldjwt500", "api/read")}},
 	} {
 		_, err = s.client.GetToken(ctx, c.req)
 		addErr(c.what, err)
