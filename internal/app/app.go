@@ -479,6 +479,10 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Met
 			return nil, err
 		}
 		f = a.tier
+		if err := setFleetBudgets(cfg, a.tier, providers, m); err != nil {
+			a.close()
+			return nil, err
+		}
 	}
 	b, err := broker.New(broker.Config{
 		Providers:       providers,

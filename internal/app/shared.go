@@ -12,10 +12,12 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/metrics"
 	"github.com/tokenbroker/tokenbroker/internal/shared"
 	"github.com/tokenbroker/tokenbroker/internal/tokencache"
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
 // redisLogger sends go-redis's own messages (a failed dial on every
@@ -115,4 +117,30 @@ func redisTLS(c config.RedisTLS) (*tls.Config, error) {
 		t.Certificates = []tls.Certificate{cert}
 	}
 	return t, nil
+}
+
+// setFleetBudgets gives each provider with a fleet_rate_limit its
+// fleet-wide budget in tier, with its fleet_local_share as the fallback
+// while Redis is unreachable, telling m of each decision.
+func setFleetBudgets(cfg config.Config, tier *shared.Tier, providers map[string]broker.Fetcher, m *metrics.Metrics) error {
+	for _, p := range cfg.Providers {
+		if p.FleetRateLimit <= 0 {
+			continue
+		}
+		c, ok := providers[p.Name].(*upstream.Client)
+		if !ok {
+			continue
+		}
+		b, err := tier.Budget(p.Name, p.FleetRateLimit, p.FleetBurst, p.PassthroughShare)
+		if err != nil {
+			return fmt.Errorf("providers %q: %w", p.Name, err)
+		}
+		name := p.Name
+		c.SetFleet(&upstream.Fleet{
+			Budget: b, Rate: p.FleetRateLimit, Burst: p.FleetBurst, LocalShare: p.FleetLocalShare,
+			Observe: func(source string, granted bool) { m.BudgetDecision(name, source, granted) },
+		})
+		m.SetFleetBudget(name, p.FleetRateLimit, p.FleetLocalShare)
+	}
+	return nil
 }

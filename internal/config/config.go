@@ -258,6 +258,25 @@ type Provider struct {
 	// budget one presented client id may spend. Default 0.25; must be > 0
 	// and <= 1.
 	PassthroughClientShare float64 `yaml:"passthrough_client_share"`
+	// FleetRateLimit is the request budget of the whole fleet of replicas,
+	// in requests per second, kept in the shared Redis tier (Cognito: about
+	// 150 per account and region, shared by every application). 0: none,
+	// each replica only has its own rate_limit. Needs shared.redis; must
+	// be finite and >= 0.
+	FleetRateLimit float64 `yaml:"fleet_rate_limit"`
+	// FleetBurst is how many requests the fleet may send at once above
+	// FleetRateLimit. Default 10; must be >= 1.
+	FleetBurst int `yaml:"fleet_burst"`
+	// FleetLocalShare is the fraction of FleetRateLimit and FleetBurst one
+	// replica spends alone while Redis is unreachable, and the rate its
+	// refresh smoothing plans for: at most 1 / the number of replicas.
+	// Default 0.25; must be > 0 and <= 1.
+	FleetLocalShare float64 `yaml:"fleet_local_share"`
+	// PricePer1000Requests is what the provider bills per 1,000 token
+	// requests (Cognito M2M: see its price list), for the estimated cost
+	// saved that metrics and tokenbrokerctl stats show. 0: not shown;
+	// must be finite and >= 0.
+	PricePer1000Requests float64 `yaml:"price_per_1000_requests"`
 	// DefaultLifetime is the lifetime assumed for a token whose response
 	// has no expires_in. Default 1h; must be > 0.
 	DefaultLifetime Duration `yaml:"default_lifetime"`
@@ -587,6 +606,9 @@ func DefaultProvider() Provider {
 		PassthroughShare:       0.5,
 		PassthroughCallerShare: 0.25,
 		PassthroughClientShare: 0.25,
+
+		FleetBurst:      10,
+		FleetLocalShare: 0.25,
 
 		MaxAttempts:     4,
 		RetryBackoff:    Duration(100 * time.Millisecond),

@@ -103,6 +103,9 @@ func TestDefault(t *testing.T) {
 		PassthroughCallerShare: 0.25,
 		PassthroughClientShare: 0.25,
 
+		FleetBurst:      10,
+		FleetLocalShare: 0.25,
+
 		MaxAttempts:     4,
 		RetryBackoff:    Duration(100 * time.Millisecond),
 		RetryBackoffMax: Duration(5 * time.Second),

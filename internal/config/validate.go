@@ -108,10 +108,21 @@ func (c *Config) Validate() error {
 		if p.Burst < 1 {
 			v.add(key+".burst", "must be >= 1, got %d", p.Burst)
 		}
+		if !(p.FleetRateLimit >= 0 && !math.IsInf(p.FleetRateLimit, 1)) {
+			v.add(key+".fleet_rate_limit", "must be a finite number >= 0 (requests per second; 0: none), got %v", p.FleetRateLimit)
+		} else if p.FleetRateLimit > 0 && !c.Shared.Redis.Enabled() {
+			v.add(key+".fleet_rate_limit", "needs shared.redis (the fleet's budget is kept in Redis), got %v", p.FleetRateLimit)
+		}
+		if p.FleetBurst < 1 {
+			v.add(key+".fleet_burst", "must be >= 1, got %d", p.FleetBurst)
+		}
+		if !(p.PricePer1000Requests >= 0 && !math.IsInf(p.PricePer1000Requests, 1)) {
+			v.add(key+".price_per_1000_requests", "must be a finite number >= 0 (0: no cost estimate), got %v", p.PricePer1000Requests)
+		}
 		for _, f := range []struct {
 			name  string
 			value float64
-		}{{"passthrough_share", p.PassthroughShare}, {"passthrough_caller_share", p.PassthroughCallerShare}, {"passthrough_client_share", p.PassthroughClientShare}} {
+		}{{"passthrough_share", p.PassthroughShare}, {"passthrough_caller_share", p.PassthroughCallerShare}, {"passthrough_client_share", p.PassthroughClientShare}, {"fleet_local_share", p.FleetLocalShare}} {
 			if !(f.value > 0 && f.value <= 1) {
 				v.add(key+"."+f.name, "must be a fraction > 0 and <= 1, got %v", f.value)
 			}

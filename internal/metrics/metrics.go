@@ -137,6 +137,7 @@ type Metrics struct {
 	grpc     *grpcprom.ServerMetrics
 	stats    *statsCollector
 	sds      *sdsMetrics
+	budget   *budgetMetrics
 	opts     options
 
 	// observers caches the histogram series per label values, so that the
@@ -203,13 +204,15 @@ func New(reg prometheus.Registerer, stats func() broker.Stats, opts ...Option) (
 		grpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
 			grpcprom.WithHistogramBuckets(grpcBuckets),
 		)),
-		stats: newStatsCollector(stats),
-		sds:   newSDSMetrics(),
+		stats:  newStatsCollector(stats),
+		sds:    newSDSMetrics(),
+		budget: newBudgetMetrics(),
 	}
 	m.observers.Store(&seriesCache{series: map[seriesKey]prometheus.Observer{}})
 
 	cs := []prometheus.Collector{m.stats, m.upstream, m.refresh, m.served, m.grpc}
 	cs = append(cs, m.sds.collectors()...)
+	cs = append(cs, m.budget.collectors()...)
 	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
 			for _, done := range cs[:i] {

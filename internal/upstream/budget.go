@@ -3,6 +3,7 @@ package upstream
 import (
 	"container/list"
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -32,10 +33,63 @@ type budget struct {
 	passthrough *rate.Limiter
 	callers     *keyedLimiters
 	clients     *keyedLimiters
+
+	// fleet, when set, is the budget the whole fleet shares, and local
+	// this replica's share of it, used while the fleet's cannot be asked.
+	fleet *Fleet
+	local *rate.Limiter
 }
 
-// newBudget returns p's budget. p has been validated.
-func newBudget(p Provider) *budget {
+// FleetBudget is a provider's request budget shared by every replica of
+// the broker (internal/shared's Budget, kept in Redis).
+type FleetBudget interface {
+	// Take takes one request. A broker-held request (passthrough false)
+	// may be granted a turn up to maxWait ahead; a pass-through request
+	// only one available now, from the pass-through share as well. It
+	// returns the wait before sending when granted (ok), else the wait
+	// until a request could be granted; err when the fleet's budget could
+	// not be asked.
+	Take(ctx context.Context, passthrough bool, maxWait time.Duration) (wait time.Duration, ok bool, err error)
+}
+
+// Fleet is a provider's fleet-wide request budget, as a Client uses it.
+type Fleet struct {
+	// Budget is the fleet's budget.
+	Budget FleetBudget
+	// Rate and Burst are the fleet's budget (requests per second, and at
+	// once); LocalShare, in (0, 1], is the fraction of both this replica
+	// may spend alone while Budget cannot be asked (Redis unreachable).
+	Rate       float64
+	Burst      int
+	LocalShare float64
+	// Observe, when set, is told of each decision: source FleetSource or
+	// LocalSource, and whether the request was granted.
+	Observe func(source string, granted bool)
+}
+
+// Sources of a budget decision, as Fleet.Observe is told.
+const (
+	FleetSource = "fleet" // the fleet's budget in Redis
+	LocalSource = "local" // this replica's share, while Redis is unreachable
+)
+
+// maxFleetWait bounds how far ahead a broker-held request without a
+// deadline reserves its turn in the fleet's budget.
+const maxFleetWait = 30 * time.Second
+
+// newBudget returns p's budget, with f as its fleet budget when not nil.
+// p has been validated.
+func newBudget(p Provider, f *Fleet) *budget {
+	b := newProviderBudget(p)
+	if f != nil && f.Budget != nil {
+		b.fleet = f
+		r, burst := scaled(rate.Limit(f.Rate), f.Burst, f.LocalShare)
+		b.local = rate.NewLimiter(r, burst)
+	}
+	return b
+}
+
+func newProviderBudget(p Provider) *budget {
 	ptRate, ptBurst := scaled(rate.Limit(p.RateLimit), p.Burst, p.PassthroughShare)
 	callerRate, callerBurst := scaled(ptRate, ptBurst, p.PassthroughCallerShare)
 	clientRate, clientBurst := scaled(ptRate, ptBurst, p.PassthroughClientShare)
@@ -60,6 +114,8 @@ const (
 	descCallerLimit = "pass-through request limit of this caller reached"
 	descClientLimit = "pass-through request limit of this client id reached"
 	descTooManyKeys = "too many pass-through callers or client ids at once"
+	descFleet       = "fleet-wide request budget of the provider exhausted"
+	descFleetPT     = "pass-through share of the fleet-wide request budget exhausted (the rest is kept for broker-held refreshes)"
 )
 
 // minKeyRetryAfter is the least RetryAfter of a refusal for want of room
@@ -118,6 +174,17 @@ func (c *Client) takeBudget(ctx context.Context, r Request, last *Error) error {
 	}
 	taken = append(taken, res)
 	d := res.DelayFrom(now)
+	if c.budget.fleet != nil {
+		fd, local, err := c.takeFleet(ctx, r, now)
+		if local != nil {
+			taken = append(taken, local)
+		}
+		if err != nil {
+			cancel(now)
+			return c.budgetExhausted(last, fd, err.Error())
+		}
+		d = max(d, fd)
+	}
 	if d <= 0 {
 		return nil
 	}
@@ -133,6 +200,59 @@ func (c *Client) takeBudget(ctx context.Context, r Request, last *Error) error {
 		return c.ctxError(err)
 	}
 	return nil
+}
+
+// takeFleet takes one request from the fleet's budget, or from this
+// replica's local share of it when the fleet's cannot be asked. It
+// returns the wait before sending, the local reservation it made (to be
+// cancelled when another bucket refuses), and an error whose text is the
+// refusal's description when refused (the wait then being its
+// RetryAfter). A pass-through request never waits for either.
+func (c *Client) takeFleet(ctx context.Context, r Request, now time.Time) (time.Duration, *rate.Reservation, error) {
+	f := c.budget.fleet
+	maxWait := maxFleetWait
+	if deadline, ok := ctx.Deadline(); ok {
+		maxWait = min(maxWait, deadline.Sub(now))
+	}
+	desc := descFleet
+	if r.Passthrough {
+		desc = descFleetPT
+	}
+	observe := func(source string, ok bool) {
+		if f.Observe != nil {
+			f.Observe(source, ok)
+		}
+	}
+	wait, ok, err := f.Budget.Take(ctx, r.Passthrough, max(0, maxWait))
+	if err == nil {
+		observe(FleetSource, ok)
+		if !ok {
+			return max(wait, time.Millisecond), nil, errors.New(desc)
+		}
+		return wait, nil, nil
+	}
+	// Redis unreachable: this replica's share, so that the fleet stays
+	// within its budget as long as the shares add up to at most 1.
+	// Read the clock again: the fleet's answer may have taken a while,
+	// and a limiter given times out of order grants too much.
+	now = c.now()
+	if r.Passthrough {
+		res, d, ok := reserveNow(c.budget.local, now)
+		observe(LocalSource, ok)
+		if !ok {
+			return d, nil, errors.New(desc)
+		}
+		return 0, res, nil
+	}
+	res := c.budget.local.ReserveN(now, 1)
+	d := res.DelayFrom(now)
+	if !res.OK() || d > maxWait {
+		res.CancelAt(now)
+		observe(LocalSource, false)
+		return max(d, minKeyRetryAfter), nil, errors.New(desc)
+	}
+	observe(LocalSource, true)
+	return d, res, nil
 }
 
 // reserveNow takes one request from lim at now if it has one; else it
@@ -242,4 +362,12 @@ func (k *keyedLimiters) size() int {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return len(k.keys)
+}
+
+// SetFleet makes f the provider's fleet-wide budget, taken after the
+// replica's own. Call it before the Client is used (it is not safe
+// concurrently with Fetch); Options.Fleet does the same at New.
+func (c *Client) SetFleet(f *Fleet) {
+	nb := newBudget(c.p, f)
+	c.budget.fleet, c.budget.local = nb.fleet, nb.local
 }

@@ -47,6 +47,9 @@ type Options struct {
 	BaseBackoff time.Duration
 	// MaxBackoff is the largest backoff ceiling; at least BaseBackoff.
 	MaxBackoff time.Duration
+	// Fleet, when set, is the provider's fleet-wide request budget, taken
+	// after the replica's own (budget.go).
+	Fleet *Fleet
 }
 
 // Client fetches tokens from one provider's token endpoint. It is safe for
@@ -94,7 +97,7 @@ func New(p Provider, o Options) (*Client, error) {
 		maxAttempts: o.MaxAttempts,
 		baseBackoff: o.BaseBackoff,
 		maxBackoff:  o.MaxBackoff,
-		budget:      newBudget(p),
+		budget:      newBudget(p, o.Fleet),
 		now:         time.Now,
 		wait:        sleepCtx,
 		jitter:      rand.Int64N,
