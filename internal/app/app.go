@@ -66,6 +66,9 @@ type App struct {
 
 // close releases what New built, for an App that will not serve.
 func (a *App) close() {
+	if a.server != nil {
+		a.server.Close() // its pooled handler goroutines
+	}
 	a.cache.Close()
 	if a.verifier != nil {
 		a.verifier.Close()

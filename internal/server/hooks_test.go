@@ -541,6 +541,7 @@ func TestServeAdminWithoutSeparateAdmin(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New: got error %v, want nil", err)
 	}
+	t.Cleanup(srv.Close)
 	lis := bufconn.Listen(1 << 10)
 	if err := srv.ServeAdmin(context.Background(), lis); err == nil || !strings.Contains(err.Error(), "SeparateAdmin is not set") {
 		t.Fatalf("ServeAdmin: got %v, want an error about SeparateAdmin", err)
@@ -558,6 +559,7 @@ func TestServeAdminListenerFailure(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New: got error %v, want nil", err)
 	}
+	t.Cleanup(srv.Close)
 	done := make(chan error, 1)
 	go func() {
 		done <- srv.ServeAdmin(context.Background(), &failingListener{err: errors.New("accept exploded")})

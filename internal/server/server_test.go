@@ -315,6 +315,7 @@ func TestServeListenerFailure(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New: got error %v, want nil", err)
 	}
+	t.Cleanup(srv.Close)
 	l := &failingListener{err: errors.New("accept exploded")}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(context.Background(), l) }()

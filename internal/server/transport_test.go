@@ -47,6 +47,7 @@ func serveTCP(t *testing.T, cfg Config) string {
 	if err != nil {
 		t.Fatalf("New: got error %v, want nil", err)
 	}
+	t.Cleanup(srv.Close)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)

@@ -92,11 +92,7 @@ func (h *handler) WatchToken(in *tokenbrokerv1.WatchTokenRequest, stream grpc.Se
 
 	initial := sub.Initial()
 	setLogKeyID(ctx, initial.KeyID)
-	err = stream.Send(&tokenbrokerv1.WatchTokenResponse{
-		Event: tokenbrokerv1.WatchTokenResponse_EVENT_INITIAL,
-		Token: toProtoToken(initial),
-	})
-	if err != nil {
+	if err := h.sendToken(stream, tokenbrokerv1.WatchTokenResponse_EVENT_INITIAL, initial); err != nil {
 		return err
 	}
 
@@ -109,6 +105,12 @@ func (h *handler) WatchToken(in *tokenbrokerv1.WatchTokenRequest, stream grpc.Se
 			}
 			return status.FromContextError(wctx.Err()).Err()
 		case ev := <-events:
+			if event, ok := tokenEvents[ev.Kind]; ok {
+				if err := h.sendToken(stream, event, ev.Token); err != nil {
+					return err
+				}
+				continue
+			}
 			msg := toWatchResponse(ev, passthrough)
 			if msg == nil {
 				h.logger.WarnContext(ctx, "watch: dropped a broker event of unknown kind", "kind", int(ev.Kind))
@@ -119,6 +121,23 @@ func (h *handler) WatchToken(in *tokenbrokerv1.WatchTokenRequest, stream grpc.Se
 			}
 		}
 	}
+}
+
+// tokenEvents are the broker events that carry a token, with their API
+// event: the same message for every watcher of the key.
+var tokenEvents = map[broker.EventKind]tokenbrokerv1.WatchTokenResponse_Event{
+	broker.EventRefreshed:   tokenbrokerv1.WatchTokenResponse_EVENT_REFRESHED,
+	broker.EventInvalidated: tokenbrokerv1.WatchTokenResponse_EVENT_INVALIDATED,
+}
+
+// sendToken sends the message announcing tok with event on stream, from
+// the bytes encoded once for every watcher of the key (prepared.go).
+func (h *handler) sendToken(stream grpc.ServerStream, event tokenbrokerv1.WatchTokenResponse_Event, tok broker.Token) error {
+	msg, err := h.prepared.get(stream, event, tok)
+	if err != nil {
+		return err
+	}
+	return stream.SendMsg(msg)
 }
 
 // callerID returns the caller identity of a stream, UnknownCaller when the

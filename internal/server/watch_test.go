@@ -606,3 +606,53 @@ func TestWatchTokenConnectionClosed(t *testing.T) {
 	}
 	waitFor(t, sub.closed, "the subscription to be closed")
 }
+
+// TestWatchTokenEncodesOncePerEvent: the watchers of one key receive a
+// refresh, and the EVENT_INITIAL of a current token, from bytes encoded
+// once for all of them (a grpc.PreparedMsg), every stream the same
+// message; a new token is encoded anew, once.
+func TestWatchTokenEncodesOncePerEvent(t *testing.T) {
+	const watchers = 3
+	issued := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	tok := func(access string) broker.Token {
+		return broker.Token{AccessToken: secret.String(access), TokenType: "Bearer", Scopes: []string{"payments/read"},
+			IssuedAt: issued, ExpiresAt: issued.Add(time.Hour), RefreshAt: issued.Add(45 * time.Minute), KeyID: "k-shared"}
+	}
+	b := newSubBroker(tok("at-one"), watchers)
+	ts := startServer(t, Config{Broker: b})
+	before := preparedEncodes.Load()
+	streams := make([]watchStream, watchers)
+	subs := make([]*fakeSub, watchers)
+	for i := range streams {
+		var first *tokenbrokerv1.WatchTokenResponse
+		streams[i], first = openWatch(t, rpcContext(t), ts.client, watchReq())
+		subs[i] = b.next(t)
+		if got := first.GetToken().GetAccessToken(); got != "at-one" {
+			t.Fatalf("stream %d initial token: got %q, want at-one", i, got)
+		}
+	}
+	if got := preparedEncodes.Load() - before; got != 1 {
+		t.Errorf("EVENT_INITIAL of %d streams: got %d encodings, want 1", watchers, got)
+	}
+	for _, refresh := range []string{"at-two", "at-three"} {
+		before = preparedEncodes.Load()
+		ev := broker.Event{Kind: broker.EventRefreshed, Token: tok(refresh)}
+		ev.Token.IssuedAt = ev.Token.IssuedAt.Add(time.Minute)
+		for _, s := range subs {
+			s.send(t, ev) // one Event value for every watcher, as the broker sends it
+		}
+		for i, st := range streams {
+			msg, err := st.Recv()
+			if err != nil {
+				t.Fatalf("stream %d Recv: %v", i, err)
+			}
+			if msg.GetEvent() != tokenbrokerv1.WatchTokenResponse_EVENT_REFRESHED || msg.GetToken().GetAccessToken() != refresh ||
+				!msg.GetToken().GetIssuedAt().AsTime().Equal(ev.Token.IssuedAt) || msg.GetToken().GetKeyId() != "k-shared" {
+				t.Errorf("stream %d: got %v, want EVENT_REFRESHED with %s", i, msg, refresh)
+			}
+		}
+		if got := preparedEncodes.Load() - before; got != 1 {
+			t.Errorf("refresh to %s for %d streams: got %d encodings, want 1", refresh, watchers, got)
+		}
+	}
+}
