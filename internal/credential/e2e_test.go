@@ -469,3 +469,56 @@ func mustJSON(t *testing.T, v any) []byte {
 	}
 	return b
 }
+
+// TestRejectedRotatedSecretIsLogged: a rotated secret the endpoint
+// refuses is logged with the client's name and file, never the secret;
+// the form carries the request's parameters.
+func TestRejectedRotatedSecretIsLogged(t *testing.T) {
+	is, err := devissuer.New(devissuer.Config{Clients: []devissuer.Client{{ID: clientID, Secret: "good-secret-123"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gotForm atomic.Value
+	h := is.Handler()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := r.ParseForm(); err == nil {
+			gotForm.Store(r.PostForm.Encode())
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	dir := t.TempDir()
+	path := writeFile(t, dir, "secret", []byte("good-secret-123\n"))
+	spec := credential.Spec{Name: "orders", Method: upstream.AuthPost, SecretFile: path}
+	cr, err := credential.New(spec, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs testkit.LogBuffer
+	logger := slog.New(slog.NewJSONHandler(&logs, nil))
+	c := client(t, srv, logger, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Fetch(ctx, upstream.Request{ClientID: clientID, Credential: cr, Params: [][2]string{{"tenant", "t1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if f, _ := gotForm.Load().(string); !strings.Contains(f, "tenant=t1") {
+		t.Fatalf("form %q lacks the parameter", f)
+	}
+	writeFile(t, dir, "secret", []byte("wrong-secret-456\n"))
+	credential.NewWatcherForTest(spec, cr).Check()
+	_, err = c.Fetch(ctx, upstream.Request{ClientID: clientID, Credential: cr})
+	if !errors.Is(err, upstream.ErrInvalidClient) {
+		t.Fatalf("Fetch = %v, want invalid_client", err)
+	}
+	l := logs.String()
+	if !strings.Contains(l, "rotated credential") || !strings.Contains(l, `"client":"orders"`) || !strings.Contains(l, path) {
+		t.Fatalf("the rejection is not logged with the client and file: %s", l)
+	}
+	if strings.Contains(l+err.Error(), "wrong-secret-456") || strings.Contains(l, "good-secret-123") {
+		t.Fatal("a secret is in the log or the error")
+	}
+	if _, err := c.Fetch(ctx, upstream.Request{ClientID: clientID, Credential: cr, Params: [][2]string{{"client_secret", "x"}}}); err == nil || !strings.Contains(err.Error(), "Params[0]") {
+		t.Fatalf("a reserved parameter: Fetch = %v, want a Params[0] error", err)
+	}
+}
