@@ -27,7 +27,10 @@ func TestValidateClientAuth(t *testing.T) {
 		{"assertion lifetime too long", func(c *Config) { jwt(c).AssertionLifetime = Duration(6 * time.Minute) }, "clients[0].assertion_lifetime: must be > 0 and at most 5m"},
 		{"assertion lifetime with a secret", func(c *Config) { c.Clients[0].AssertionLifetime = Duration(time.Minute) }, "clients[0].assertion_lifetime: applies only to auth_method private_key_jwt with client_key_file"},
 		{"algorithm", func(c *Config) { jwt(c).ClientKeyAlgorithm = "HS256" }, `clients[0].client_key_algorithm: must be RS256, PS256 or ES256, got "HS256"`},
-		{"kid on an assertion file", func(c *Config) { cl := jwt(c); cl.ClientKeyFile, cl.ClientAssertionFile, cl.ClientKeyID = "", "/a", "k" }, "clients[0].client_key_id: applies to assertions the broker signs"},
+		{"kid on an assertion file", func(c *Config) {
+			cl := jwt(c)
+			cl.ClientKeyFile, cl.ClientAssertionFile, cl.ClientKeyID = "", "/a", "k"
+		}, "clients[0].client_key_id: applies to assertions the broker signs"},
 		{"tls without key", func(c *Config) {
 			cl := &c.Clients[0]
 			cl.ClientSecretFile, cl.AuthMethod, cl.ClientCertFile = "", AuthTLSClient, "/c.pem"
