@@ -495,6 +495,7 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Met
 		Cache:           cache,
 		RefreshFraction: cfg.Cache.RefreshFraction,
 		RefreshJitter:   cfg.Cache.RefreshJitter,
+		RefreshRates:    refreshRates(cfg),
 		MinRemaining:    time.Duration(cfg.Cache.MinRemaining),
 		NegativeTTL:     time.Duration(cfg.Cache.NegativeTTL),
 		FetchTimeout:    time.Duration(cfg.Cache.FetchTimeout),

@@ -144,3 +144,16 @@ func setFleetBudgets(cfg config.Config, tier *shared.Tier, providers map[string]
 	}
 	return nil
 }
+
+// refreshRates are the refreshes per second each replica plans for, by
+// provider with a fleet budget: its local share of the budget, so that
+// the fleet's refreshes together keep to the budget (broker.Config).
+func refreshRates(cfg config.Config) map[string]float64 {
+	r := make(map[string]float64)
+	for _, p := range cfg.Providers {
+		if p.FleetRateLimit > 0 && cfg.Shared.Redis.Enabled() {
+			r[p.Name] = p.FleetRateLimit * p.FleetLocalShare
+		}
+	}
+	return r
+}

@@ -157,6 +157,11 @@ type Config struct {
 	// together are not refreshed together. RefreshFraction − RefreshJitter
 	// must stay above 0.
 	RefreshJitter float64
+	// RefreshRates are the refreshes per second this replica plans for,
+	// by provider (its share of the fleet's budget): refresh points of
+	// tokens due together are spread to keep to it (schedule.go's
+	// refreshPlanner). A provider without one (or 0) is not smoothed.
+	RefreshRates map[string]float64
 	// MinRemaining is the least life a served token may have (0: none).
 	MinRemaining time.Duration
 	// NegativeTTL is how long a non-retryable upstream rejection is
@@ -234,11 +239,12 @@ type Broker struct {
 	// mu guards entries, schedule, running, providers and every entry's
 	// fields but its atomics. Nothing waits while holding it.
 	mu        sync.RWMutex
-	entries   map[string]*entry         // the registry (entry.go)
-	schedule  schedule                  // the refresh scheduler's heap (schedule.go)
-	running   bool                      // Run is running
-	providers map[string]*providerState // by provider name; fixed at New (holdoff.go)
-	wake      chan struct{}             // a new earliest due time; capacity 1
+	entries   map[string]*entry          // the registry (entry.go)
+	schedule  schedule                   // the refresh scheduler's heap (schedule.go)
+	running   bool                       // Run is running
+	providers map[string]*providerState  // by provider name; fixed at New (holdoff.go)
+	planners  map[string]*refreshPlanner // by provider name, nil when not smoothed; fixed at New
+	wake      chan struct{}              // a new earliest due time; capacity 1
 
 	// life ends when Shutdown or Close is called: it cancels every fetch
 	// in flight, which inflight counts.
@@ -277,7 +283,14 @@ func New(cfg Config) (*Broker, error) {
 		byUpstream[name] = new(upstreamCounters)
 		providers[name] = new(providerState)
 	}
+	planners := make(map[string]*refreshPlanner)
+	for name, rate := range cfg.RefreshRates {
+		if p := newRefreshPlanner(rate); p != nil {
+			planners[name] = p
+		}
+	}
 	b := &Broker{
+		planners:   planners,
 		byUpstream: byUpstream,
 		providers:  providers,
 		cfg:        cfg,

@@ -131,7 +131,7 @@ func (b *Broker) fetchUpstream(ctx context.Context, t target) (*tokencache.Recor
 	if err != nil {
 		return nil, err
 	}
-	rec := b.record(tok)
+	rec := b.record(t.provider, tok)
 	if time.Until(rec.ExpiresAt) < b.cfg.MinRemaining {
 		// Useless: it could never be served. Remember that rather than
 		// asking again on every call.
@@ -149,17 +149,20 @@ func (b *Broker) fresh(rec *tokencache.Record) bool {
 }
 
 // record turns a fetched token into a cache record with a jittered
-// refresh point in [fraction − jitter, fraction] of its lifetime.
-func (b *Broker) record(tok upstream.Token) *tokencache.Record {
+// refresh point in [fraction − jitter, fraction] of its lifetime, moved
+// by the provider's refresh planner when it smooths refreshes
+// (refreshPoint).
+func (b *Broker) record(provider string, tok upstream.Token) *tokencache.Record {
 	lifetime := tok.ExpiresAt.Sub(tok.IssuedAt)
 	frac := b.cfg.RefreshFraction - b.cfg.RefreshJitter*mathrand.Float64()
+	nominal := tok.IssuedAt.Add(time.Duration(frac * float64(lifetime)))
 	return &tokencache.Record{
 		AccessToken: tok.AccessToken,
 		TokenType:   tok.TokenType,
 		Scopes:      tok.Scopes,
 		IssuedAt:    tok.IssuedAt,
 		ExpiresAt:   tok.ExpiresAt,
-		RefreshAt:   tok.IssuedAt.Add(time.Duration(frac * float64(lifetime))),
+		RefreshAt:   b.refreshPoint(provider, tok.IssuedAt, nominal, tok.ExpiresAt),
 	}
 }
 

@@ -4,8 +4,11 @@ import (
 	"container/heap"
 	"context"
 	"errors"
-	"github.com/tokenbroker/tokenbroker/internal/backoff"
+	"math"
+	"sync"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/backoff"
 
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
@@ -188,4 +191,110 @@ func minTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// refreshPlanner spreads the refresh points of one provider's tokens so
+// that this replica plans at most rate refreshes per second: time is cut
+// into slots (a second, or 1/rate when rate < 1) of cap refreshes each,
+// and a token's refresh point goes to the nearest slot with room at or
+// before its nominal point (earlier is allowed), else the nearest after
+// it within its window, never past its latest point. With every replica
+// planning for its share of the fleet's budget (fleet_local_share), keys
+// created together (a deploy, a cold start, a Redis flush) are refreshed
+// at the budget's pace instead of in a burst.
+type refreshPlanner struct {
+	width time.Duration
+	cap   int
+
+	mu    sync.Mutex
+	slots map[int64]int // refreshes planned per slot number
+	floor int64         // slots below it have been pruned
+}
+
+// newRefreshPlanner returns a planner for rate refreshes per second, nil
+// when rate is not positive (no smoothing).
+func newRefreshPlanner(rate float64) *refreshPlanner {
+	if !(rate > 0) {
+		return nil
+	}
+	width := time.Second
+	if rate < 1 {
+		width = time.Duration(math.Ceil(float64(time.Second) / rate))
+	}
+	return &refreshPlanner{width: width, cap: max(1, int(rate*width.Seconds())), slots: make(map[int64]int)}
+}
+
+// plan returns the refresh point for a token whose nominal refresh point
+// is nominal, allowed anywhere in [earliest, latest], and books it.
+func (p *refreshPlanner) plan(now, earliest, nominal, latest time.Time) time.Time {
+	if p == nil || !earliest.Before(latest) {
+		return nominal
+	}
+	slot := func(t time.Time) int64 { return t.UnixNano() / int64(p.width) }
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cur := slot(now); cur > p.floor {
+		if len(p.slots) > 4096 {
+			for s := range p.slots {
+				if s < cur {
+					delete(p.slots, s)
+				}
+			}
+		}
+		p.floor = cur
+	}
+	lo, n, hi := max(slot(earliest), p.floor), slot(nominal), slot(latest)
+	book := func(s int64) (time.Time, bool) {
+		c := p.slots[s]
+		if c >= p.cap {
+			return time.Time{}, false
+		}
+		p.slots[s] = c + 1
+		if s == n && c == 0 {
+			return nominal, true
+		}
+		// Spread within the slot, clamped to the window.
+		at := time.Unix(0, s*int64(p.width)+int64(c)*int64(p.width)/int64(p.cap))
+		if at.Before(earliest) {
+			at = earliest
+		}
+		if at.After(latest) {
+			at = latest
+		}
+		return at, true
+	}
+	for s := n; s >= lo; s-- {
+		if at, ok := book(s); ok {
+			return at
+		}
+	}
+	for s := n + 1; s <= hi; s++ {
+		if at, ok := book(s); ok {
+			return at
+		}
+	}
+	// Every slot of the window is full: the budget cannot be kept for this
+	// token without letting it fall below min_remaining, which comes first.
+	p.slots[n]++
+	return nominal
+}
+
+// refreshPoint is where a token issued at issued, expiring at expires,
+// with nominal refresh point nominal, is refreshed: nominal without a
+// planner, else planned within [issued + half the nominal lead, nominal +
+// half of what is left until min_remaining], keeping the other half for
+// retries.
+func (b *Broker) refreshPoint(provider string, issued, nominal, expires time.Time) time.Time {
+	p := b.planners[provider]
+	if p == nil {
+		return nominal
+	}
+	now := time.Now()
+	unservable := expires.Add(-b.cfg.MinRemaining)
+	earliest := issued.Add(nominal.Sub(issued) / 2)
+	if earliest.Before(now) {
+		earliest = now
+	}
+	latest := nominal.Add(unservable.Sub(nominal) / 2)
+	return p.plan(now, earliest, nominal, latest)
 }
