@@ -186,6 +186,13 @@ func (cmp *comparison) report(b *testing.B, unit, base string) {
 	b.ReportMetric(med(cmp.broker, perSec), "broker-"+unit+"/s")
 	b.ReportMetric(med(cmp.base, perSec), base+"-"+unit+"/s")
 	b.ReportMetric(med(ratios, perSec), "ratio")
+	// The spread of the per-round ratios: the lowest and the highest.
+	lo, hi := ratios[0].perSec, ratios[0].perSec
+	for _, r := range ratios {
+		lo, hi = min(lo, r.perSec), max(hi, r.perSec)
+	}
+	b.ReportMetric(lo, "ratio-min")
+	b.ReportMetric(hi, "ratio-max")
 	b.ReportMetric(med(cmp.broker, p50), "broker-p50-µs")
 	b.ReportMetric(med(cmp.broker, p99), "broker-p99-µs")
 	b.ReportMetric(med(cmp.base, p50), base+"-p50-µs")
