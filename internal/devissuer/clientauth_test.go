@@ -28,9 +28,9 @@ func TestPrivateKeyJWT(t *testing.T) {
 	now := time.Now()
 	type claims struct {
 		iss, sub, aud, jti string
-		iat, exp          time.Time
-		kid               string
-		signWith          *ecdsa.PrivateKey
+		iat, exp           time.Time
+		kid                string
+		signWith           *ecdsa.PrivateKey
 	}
 	good := func() claims {
 		return claims{iss: id, sub: id, aud: aud, jti: rand.Text(), iat: now, exp: now.Add(time.Minute), kid: "k1", signWith: key}
