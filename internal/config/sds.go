@@ -5,7 +5,7 @@ import (
 	"strings"
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
-	"github.com/tokenbroker/tokenbroker/internal/sds"
+	"github.com/tokenbroker/tokenbroker/internal/sds/sdsname"
 )
 
 // SDS configures the Secret Discovery Service that serves tokens to Envoy
@@ -63,7 +63,7 @@ func (s SDSSecret) Selector() broker.Selector {
 
 // defaultSDS is the sds section's default.
 func defaultSDS() SDS {
-	return SDS{SocketMode: "0600", HeaderFormat: sds.DefaultHeaderFormat}
+	return SDS{SocketMode: "0600", HeaderFormat: sdsname.DefaultHeaderFormat}
 }
 
 // validateSDS checks the sds section and sds_secrets. clients holds the
@@ -92,7 +92,7 @@ func (c *Config) validateSDS(v *validator, clients map[string]bool) {
 			v.add("sds.socket_group", "must be a group name or a numeric gid, got %q", g)
 		}
 	}
-	if _, _, err := sds.SplitHeaderFormat(s.HeaderFormat); err != nil {
+	if _, _, err := sdsname.SplitHeaderFormat(s.HeaderFormat); err != nil {
 		v.add("sds.header_format", "%v", err)
 	}
 
@@ -100,11 +100,11 @@ func (c *Config) validateSDS(v *validator, clients map[string]bool) {
 	for i, sec := range c.SDSSecrets {
 		key := fmt.Sprintf("sds_secrets[%d]", i)
 		first, dup := names[sec.Name]
-		switch err := sds.CheckName(sec.Name); {
+		switch err := sdsname.CheckName(sec.Name); {
 		case err != nil:
 			v.add(key+".name", "%v", err)
-		case strings.HasPrefix(sec.Name, sds.ParsedPrefix):
-			v.add(key+".name", "must not start with %q, the prefix of parsed names, got %q", sds.ParsedPrefix, sec.Name)
+		case strings.HasPrefix(sec.Name, sdsname.ParsedPrefix):
+			v.add(key+".name", "must not start with %q, the prefix of parsed names, got %q", sdsname.ParsedPrefix, sec.Name)
 		case dup:
 			v.add(key+".name", "%q is already the name of sds_secrets[%d]", sec.Name, first)
 		default:

@@ -1,10 +1,8 @@
 package sds
 
 import (
-	"errors"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -13,10 +11,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/sds/sdsname"
 )
-
-// ParsedPrefix starts every parsed secret name.
-const ParsedPrefix = "oauth2:"
 
 // ParseName parses a name of the form "oauth2:CLIENT:SCOPE+SCOPE" (or
 // "oauth2:CLIENT" for the client's default scopes): the broker-held
@@ -26,7 +22,7 @@ const ParsedPrefix = "oauth2:"
 // client exists and the scopes are valid is for the broker and the policy
 // to say.
 func ParseName(name string) (broker.Selector, bool) {
-	rest, ok := strings.CutPrefix(name, ParsedPrefix)
+	rest, ok := strings.CutPrefix(name, sdsname.ParsedPrefix)
 	if !ok {
 		return broker.Selector{}, false
 	}
@@ -47,25 +43,6 @@ func ParseName(name string) (broker.Selector, bool) {
 		}
 	}
 	return sel, true
-}
-
-// CheckName returns an error unless name is a valid secret name: 1 to
-// MaxNameLength bytes of UTF-8 without control characters.
-func CheckName(name string) error {
-	switch {
-	case name == "":
-		return errors.New("must not be empty")
-	case len(name) > MaxNameLength:
-		return errors.New("must be at most " + strconv.Itoa(MaxNameLength) + " bytes")
-	case !utf8.ValidString(name):
-		return errors.New("must be valid UTF-8")
-	}
-	for _, r := range name {
-		if r < 0x20 || r == 0x7f {
-			return errors.New("must not hold control characters")
-		}
-	}
-	return nil
 }
 
 // version is the xDS version of tok's secret: its issue time in Unix

@@ -32,18 +32,6 @@ func TestParseName(t *testing.T) {
 	}
 }
 
-// TestSplitHeaderFormat: one "%s", no other '%', no control characters.
-func TestSplitHeaderFormat(t *testing.T) {
-	if p, s, err := SplitHeaderFormat("Bearer %s"); err != nil || p != "Bearer " || s != "" {
-		t.Errorf(`SplitHeaderFormat("Bearer %%s") = %q, %q, %v`, p, s, err)
-	}
-	for _, bad := range []string{"Bearer", "%s %s", "Bearer %d %s", "100% %s", "Bearer\n%s"} {
-		if _, _, err := SplitHeaderFormat(bad); err == nil {
-			t.Errorf("SplitHeaderFormat(%q) = nil error, want one", bad)
-		}
-	}
-}
-
 // TestQuotesToken: a NACK message quoting the token, or a 16-byte part of
 // it, is recognised.
 func TestQuotesToken(t *testing.T) {

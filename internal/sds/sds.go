@@ -65,22 +65,17 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/internal/access"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/sds/sdsname"
 	"github.com/tokenbroker/tokenbroker/internal/server"
 )
 
 // TypeURL is the type of every resource the server sends: Envoy's Secret.
 const TypeURL = resourcev3.SecretType
 
-// DefaultHeaderFormat is the header value format when Config.HeaderFormat
-// is empty.
-const DefaultHeaderFormat = "Bearer %s"
-
 // Limits of a request.
 const (
 	// MaxNames is the most resource names one request may carry.
 	MaxNames = 64
-	// MaxNameLength is the longest resource name accepted, in bytes.
-	MaxNameLength = 1024
 )
 
 // MsgRefused is the message of the one status, codes.PermissionDenied,
@@ -123,7 +118,7 @@ type Config struct {
 	AllowParsedNames bool
 	// HeaderFormat is the secret's value with "%s" standing for the
 	// token: exactly one "%s" and no other '%'. Empty means
-	// DefaultHeaderFormat.
+	// sdsname.DefaultHeaderFormat.
 	HeaderFormat string
 	// Authorize decides whether the caller of ctx may have the token of
 	// sel; an error for which errors.Is(err, access.ErrPermissionDenied)
@@ -162,14 +157,14 @@ func New(cfg Config) (*Server, error) {
 	}
 	format := cfg.HeaderFormat
 	if format == "" {
-		format = DefaultHeaderFormat
+		format = sdsname.DefaultHeaderFormat
 	}
-	prefix, suffix, err := SplitHeaderFormat(format)
+	prefix, suffix, err := sdsname.SplitHeaderFormat(format)
 	if err != nil {
 		return nil, fmt.Errorf("sds: HeaderFormat: %w", err)
 	}
 	for name, sel := range cfg.Secrets {
-		if err := CheckName(name); err != nil {
+		if err := sdsname.CheckName(name); err != nil {
 			return nil, fmt.Errorf("sds: Secrets[%q]: %w", name, err)
 		}
 		if sel.Client == "" || sel.Credentials != nil {
@@ -195,21 +190,6 @@ func New(cfg Config) (*Server, error) {
 		stopping:  stopping,
 		stop:      stop,
 	}, nil
-}
-
-// SplitHeaderFormat returns what format puts before and after the token.
-// format must hold exactly one "%s" and no other '%'.
-func SplitHeaderFormat(format string) (prefix, suffix string, err error) {
-	prefix, suffix, ok := strings.Cut(format, "%s")
-	if !ok || strings.Contains(prefix, "%") || strings.Contains(suffix, "%") {
-		return "", "", errors.New(`must hold exactly one "%s" (where the token goes) and no other '%'`)
-	}
-	for _, r := range format {
-		if r < 0x20 || r == 0x7f {
-			return "", "", errors.New("must not hold control characters (it is an HTTP header value)")
-		}
-	}
-	return prefix, suffix, nil
 }
 
 // Register registers the service on r (a *grpc.Server, before it serves).
@@ -259,7 +239,7 @@ func checkNames(names []string) error {
 // or the refusal: a name that is unknown or malformed is refused exactly
 // like one the policy does not grant. field locates the name.
 func (s *Server) selector(ctx context.Context, field, name string) (broker.Selector, error) {
-	if CheckName(name) != nil {
+	if sdsname.CheckName(name) != nil {
 		return broker.Selector{}, refused(field)
 	}
 	sel, ok := s.secrets[name]
