@@ -120,8 +120,12 @@ type FleetStats struct {
 type ProviderStats struct {
 	// OK counts fetches that obtained a token.
 	OK int64
-	// Throttled counts throttled fetches (endpoint or local budget).
+	// Throttled counts fetches the endpoint throttled (429,
+	// TooManyRequestsException).
 	Throttled int64
+	// BudgetRefused counts fetches the request budget refused (never
+	// sent).
+	BudgetRefused int64
 	// Unavailable counts fetches failed on 5xx, network or bad answers.
 	Unavailable int64
 	// Rejected counts fetches the endpoint rejected.
@@ -148,7 +152,7 @@ type counters struct {
 
 // upstreamCounters count one provider's fetches by outcome.
 type upstreamCounters struct {
-	ok, throttled, unavailable, rejected, other atomic.Int64
+	ok, throttled, budgetRefused, unavailable, rejected, other atomic.Int64
 }
 
 // countUpstream counts the outcome of one upstream fetch.
@@ -162,6 +166,8 @@ func (b *Broker) countUpstream(provider string, err error) {
 		c.ok.Add(1)
 	case upstream.OutcomeThrottled:
 		c.throttled.Add(1)
+	case upstream.OutcomeBudgetRefused:
+		c.budgetRefused.Add(1)
 	case upstream.OutcomeUnavailable:
 		c.unavailable.Add(1)
 	case upstream.OutcomeInvalidClient, upstream.OutcomeInvalidScope, upstream.OutcomeUnauthorizedClient, upstream.OutcomeRejected:
@@ -380,7 +386,7 @@ func (b *Broker) Stats() Stats {
 	}
 	b.mu.RUnlock()
 	for name, c := range b.byUpstream {
-		s.Providers[name] = ProviderStats{OK: c.ok.Load(), Throttled: c.throttled.Load(),
+		s.Providers[name] = ProviderStats{OK: c.ok.Load(), Throttled: c.throttled.Load(), BudgetRefused: c.budgetRefused.Load(),
 			Unavailable: c.unavailable.Load(), Rejected: c.rejected.Load(), Other: c.other.Load()}
 	}
 	if b.cfg.Fleet != nil {

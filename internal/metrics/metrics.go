@@ -45,8 +45,8 @@ const (
 	OutcomeInvalidScope = "invalid_scope"
 	// OutcomeUnauthorizedClient: the client may not use the grant.
 	OutcomeUnauthorizedClient = "unauthorized_client"
-	// OutcomeThrottled: the endpoint or the local request budget throttled
-	// the fetch.
+	// OutcomeThrottled: the endpoint throttled the fetch (429, or 400
+	// TooManyRequestsException): the provider's own quota answer.
 	OutcomeThrottled = "throttled"
 	// OutcomeUnavailable: 5xx, network failure or a malformed answer.
 	OutcomeUnavailable = "unavailable"
@@ -54,6 +54,9 @@ const (
 	OutcomeRejected = "rejected"
 	// OutcomeError: anything else (a context error, an internal failure).
 	OutcomeError = "error"
+	// OutcomeBudgetRefused: our own request budget (the replica's or the
+	// fleet's) refused the fetch; nothing was sent.
+	OutcomeBudgetRefused = "budget_refused"
 )
 
 // The states of the Redis tier, as the `state` label shows them.

@@ -499,7 +499,7 @@ func TestOutcome(t *testing.T) {
 var allowedLabels = map[string][]string{
 	"provider": {"cognito", "okta", OtherProvider},
 	"outcome": {OutcomeOK, OutcomeInvalidClient, OutcomeInvalidScope, OutcomeUnauthorizedClient,
-		OutcomeThrottled, OutcomeUnavailable, OutcomeRejected, OutcomeError},
+		OutcomeThrottled, OutcomeUnavailable, OutcomeRejected, OutcomeError, OutcomeBudgetRefused},
 	"state":  sharedStates[:],
 	"reason": sharedReasons[:],
 }

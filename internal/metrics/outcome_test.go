@@ -23,6 +23,7 @@ func TestOutcomeIsUpstreamOutcome(t *testing.T) {
 		upstream.OutcomeUnavailable:        OutcomeUnavailable,
 		upstream.OutcomeRejected:           OutcomeRejected,
 		upstream.OutcomeError:              OutcomeError,
+		upstream.OutcomeBudgetRefused:      OutcomeBudgetRefused,
 	}
 	if len(consts) != len(upstream.Outcomes) {
 		t.Fatalf("got %d label constants, want one per upstream.Outcome (%d)", len(consts), len(upstream.Outcomes))
@@ -38,6 +39,7 @@ func TestOutcomeIsUpstreamOutcome(t *testing.T) {
 		fmt.Errorf("broker: %w", &upstream.Error{Kind: upstream.ErrInvalidScope}),
 		upstream.ErrUnauthorizedClient,
 		&upstream.Error{Kind: upstream.ErrThrottled, Local: true},
+		&upstream.Error{Kind: upstream.ErrThrottled, Status: 429},
 		&upstream.Error{Kind: upstream.ErrUnavailable},
 		&upstream.Error{Kind: upstream.ErrRejected},
 		context.Canceled,

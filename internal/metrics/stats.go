@@ -33,6 +33,7 @@ var providerOutcomes = [...]struct {
 	{OutcomeUnavailable, func(p broker.ProviderStats) int64 { return p.Unavailable }},
 	{OutcomeRejected, func(p broker.ProviderStats) int64 { return p.Rejected }},
 	{OutcomeError, func(p broker.ProviderStats) int64 { return p.Other }},
+	{OutcomeBudgetRefused, func(p broker.ProviderStats) int64 { return p.BudgetRefused }},
 }
 
 func newStatsCollector(stats func() broker.Stats) *statsCollector {
@@ -62,7 +63,7 @@ func newStatsCollector(stats func() broker.Stats) *statsCollector {
 		maxCost: desc("cache_capacity_bytes",
 			"The token cache's capacity in bytes."),
 		upstream: desc("upstream_requests_total",
-			"Upstream token fetches by provider and outcome (rejected includes invalid_client, invalid_scope and unauthorized_client).",
+			"Upstream token fetches by provider and outcome (rejected includes invalid_client, invalid_scope and unauthorized_client; throttled counts the provider's own throttling answers, budget_refused the fetches our request budget refused, which were never sent).",
 			"provider", "outcome"),
 		sharedState: desc("shared_state",
 			"State of the Redis tier: 1 for the current state, 0 for the others.",

@@ -257,12 +257,13 @@ func toProtoStats(s broker.Stats) *tokenbrokerv1.GetStatsResponse {
 	}
 	for name, p := range s.Providers {
 		out.Providers = append(out.Providers, &tokenbrokerv1.ProviderStats{
-			Provider:    name,
-			Ok:          p.OK,
-			Throttled:   p.Throttled,
-			Unavailable: p.Unavailable,
-			Rejected:    p.Rejected,
-			Other:       p.Other,
+			Provider:      name,
+			Ok:            p.OK,
+			Throttled:     p.Throttled,
+			BudgetRefused: p.BudgetRefused,
+			Unavailable:   p.Unavailable,
+			Rejected:      p.Rejected,
+			Other:         p.Other,
 		})
 	}
 	slices.SortFunc(out.Providers, func(a, b *tokenbrokerv1.ProviderStats) int {

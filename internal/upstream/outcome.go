@@ -17,8 +17,8 @@ const (
 	OutcomeInvalidScope
 	// OutcomeUnauthorizedClient: the client may not use the grant.
 	OutcomeUnauthorizedClient
-	// OutcomeThrottled: the endpoint or the local request budget throttled
-	// the fetch.
+	// OutcomeThrottled: the endpoint throttled the fetch (429, or 400
+	// TooManyRequestsException): the provider's own quota answer.
 	OutcomeThrottled
 	// OutcomeUnavailable: 5xx, network failure or a malformed answer.
 	OutcomeUnavailable
@@ -26,12 +26,16 @@ const (
 	OutcomeRejected
 	// OutcomeError: anything else (a context error, an internal failure).
 	OutcomeError
+	// OutcomeBudgetRefused: our own request budget (the replica's or the
+	// fleet's) refused the fetch; nothing was sent to the endpoint.
+	OutcomeBudgetRefused
 )
 
 // Outcomes lists every Outcome, in order.
 var Outcomes = []Outcome{
 	OutcomeOK, OutcomeInvalidClient, OutcomeInvalidScope, OutcomeUnauthorizedClient,
 	OutcomeThrottled, OutcomeUnavailable, OutcomeRejected, OutcomeError,
+	OutcomeBudgetRefused,
 }
 
 // outcomeNames are the Strings of the outcomes, by Outcome.
@@ -44,11 +48,12 @@ var outcomeNames = [...]string{
 	OutcomeUnavailable:        "unavailable",
 	OutcomeRejected:           "rejected",
 	OutcomeError:              "error",
+	OutcomeBudgetRefused:      "budget_refused",
 }
 
 // String returns the outcome's name, one of a fixed set of label values:
 // ok, invalid_client, invalid_scope, unauthorized_client, throttled,
-// unavailable, rejected, error. A value outside the set is "error".
+// unavailable, rejected, error, budget_refused. A value outside the set is "error".
 func (o Outcome) String() string {
 	if o < 0 || int(o) >= len(outcomeNames) {
 		return outcomeNames[OutcomeError]
@@ -69,7 +74,10 @@ func (o Outcome) Rejected() bool {
 
 // OutcomeOf classifies the error of a fetch (nil for success) by the Err*
 // kind it matches (errors.Is). Context errors and errors of no kind are
-// OutcomeError. The error's text is never looked at.
+// OutcomeError. A Local ErrThrottled error (the request budget refused,
+// nothing was sent) is OutcomeBudgetRefused, so that OutcomeThrottled
+// counts only the provider's own throttling answers. The error's text is
+// never looked at.
 func OutcomeOf(err error) Outcome {
 	switch {
 	case err == nil:
@@ -81,6 +89,9 @@ func OutcomeOf(err error) Outcome {
 	case errors.Is(err, ErrUnauthorizedClient):
 		return OutcomeUnauthorizedClient
 	case errors.Is(err, ErrThrottled):
+		if e := (*Error)(nil); errors.As(err, &e) && e.Local {
+			return OutcomeBudgetRefused
+		}
 		return OutcomeThrottled
 	case errors.Is(err, ErrUnavailable):
 		return OutcomeUnavailable

@@ -19,7 +19,11 @@ func TestOutcomeOf(t *testing.T) {
 		{&Error{Kind: ErrInvalidClient}, OutcomeInvalidClient, "invalid_client"},
 		{fmt.Errorf("wrapped: %w", &Error{Kind: ErrInvalidScope}), OutcomeInvalidScope, "invalid_scope"},
 		{ErrUnauthorizedClient, OutcomeUnauthorizedClient, "unauthorized_client"},
-		{&Error{Kind: ErrThrottled, Local: true}, OutcomeThrottled, "throttled"},
+		{&Error{Kind: ErrThrottled}, OutcomeThrottled, "throttled"},
+		{fmt.Errorf("wrapped: %w", &Error{Kind: ErrThrottled, Status: 429}), OutcomeThrottled, "throttled"},
+		// Refused by our own budget: nothing was sent, not the provider's throttling.
+		{&Error{Kind: ErrThrottled, Local: true}, OutcomeBudgetRefused, "budget_refused"},
+		{fmt.Errorf("wrapped: %w", &Error{Kind: ErrThrottled, Local: true}), OutcomeBudgetRefused, "budget_refused"},
 		{&Error{Kind: ErrUnavailable}, OutcomeUnavailable, "unavailable"},
 		{&Error{Kind: ErrRejected}, OutcomeRejected, "rejected"},
 		{context.DeadlineExceeded, OutcomeError, "error"},
@@ -37,8 +41,8 @@ func TestOutcomeOf(t *testing.T) {
 		}
 		seen[o.String()] = true
 	}
-	if len(seen) != 8 || Outcome(-1).String() != "error" || Outcome(99).String() != "error" {
-		t.Errorf("got %d names (out of range: %q, %q), want 8 and \"error\"", len(seen), Outcome(-1), Outcome(99))
+	if len(seen) != 9 || Outcome(-1).String() != "error" || Outcome(99).String() != "error" {
+		t.Errorf("got %d names (out of range: %q, %q), want 9 and \"error\"", len(seen), Outcome(-1), Outcome(99))
 	}
 	for _, o := range Outcomes {
 		want := o == OutcomeInvalidClient || o == OutcomeInvalidScope || o == OutcomeUnauthorizedClient || o == OutcomeRejected

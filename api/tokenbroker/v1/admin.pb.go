@@ -868,14 +868,18 @@ type ProviderStats struct {
 	Provider string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
 	// Fetches that obtained a token.
 	Ok int64 `protobuf:"varint,2,opt,name=ok,proto3" json:"ok,omitempty"`
-	// Fetches throttled by the endpoint or the local request budget.
+	// Fetches the endpoint throttled (HTTP 429, or 400
+	// TooManyRequestsException): the provider's own quota answers.
 	Throttled int64 `protobuf:"varint,3,opt,name=throttled,proto3" json:"throttled,omitempty"`
 	// Fetches that failed on 5xx, the network or a malformed answer.
 	Unavailable int64 `protobuf:"varint,4,opt,name=unavailable,proto3" json:"unavailable,omitempty"`
 	// Fetches the endpoint rejected (invalid_client, invalid_scope, ...).
 	Rejected int64 `protobuf:"varint,5,opt,name=rejected,proto3" json:"rejected,omitempty"`
 	// Fetches that failed otherwise (deadline, token too short, ...).
-	Other         int64 `protobuf:"varint,6,opt,name=other,proto3" json:"other,omitempty"`
+	Other int64 `protobuf:"varint,6,opt,name=other,proto3" json:"other,omitempty"`
+	// Fetches the request budget (the replica's or the fleet's) refused:
+	// never sent to the endpoint.
+	BudgetRefused int64 `protobuf:"varint,7,opt,name=budget_refused,json=budgetRefused,proto3" json:"budget_refused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -952,6 +956,13 @@ func (x *ProviderStats) GetOther() int64 {
 	return 0
 }
 
+func (x *ProviderStats) GetBudgetRefused() int64 {
+	if x != nil {
+		return x.BudgetRefused
+	}
+	return 0
+}
+
 var File_tokenbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_admin_proto_rawDesc = "" +
@@ -1024,14 +1035,15 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\fSTATE_CLOSED\x10\x01\x12\x13\n" +
 	"\x0fSTATE_HALF_OPEN\x10\x02\x12\x0e\n" +
 	"\n" +
-	"STATE_OPEN\x10\x03\"\xad\x01\n" +
+	"STATE_OPEN\x10\x03\"\xd4\x01\n" +
 	"\rProviderStats\x12\x1a\n" +
 	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\x03R\x02ok\x12\x1c\n" +
 	"\tthrottled\x18\x03 \x01(\x03R\tthrottled\x12 \n" +
 	"\vunavailable\x18\x04 \x01(\x03R\vunavailable\x12\x1a\n" +
 	"\brejected\x18\x05 \x01(\x03R\brejected\x12\x14\n" +
-	"\x05other\x18\x06 \x01(\x03R\x05other2\x99\x02\n" +
+	"\x05other\x18\x06 \x01(\x03R\x05other\x12%\n" +
+	"\x0ebudget_refused\x18\a \x01(\x03R\rbudgetRefused2\x99\x02\n" +
 	"\fAdminService\x12e\n" +
 	"\x10InvalidateTokens\x12'.tokenbroker.v1.InvalidateTokensRequest\x1a(.tokenbroker.v1.InvalidateTokensResponse\x12S\n" +
 	"\n" +
