@@ -106,6 +106,9 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, p := range cfg.Providers {
+		m.SetPrice(p.Name, p.PricePer1000Requests) // the cost accounting's price
+	}
 	a, err := newBroker(cfg, keys, logger, m)
 	if err != nil {
 		return nil, err
@@ -113,7 +116,7 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 	b = a.broker
 	srv, err := server.New(server.Config{
 		Broker:                watchAdapter{b},
-		Admin:                 b,
+		Admin:                 adminBroker{b, m},
 		SeparateAdmin:         cfg.Admin.Listen != "",
 		Logger:                logger,
 		TLS:                   tlsConfig,

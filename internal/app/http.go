@@ -51,13 +51,29 @@ type observer struct{ m *metrics.Metrics }
 // UpstreamDone implements broker.Observer.
 func (o observer) UpstreamDone(f broker.Fetch, err error, d time.Duration) {
 	o.m.UpstreamDone(f, metrics.Outcome(err), d)
+	o.m.UpstreamRequest(f, err)
 }
 
 // Refreshed implements broker.Observer.
 func (o observer) Refreshed(provider string, lead time.Duration) { o.m.Refreshed(provider, lead) }
 
 // Served implements broker.Observer.
-func (o observer) Served(remaining time.Duration) { o.m.Served(remaining) }
+func (o observer) Served(f broker.Fetch, remaining time.Duration) { o.m.Served(f, remaining) }
+
+// adminBroker is the AdminService's broker, with the cost accounting of
+// the metrics (server.SavingsSource).
+type adminBroker struct {
+	*broker.Broker
+	m *metrics.Metrics
+}
+
+// Savings implements server.SavingsSource.
+func (a adminBroker) Savings(ctx context.Context) ([]metrics.ClientSavings, bool) {
+	return a.m.Savings(ctx)
+}
+
+// Price implements server.SavingsSource.
+func (a adminBroker) Price(provider string) (float64, bool) { return a.m.Price(provider) }
 
 // newHTTPServer builds the HTTP listener's server: the drop-in token
 // endpoint over b, /metrics from reg, /healthz, and /readyz following

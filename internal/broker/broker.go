@@ -90,8 +90,11 @@ type Observer interface {
 	// Refreshed reports a token replaced while the old one still had
 	// lead of its life left.
 	Refreshed(provider string, lead time.Duration)
-	// Served reports a token handed to a caller with remaining life left.
-	Served(remaining time.Duration)
+	// Served reports a token handed to a caller of f's provider and
+	// client (f.KeyID and f.ClientID unset) with remaining life left. It
+	// is called on the hit path: it must not block, and f is passed by
+	// value so that the call allocates nothing.
+	Served(f Fetch, remaining time.Duration)
 }
 
 // Fetch names an upstream fetch to an Observer: none of it is secret.
@@ -100,6 +103,9 @@ type Fetch struct {
 	Provider string
 	// ClientID is the OAuth client id the fetch authenticated as.
 	ClientID string
+	// Client is the broker-held client's name, or for pass-through the
+	// client id: whom the cost accounting charges.
+	Client string
 	// KeyID is the non-secret id of the key the token is filed under.
 	KeyID string
 }
@@ -109,7 +115,7 @@ type noObserver struct{}
 
 func (noObserver) UpstreamDone(Fetch, error, time.Duration) {}
 func (noObserver) Refreshed(string, time.Duration)          {}
-func (noObserver) Served(time.Duration)                     {}
+func (noObserver) Served(Fetch, time.Duration)              {}
 
 // Client is a broker-held client: credentials callers name but never see.
 type Client struct {

@@ -125,7 +125,7 @@ func (b *Broker) fetchAndInstall(ctx context.Context, t target, forCallers bool)
 func (b *Broker) fetchUpstream(ctx context.Context, t target) (*tokencache.Record, error) {
 	start := time.Now()
 	tok, err := t.fetcher.Fetch(ctx, t.req)
-	b.cfg.Observer.UpstreamDone(Fetch{Provider: t.provider, ClientID: t.req.ClientID, KeyID: t.keyID}, err, time.Since(start))
+	b.cfg.Observer.UpstreamDone(Fetch{Provider: t.provider, ClientID: t.req.ClientID, KeyID: t.keyID, Client: t.client}, err, time.Since(start))
 	b.countUpstream(t.provider, err)
 	b.upstreamOutcome(t, err, requestsOf(tok, err))
 	if err != nil {

@@ -153,11 +153,12 @@ type target struct {
 	req      upstream.Request
 	key      string // the cache key (raw HMAC bytes)
 	keyID    string
+	client   string // the held client's name, or the pass-through client id
 }
 
 // resolve finds the fetcher and credentials a selector names.
 func (b *Broker) resolve(sel Selector) (target, error) {
-	var provider string
+	var provider, client string
 	var req upstream.Request
 	switch {
 	case sel.Credentials != nil && sel.Client != "":
@@ -168,6 +169,7 @@ func (b *Broker) resolve(sel Selector) (target, error) {
 		}
 		provider = sel.Credentials.Provider
 		req.ClientID, req.ClientSecret = sel.Credentials.ClientID, sel.Credentials.ClientSecret
+		client = req.ClientID
 		req.Passthrough = true // limited to the provider's pass-through share
 		if len(sel.Params) > 0 {
 			return target{}, &FieldError{Field: FieldParams, Rule: "callers may pass parameters only for broker-held clients that allow them", Kind: ErrInvalidArgument}
@@ -178,7 +180,7 @@ func (b *Broker) resolve(sel Selector) (target, error) {
 		if !ok {
 			return target{}, fmt.Errorf("client %q: %w", sel.Client, ErrUnknownClient)
 		}
-		provider = c.Provider
+		provider, client = c.Provider, sel.Client
 		req.ClientID, req.ClientSecret, req.Credential = c.ClientID, c.ClientSecret, c.Credential
 		params, fe := withCallerParams(c, sel.Params)
 		if fe != nil {
@@ -195,7 +197,7 @@ func (b *Broker) resolve(sel Selector) (target, error) {
 	req.Scopes = normalizeScopes(sel.Scopes)
 	req.Audience, req.Resource = sel.Audience, sel.Resource
 	key := b.keyer.derive(provider, req)
-	return target{fetcher: f, provider: provider, req: req, key: key, keyID: keyID(key)}, nil
+	return target{fetcher: f, provider: provider, req: req, key: key, keyID: keyID(key), client: client}, nil
 }
 
 // withCallerParams returns c's parameters with the caller's added (a

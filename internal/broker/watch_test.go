@@ -497,7 +497,7 @@ func (r *recorder) Refreshed(_ string, lead time.Duration) {
 	r.leads = append(r.leads, lead)
 }
 
-func (r *recorder) Served(remaining time.Duration) {
+func (r *recorder) Served(_ Fetch, remaining time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.served = append(r.served, remaining)

@@ -141,6 +141,7 @@ type Metrics struct {
 	stats    *statsCollector
 	sds      *sdsMetrics
 	budget   *budgetMetrics
+	savings  *savings
 	opts     options
 
 	// observers caches the histogram series per label values, so that the
@@ -207,15 +208,17 @@ func New(reg prometheus.Registerer, stats func() broker.Stats, opts ...Option) (
 		grpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
 			grpcprom.WithHistogramBuckets(grpcBuckets),
 		)),
-		stats:  newStatsCollector(stats),
-		sds:    newSDSMetrics(),
-		budget: newBudgetMetrics(),
+		stats:   newStatsCollector(stats),
+		sds:     newSDSMetrics(),
+		budget:  newBudgetMetrics(),
+		savings: newSavings(),
 	}
 	m.observers.Store(&seriesCache{series: map[seriesKey]prometheus.Observer{}})
 
 	cs := []prometheus.Collector{m.stats, m.upstream, m.refresh, m.served, m.grpc}
 	cs = append(cs, m.sds.collectors()...)
 	cs = append(cs, m.budget.collectors()...)
+	cs = append(cs, savingsCollector{m})
 	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
 			for _, done := range cs[:i] {
@@ -266,13 +269,16 @@ func (m *Metrics) Refreshed(provider string, leadBeforeExpiry time.Duration) {
 	m.observer(seriesKey{vec: m.refresh, provider: provider}).Observe(max(leadBeforeExpiry, 0).Seconds())
 }
 
-// Served records the remaining life of a token served to a caller. A
-// negative duration is recorded as zero.
-func (m *Metrics) Served(remaining time.Duration) {
+// Served records the remaining life of a token served to a caller of
+// f's provider and client (f.Client, else f.ClientID), and counts the
+// call in that client's cost accounting. A negative duration is recorded
+// as zero.
+func (m *Metrics) Served(f broker.Fetch, remaining time.Duration) {
 	if m == nil {
 		return
 	}
 	m.served.Observe(max(remaining, 0).Seconds())
+	m.savings.counts(f.Provider, clientOf(f)).served.Add(1)
 }
 
 // SetSharedState sets the state of the Redis tier: SharedDisabled,

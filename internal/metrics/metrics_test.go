@@ -156,7 +156,7 @@ func bucket(t *testing.T, h *dto.Histogram, le float64) uint64 {
 func exercise(m *Metrics) {
 	m.UpstreamDone(broker.Fetch{Provider: "cognito"}, OutcomeOK, 120*time.Millisecond)
 	m.Refreshed("cognito", 15*time.Minute)
-	m.Served(45 * time.Minute)
+	m.Served(broker.Fetch{Provider: "cognito", Client: "orders"}, 45*time.Minute)
 	m.SetSharedState(SharedClosed)
 }
 
@@ -189,6 +189,9 @@ var ownMetrics = map[string]dto.MetricType{
 	"tokenbroker_upstream_request_duration_seconds": dto.MetricType_HISTOGRAM,
 	"tokenbroker_refresh_lead_seconds":              dto.MetricType_HISTOGRAM,
 	"tokenbroker_served_token_remaining_seconds":    dto.MetricType_HISTOGRAM,
+	"tokenbroker_savings_calls_served_total":        dto.MetricType_COUNTER,
+	"tokenbroker_savings_upstream_requests_total":   dto.MetricType_COUNTER,
+	"tokenbroker_savings_requests_saved":            dto.MetricType_GAUGE,
 	"grpc_server_started_total":                     dto.MetricType_COUNTER,
 	"grpc_server_handled_total":                     dto.MetricType_COUNTER,
 	"grpc_server_msg_received_total":                dto.MetricType_COUNTER,
@@ -356,9 +359,9 @@ func TestRefreshedAndServed(t *testing.T) {
 	m.Refreshed("cognito", 15*time.Minute)
 	m.Refreshed("cognito", -time.Second) // refreshed after expiry
 	m.Refreshed("okta", 90*time.Second)
-	m.Served(45 * time.Minute)
-	m.Served(20 * time.Second)
-	m.Served(-time.Second)
+	m.Served(broker.Fetch{Provider: "cognito", Client: "orders"}, 45*time.Minute)
+	m.Served(broker.Fetch{Provider: "cognito", Client: "orders"}, 20*time.Second)
+	m.Served(broker.Fetch{Provider: "cognito", Client: "orders"}, -time.Second)
 
 	mfs := gather(t, reg)
 	cognito := histogram(t, mfs, "tokenbroker_refresh_lead_seconds", "provider", "cognito")
@@ -502,6 +505,8 @@ var allowedLabels = map[string][]string{
 		OutcomeThrottled, OutcomeUnavailable, OutcomeRejected, OutcomeError, OutcomeBudgetRefused},
 	"state":  sharedStates[:],
 	"reason": sharedReasons[:],
+	"client": {"orders", OtherProvider},
+	"scope":  {"replica"},
 }
 
 func TestLabelCardinality(t *testing.T) {
@@ -631,7 +636,7 @@ func TestNoSecretInExposition(t *testing.T) {
 	m.UpstreamDone(broker.Fetch{Provider: "cognito"}, secretText, time.Second) // a misused hook
 	m.SetSharedState(secretText)
 	m.SharedFailed(secretText)
-	m.Served(time.Minute)
+	m.Served(broker.Fetch{Provider: "cognito", Client: "orders"}, time.Minute)
 	m.Refreshed("okta", time.Minute)
 
 	srv := httptest.NewServer(Handler(reg))
@@ -747,7 +752,7 @@ func TestNilMetricsHooks(t *testing.T) {
 	var m *Metrics
 	m.UpstreamDone(broker.Fetch{Provider: "cognito"}, OutcomeOK, time.Second)
 	m.Refreshed("cognito", time.Second)
-	m.Served(time.Second)
+	m.Served(broker.Fetch{Provider: "cognito", Client: "orders"}, time.Second)
 	m.SetSharedState(SharedOpen)
 	m.SharedFailed("auth_failed")
 	if got := m.GRPC(); got != nil {
@@ -761,7 +766,7 @@ func TestHooksDoNotAllocate(t *testing.T) {
 	hooks := map[string]func(){
 		"UpstreamDone":   func() { m.UpstreamDone(broker.Fetch{Provider: "cognito"}, OutcomeOK, 120*time.Millisecond) },
 		"Refreshed":      func() { m.Refreshed("cognito", 15*time.Minute) },
-		"Served":         func() { m.Served(45 * time.Minute) },
+		"Served":         func() { m.Served(broker.Fetch{Provider: "cognito", Client: "orders"}, 45*time.Minute) },
 		"SetSharedState": func() { m.SetSharedState(SharedOpen) },
 		"SharedFailed":   func() { m.SharedFailed("auth_failed") },
 	}
@@ -808,7 +813,7 @@ func TestConcurrentHooksAndScrapes(t *testing.T) {
 			for i := range calls {
 				m.UpstreamDone(broker.Fetch{Provider: p}, allowedLabels["outcome"][i%len(allowedLabels["outcome"])], time.Millisecond)
 				m.Refreshed(p, time.Minute)
-				m.Served(time.Hour)
+				m.Served(broker.Fetch{Provider: "cognito", Client: "orders"}, time.Hour)
 				m.SetSharedState(sharedStates[i%len(sharedStates)])
 			}
 		})

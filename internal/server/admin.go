@@ -4,12 +4,14 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 	"math"
 	"slices"
 	"strconv"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/metrics"
 )
 
 // AdminBroker is what the AdminService needs from the domain.
@@ -28,6 +30,16 @@ type AdminBroker interface {
 	List(pageSize int, pageToken string) ([]broker.EntryInfo, string, error)
 	// Stats returns the broker's statistics.
 	Stats() broker.Stats
+}
+
+// SavingsSource reports the cost accounting GetStats includes. When the
+// AdminBroker also implements it (the app's adapter over the broker and
+// *metrics.Metrics), GetStats reports its figures.
+type SavingsSource interface {
+	// Savings returns the figures, and whether they are the fleet's.
+	Savings(ctx context.Context) ([]metrics.ClientSavings, bool)
+	// Price returns provider's price per 1,000 requests, if it has one.
+	Price(provider string) (float64, bool)
 }
 
 // AdminService request limits, part of the API contract.
@@ -104,8 +116,21 @@ func (h *adminHandler) ListTokens(_ context.Context, in *tokenbrokerv1.ListToken
 }
 
 // GetStats returns the broker's statistics, providers sorted by name.
-func (h *adminHandler) GetStats(context.Context, *tokenbrokerv1.GetStatsRequest) (*tokenbrokerv1.GetStatsResponse, error) {
-	return toProtoStats(h.admin.Stats()), nil
+func (h *adminHandler) GetStats(ctx context.Context, _ *tokenbrokerv1.GetStatsRequest) (*tokenbrokerv1.GetStatsResponse, error) {
+	out := toProtoStats(h.admin.Stats())
+	if src, ok := h.admin.(SavingsSource); ok {
+		figures, fleet := src.Savings(ctx)
+		out.SavingsFleetWide = fleet
+		for _, f := range figures {
+			cs := &tokenbrokerv1.ClientSavings{Provider: f.Provider, Client: f.Client,
+				CallsServed: f.Served, UpstreamRequests: f.Upstream, RequestsSaved: f.Saved()}
+			if price, ok := src.Price(f.Provider); ok {
+				cs.CostSaved = wrapperspb.Double(float64(f.Saved()) * price / 1000)
+			}
+			out.Savings = append(out.Savings, cs)
+		}
+	}
+	return out, nil
 }
 
 // toInvalidateSelector checks an InvalidateTokensRequest and converts it.

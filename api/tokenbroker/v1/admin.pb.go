@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
+	wrapperspb "google.golang.org/protobuf/types/known/wrapperspb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -76,7 +77,7 @@ func (x SharedTierStats_State) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SharedTierStats_State.Descriptor instead.
 func (SharedTierStats_State) EnumDescriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{8, 0}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{9, 0}
 }
 
 // InvalidateTokensRequest selects the entries to invalidate.
@@ -632,9 +633,15 @@ type GetStatsResponse struct {
 	// Upstream requests per provider.
 	Providers []*ProviderStats `protobuf:"bytes,11,rep,name=providers,proto3" json:"providers,omitempty"`
 	// The Redis tier shared by replicas; absent when none is configured.
-	SharedTier    *SharedTierStats `protobuf:"bytes,12,opt,name=shared_tier,json=sharedTier,proto3" json:"shared_tier,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	SharedTier *SharedTierStats `protobuf:"bytes,12,opt,name=shared_tier,json=sharedTier,proto3" json:"shared_tier,omitempty"`
+	// The cost accounting, per provider and client, sorted by provider and
+	// client: what the broker saved.
+	Savings []*ClientSavings `protobuf:"bytes,13,rep,name=savings,proto3" json:"savings,omitempty"`
+	// Whether savings are the fleet's figures (every replica's, kept in
+	// Redis) rather than this replica's.
+	SavingsFleetWide bool `protobuf:"varint,14,opt,name=savings_fleet_wide,json=savingsFleetWide,proto3" json:"savings_fleet_wide,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *GetStatsResponse) Reset() {
@@ -751,6 +758,113 @@ func (x *GetStatsResponse) GetSharedTier() *SharedTierStats {
 	return nil
 }
 
+func (x *GetStatsResponse) GetSavings() []*ClientSavings {
+	if x != nil {
+		return x.Savings
+	}
+	return nil
+}
+
+func (x *GetStatsResponse) GetSavingsFleetWide() bool {
+	if x != nil {
+		return x.SavingsFleetWide
+	}
+	return false
+}
+
+// ClientSavings is the cost accounting of one client of one provider.
+type ClientSavings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The provider's name.
+	Provider string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	// The broker-held client's name, or for pass-through the client id; at
+	// most 100 per provider, further ones counted under "_other".
+	Client string `protobuf:"bytes,2,opt,name=client,proto3" json:"client,omitempty"`
+	// Calls served (GetToken answers and WatchToken subscriptions).
+	CallsServed int64 `protobuf:"varint,3,opt,name=calls_served,json=callsServed,proto3" json:"calls_served,omitempty"`
+	// Upstream token requests made for the client (refreshes included).
+	UpstreamRequests int64 `protobuf:"varint,4,opt,name=upstream_requests,json=upstreamRequests,proto3" json:"upstream_requests,omitempty"`
+	// Requests saved: calls_served less upstream_requests.
+	RequestsSaved int64 `protobuf:"varint,5,opt,name=requests_saved,json=requestsSaved,proto3" json:"requests_saved,omitempty"`
+	// Estimated cost saved: requests_saved times the provider's
+	// price_per_1000_requests / 1000; absent when no price is set.
+	CostSaved     *wrapperspb.DoubleValue `protobuf:"bytes,6,opt,name=cost_saved,json=costSaved,proto3" json:"cost_saved,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientSavings) Reset() {
+	*x = ClientSavings{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientSavings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientSavings) ProtoMessage() {}
+
+func (x *ClientSavings) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientSavings.ProtoReflect.Descriptor instead.
+func (*ClientSavings) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ClientSavings) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *ClientSavings) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *ClientSavings) GetCallsServed() int64 {
+	if x != nil {
+		return x.CallsServed
+	}
+	return 0
+}
+
+func (x *ClientSavings) GetUpstreamRequests() int64 {
+	if x != nil {
+		return x.UpstreamRequests
+	}
+	return 0
+}
+
+func (x *ClientSavings) GetRequestsSaved() int64 {
+	if x != nil {
+		return x.RequestsSaved
+	}
+	return 0
+}
+
+func (x *ClientSavings) GetCostSaved() *wrapperspb.DoubleValue {
+	if x != nil {
+		return x.CostSaved
+	}
+	return nil
+}
+
 // SharedTierStats describes this replica's use of the Redis tier.
 type SharedTierStats struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -777,7 +891,7 @@ type SharedTierStats struct {
 
 func (x *SharedTierStats) Reset() {
 	*x = SharedTierStats{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -789,7 +903,7 @@ func (x *SharedTierStats) String() string {
 func (*SharedTierStats) ProtoMessage() {}
 
 func (x *SharedTierStats) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -802,7 +916,7 @@ func (x *SharedTierStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SharedTierStats.ProtoReflect.Descriptor instead.
 func (*SharedTierStats) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SharedTierStats) GetState() SharedTierStats_State {
@@ -886,7 +1000,7 @@ type ProviderStats struct {
 
 func (x *ProviderStats) Reset() {
 	*x = ProviderStats{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +1012,7 @@ func (x *ProviderStats) String() string {
 func (*ProviderStats) ProtoMessage() {}
 
 func (x *ProviderStats) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1025,7 @@ func (x *ProviderStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProviderStats.ProtoReflect.Descriptor instead.
 func (*ProviderStats) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ProviderStats) GetProvider() string {
@@ -967,7 +1081,7 @@ var File_tokenbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1atokenbroker/v1/admin.proto\x12\x0etokenbroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x01\n" +
+	"\x1atokenbroker/v1/admin.proto\x12\x0etokenbroker.v1\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x01\n" +
 	"\x17InvalidateTokensRequest\x12\x17\n" +
 	"\x06key_id\x18\x01 \x01(\tH\x00R\x05keyId\x12?\n" +
 	"\tclient_id\x18\x02 \x01(\v2 .tokenbroker.v1.ClientIdSelectorH\x00R\bclientId\x12\x18\n" +
@@ -1005,7 +1119,7 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	" \x01(\x05R\bwatchers\x12\x12\n" +
 	"\x04hits\x18\v \x01(\x03R\x04hits\x127\n" +
 	"\tlast_used\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\blastUsed\"\x11\n" +
-	"\x0fGetStatsRequest\"\xb6\x03\n" +
+	"\x0fGetStatsRequest\"\x9d\x04\n" +
 	"\x10GetStatsResponse\x12\x12\n" +
 	"\x04hits\x18\x01 \x01(\x03R\x04hits\x12\x16\n" +
 	"\x06misses\x18\x02 \x01(\x03R\x06misses\x12'\n" +
@@ -1020,7 +1134,17 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	" \x01(\x03R\bwatchers\x12;\n" +
 	"\tproviders\x18\v \x03(\v2\x1d.tokenbroker.v1.ProviderStatsR\tproviders\x12@\n" +
 	"\vshared_tier\x18\f \x01(\v2\x1f.tokenbroker.v1.SharedTierStatsR\n" +
-	"sharedTier\"\xdd\x02\n" +
+	"sharedTier\x127\n" +
+	"\asavings\x18\r \x03(\v2\x1d.tokenbroker.v1.ClientSavingsR\asavings\x12,\n" +
+	"\x12savings_fleet_wide\x18\x0e \x01(\bR\x10savingsFleetWide\"\xf7\x01\n" +
+	"\rClientSavings\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x16\n" +
+	"\x06client\x18\x02 \x01(\tR\x06client\x12!\n" +
+	"\fcalls_served\x18\x03 \x01(\x03R\vcallsServed\x12+\n" +
+	"\x11upstream_requests\x18\x04 \x01(\x03R\x10upstreamRequests\x12%\n" +
+	"\x0erequests_saved\x18\x05 \x01(\x03R\rrequestsSaved\x12;\n" +
+	"\n" +
+	"cost_saved\x18\x06 \x01(\v2\x1c.google.protobuf.DoubleValueR\tcostSaved\"\xdd\x02\n" +
 	"\x0fSharedTierStats\x12;\n" +
 	"\x05state\x18\x01 \x01(\x0e2%.tokenbroker.v1.SharedTierStats.StateR\x05state\x12 \n" +
 	"\vtransitions\x18\x02 \x01(\x03R\vtransitions\x12\x12\n" +
@@ -1065,7 +1189,7 @@ func file_tokenbroker_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_tokenbroker_v1_admin_proto_goTypes = []any{
 	(SharedTierStats_State)(0),       // 0: tokenbroker.v1.SharedTierStats.State
 	(*InvalidateTokensRequest)(nil),  // 1: tokenbroker.v1.InvalidateTokensRequest
@@ -1076,31 +1200,35 @@ var file_tokenbroker_v1_admin_proto_goTypes = []any{
 	(*TokenEntry)(nil),               // 6: tokenbroker.v1.TokenEntry
 	(*GetStatsRequest)(nil),          // 7: tokenbroker.v1.GetStatsRequest
 	(*GetStatsResponse)(nil),         // 8: tokenbroker.v1.GetStatsResponse
-	(*SharedTierStats)(nil),          // 9: tokenbroker.v1.SharedTierStats
-	(*ProviderStats)(nil),            // 10: tokenbroker.v1.ProviderStats
-	(*timestamppb.Timestamp)(nil),    // 11: google.protobuf.Timestamp
+	(*ClientSavings)(nil),            // 9: tokenbroker.v1.ClientSavings
+	(*SharedTierStats)(nil),          // 10: tokenbroker.v1.SharedTierStats
+	(*ProviderStats)(nil),            // 11: tokenbroker.v1.ProviderStats
+	(*timestamppb.Timestamp)(nil),    // 12: google.protobuf.Timestamp
+	(*wrapperspb.DoubleValue)(nil),   // 13: google.protobuf.DoubleValue
 }
 var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
 	2,  // 0: tokenbroker.v1.InvalidateTokensRequest.client_id:type_name -> tokenbroker.v1.ClientIdSelector
 	6,  // 1: tokenbroker.v1.ListTokensResponse.entries:type_name -> tokenbroker.v1.TokenEntry
-	11, // 2: tokenbroker.v1.TokenEntry.issued_at:type_name -> google.protobuf.Timestamp
-	11, // 3: tokenbroker.v1.TokenEntry.expires_at:type_name -> google.protobuf.Timestamp
-	11, // 4: tokenbroker.v1.TokenEntry.refresh_at:type_name -> google.protobuf.Timestamp
-	11, // 5: tokenbroker.v1.TokenEntry.last_used:type_name -> google.protobuf.Timestamp
-	10, // 6: tokenbroker.v1.GetStatsResponse.providers:type_name -> tokenbroker.v1.ProviderStats
-	9,  // 7: tokenbroker.v1.GetStatsResponse.shared_tier:type_name -> tokenbroker.v1.SharedTierStats
-	0,  // 8: tokenbroker.v1.SharedTierStats.state:type_name -> tokenbroker.v1.SharedTierStats.State
-	1,  // 9: tokenbroker.v1.AdminService.InvalidateTokens:input_type -> tokenbroker.v1.InvalidateTokensRequest
-	4,  // 10: tokenbroker.v1.AdminService.ListTokens:input_type -> tokenbroker.v1.ListTokensRequest
-	7,  // 11: tokenbroker.v1.AdminService.GetStats:input_type -> tokenbroker.v1.GetStatsRequest
-	3,  // 12: tokenbroker.v1.AdminService.InvalidateTokens:output_type -> tokenbroker.v1.InvalidateTokensResponse
-	5,  // 13: tokenbroker.v1.AdminService.ListTokens:output_type -> tokenbroker.v1.ListTokensResponse
-	8,  // 14: tokenbroker.v1.AdminService.GetStats:output_type -> tokenbroker.v1.GetStatsResponse
-	12, // [12:15] is the sub-list for method output_type
-	9,  // [9:12] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	12, // 2: tokenbroker.v1.TokenEntry.issued_at:type_name -> google.protobuf.Timestamp
+	12, // 3: tokenbroker.v1.TokenEntry.expires_at:type_name -> google.protobuf.Timestamp
+	12, // 4: tokenbroker.v1.TokenEntry.refresh_at:type_name -> google.protobuf.Timestamp
+	12, // 5: tokenbroker.v1.TokenEntry.last_used:type_name -> google.protobuf.Timestamp
+	11, // 6: tokenbroker.v1.GetStatsResponse.providers:type_name -> tokenbroker.v1.ProviderStats
+	10, // 7: tokenbroker.v1.GetStatsResponse.shared_tier:type_name -> tokenbroker.v1.SharedTierStats
+	9,  // 8: tokenbroker.v1.GetStatsResponse.savings:type_name -> tokenbroker.v1.ClientSavings
+	13, // 9: tokenbroker.v1.ClientSavings.cost_saved:type_name -> google.protobuf.DoubleValue
+	0,  // 10: tokenbroker.v1.SharedTierStats.state:type_name -> tokenbroker.v1.SharedTierStats.State
+	1,  // 11: tokenbroker.v1.AdminService.InvalidateTokens:input_type -> tokenbroker.v1.InvalidateTokensRequest
+	4,  // 12: tokenbroker.v1.AdminService.ListTokens:input_type -> tokenbroker.v1.ListTokensRequest
+	7,  // 13: tokenbroker.v1.AdminService.GetStats:input_type -> tokenbroker.v1.GetStatsRequest
+	3,  // 14: tokenbroker.v1.AdminService.InvalidateTokens:output_type -> tokenbroker.v1.InvalidateTokensResponse
+	5,  // 15: tokenbroker.v1.AdminService.ListTokens:output_type -> tokenbroker.v1.ListTokensResponse
+	8,  // 16: tokenbroker.v1.AdminService.GetStats:output_type -> tokenbroker.v1.GetStatsResponse
+	14, // [14:17] is the sub-list for method output_type
+	11, // [11:14] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_admin_proto_init() }
@@ -1120,7 +1248,7 @@ func file_tokenbroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_admin_proto_rawDesc), len(file_tokenbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
