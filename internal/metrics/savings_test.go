@@ -1,0 +1,63 @@
+package metrics
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
+)
+
+// TestSavings: calls served and upstream requests sent are counted per
+// provider and client (the held client's name, else the client id);
+// budget refusals, never sent, are not upstream requests; saved is
+// served less upstream; the cost is exported only with a price; clients
+// beyond MaxLabelValues per provider are counted under OtherProvider.
+func TestSavings(t *testing.T) {
+	m, reg, _ := newTest(t)
+	m.SetPrice("cognito", 2.25)
+	held := broker.Fetch{Provider: "cognito", Client: "orders", ClientID: "abc"}
+	for range 10 {
+		m.Served(held, time.Minute)
+	}
+	m.UpstreamRequest(held, nil)
+	m.UpstreamRequest(held, &upstream.Error{Kind: upstream.ErrThrottled, Status: 429})
+	m.UpstreamRequest(held, &upstream.Error{Kind: upstream.ErrThrottled, Local: true}) // not sent
+	pass := broker.Fetch{Provider: "okta", ClientID: "client-1"}
+	m.Served(pass, time.Minute)
+	m.UpstreamRequest(pass, nil)
+	for i := range MaxLabelValues + 5 {
+		m.Served(broker.Fetch{Provider: "okta", ClientID: fmt.Sprintf("c%d", i)}, time.Minute)
+	}
+
+	got, fleet := m.Savings(context.Background())
+	if fleet {
+		t.Error("Savings: got fleet figures without a store, want the replica's")
+	}
+	by := map[[2]string]ClientSavings{}
+	for _, f := range got {
+		by[[2]string{f.Provider, f.Client}] = f
+	}
+	if f := by[[2]string{"cognito", "orders"}]; f.Served != 10 || f.Upstream != 2 || f.Saved() != 8 {
+		t.Errorf("cognito/orders: got %+v (saved %d), want served 10, upstream 2, saved 8", f, f.Saved())
+	}
+	if f := by[[2]string{"okta", "client-1"}]; f.Served != 1 || f.Upstream != 1 {
+		t.Errorf("okta/client-1: got %+v, want served 1, upstream 1", f)
+	}
+	if f := by[[2]string{"okta", OtherProvider}]; f.Served != 6 {
+		t.Errorf("okta/_other: got %+v, want served 6 (the clients beyond the cap)", f)
+	}
+	if n := len(got); n != 2+MaxLabelValues {
+		t.Errorf("got %d client figures, want %d (bounded)", n, 2+MaxLabelValues)
+	}
+
+	mfs := gather(t, reg)
+	if v := value(t, mfs, "tokenbroker_savings_cost_saved", "client", "orders", "provider", "cognito", "scope", "replica"); v != 8*2.25/1000 {
+		t.Errorf("cost saved: got %v, want %v", v, 8*2.25/1000)
+	}
+	if s := series(mfs, "tokenbroker_savings_cost_saved", "client", "client-1", "provider", "okta", "scope", "replica"); s != nil {
+		t.Error("cost saved of a provider without a price: got a series, want none")
+	}
+}
