@@ -245,6 +245,21 @@ func (i *Issuer) Serve(ctx context.Context, l net.Listener) error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(i.log.Handler(), slog.LevelWarn),
 	}
+	// unused tracks connections that have not carried a request yet:
+	// http.Server.Shutdown counts them as active for their first 5
+	// seconds, so a client's spare connection (dialed, never used) would
+	// hold the shutdown for the whole grace period.
+	var mu sync.Mutex
+	unused := make(map[net.Conn]struct{})
+	srv.ConnState = func(c net.Conn, s http.ConnState) {
+		mu.Lock()
+		defer mu.Unlock()
+		if s == http.StateNew {
+			unused[c] = struct{}{}
+		} else {
+			delete(unused, c)
+		}
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 
@@ -254,6 +269,11 @@ func (i *Issuer) Serve(ctx context.Context, l net.Listener) error {
 		return fmt.Errorf("devissuer: serve on %s: %w", l.Addr(), err)
 	case <-ctx.Done():
 	}
+	mu.Lock()
+	for c := range unused {
+		_ = c.Close() // no request on it: nothing is cut off
+	}
+	mu.Unlock()
 
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
 	defer cancel()

@@ -691,6 +691,39 @@ func TestServeStopsOnCancel(t *testing.T) {
 	}
 }
 
+// TestServeIgnoresUnusedConnections: a connection a client opened but
+// never sent a request on (an HTTP client's spare) does not hold the
+// shutdown: Serve returns nil, not a shutdown timeout after the grace.
+func TestServeIgnoresUnusedConnections(t *testing.T) {
+	iss, err := New(testConfig())
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("Listen: %v", err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- iss.Serve(ctx, l) }()
+	spare, err := net.DialTimeout("tcp", l.Addr().String(), testTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spare.Close()
+	// A request on another connection proves the server has accepted
+	// connections (the spare one included) before the shutdown.
+	r := do(t, "http://"+l.Addr().String(), tokenReq{form: url.Values{"grant_type": {"client_credentials"}}, authz: []string{basicHeader(plainClient.ID, plainClient.Secret)}})
+	if r.status != http.StatusOK {
+		t.Fatalf("token through Serve: got status %d, want 200", r.status)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Serve with an unused connection open: got %v, want nil", err)
+	}
+}
+
 func TestServeListenerFailure(t *testing.T) {
 	iss, err := New(testConfig())
 	if err != nil {
