@@ -58,7 +58,7 @@ func TestFlatten(t *testing.T) {
 				Event: tokenbrokerv1.WatchTokenResponse_EVENT_INVALIDATED,
 				Token: &tokenbrokerv1.Token{TokenType: "Bearer", Scopes: []string{"a/b", "c/d"}, ExpiresAt: timestamppb.New(at), KeyId: "0123456789abcdef"},
 			}).ProtoReflect(),
-			want: "event=INVALIDATED\ntoken.access_token=\"\"\ntoken.token_type=Bearer\ntoken.scopes=a/b,c/d\ntoken.issued_at=-\ntoken.expires_at=2026-11-22T10:00:00Z\ntoken.refresh_at=-\ntoken.key_id=0123456789abcdef\nerror=-\n",
+			want: "event=INVALIDATED\ntoken.access_token=\"\"\ntoken.token_type=Bearer\ntoken.scopes=a/b,c/d\ntoken.issued_at=-\ntoken.expires_at=2026-11-22T10:00:00Z\ntoken.refresh_at=-\ntoken.key_id=0123456789abcdef\ntoken.cert_thumbprint=\"\"\nerror=-\n",
 		},
 		{
 			name: "status with empty details",
@@ -71,7 +71,7 @@ func TestFlatten(t *testing.T) {
 				Selector: &tokenbrokerv1.TokenSelector{Credentials: &tokenbrokerv1.TokenSelector_Client{Client: "held"}},
 				MinTtl:   durationpb.New(90 * time.Second),
 			}).ProtoReflect(),
-			want: "selector.client=held\nselector.scopes=-\nselector.audience=\"\"\nselector.resource=\"\"\nmin_ttl=1m30s\n",
+			want: "selector.client=held\nselector.scopes=-\nselector.audience=\"\"\nselector.resource=\"\"\nselector.params=-\nmin_ttl=1m30s\n",
 		},
 		{
 			name: "maps sorted by key",
