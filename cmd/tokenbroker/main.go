@@ -8,6 +8,7 @@
 //	tokenbroker -dev-issuer 127.0.0.1:7080   # only a token endpoint, for replicas to share
 //	tokenbroker -check -config FILE          # validate the configuration and its files, then exit
 //	tokenbroker -check=online -config FILE   # and ask for one token per broker-held client
+//	tokenbroker -version                     # print the version and commit, then exit
 //
 // It runs until SIGINT or SIGTERM, then shuts down gracefully.
 package main
@@ -21,6 +22,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -41,7 +43,18 @@ func main() {
 	}
 }
 
+// version and commit are set at link time by make image and the
+// Dockerfile (-ldflags "-X main.version=... -X main.commit=...").
+var (
+	version = "devel"
+	commit  = "unknown"
+)
+
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if versionFlag(args) {
+		fmt.Fprintf(stdout, "tokenbroker %s (commit %s, %s)\n", version, commit, runtime.Version())
+		return nil
+	}
 	check, args, err := checkFlag(args)
 	if err != nil {
 		return err
@@ -178,4 +191,21 @@ func checkFlag(args []string) (mode string, rest []string, err error) {
 		}
 	}
 	return mode, rest, nil
+}
+
+// versionFlag reports whether args ask for the version (-version,
+// --version, -version=true) before any "--".
+func versionFlag(args []string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return false
+		}
+		switch strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-") {
+		case "version", "version=true":
+			if strings.HasPrefix(a, "-") {
+				return true
+			}
+		}
+	}
+	return false
 }
