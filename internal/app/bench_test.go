@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,10 +20,10 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/devissuer"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
@@ -71,18 +70,19 @@ const fanoutWait = 60 * time.Second
 // fanoutOpeners is how many goroutines open the streams.
 const fanoutOpeners = 64
 
-// The broker's fan-out trigger. A GetToken whose min_ttl exceeds the
-// cached token's remaining life (but not refresh_fraction of a lifetime)
-// replaces the token at once, through the same install-and-notify path as
-// a scheduled refresh (the scheduler's own part, a timer firing, comes
-// before the upstream request and so before issued_at). Tokens live 100 s
-// and the refresh point is at 99.9%, so a token can be replaced this way
-// 0.1 s after it was issued, while the scheduler would not refresh it for
-// 99.9 s - longer than any op - and so never adds a refresh of its own
-// (verify counts the upstream requests).
+// The broker's fan-out trigger: Broker.Invalidate of the key (what
+// tokenbrokerctl invalidate does over the admin API), which drops the
+// token and refetches it at once because the key has watchers; the new
+// token reaches them through the same install-and-notify path as a
+// scheduled refresh, encoded once for all of them, as EVENT_INVALIDATED.
+// (A GetToken with a min_ttl near the token's whole life used to be the
+// trigger; the min_ttl rule now refuses more than lifetime − min_remaining.)
+// Tokens live 100 s and are refreshed at 90%, so the scheduler never adds
+// a refresh of its own during a run (verify counts the upstream
+// requests).
 const (
 	fanoutLifetime = 100 * time.Second
-	fanoutFraction = 0.999
+	fanoutFraction = 0.9
 )
 
 // The token endpoint's client in the fan-out benchmarks.
@@ -134,8 +134,12 @@ type fanoutSource struct {
 	// prepare runs, untimed, before each refresh.
 	prepare func(ctx context.Context) error
 	// refresh makes the server push a new token and returns its
-	// issued_at.
+	// issued_at, or the zero time when it cannot know it: the deliveries
+	// then tell it (every stream must report the same one, later than the
+	// previous token's).
 	refresh func(ctx context.Context) (time.Time, error)
+	// event is the event every pushed token arrives as.
+	event tokenbrokerv1.WatchTokenResponse_Event
 	// verify checks the server after the given number of refreshes.
 	verify func(refreshes int) error
 }
@@ -280,6 +284,15 @@ func measureFanout(b *testing.B, n int, src fanoutSource) {
 
 	// Every stream must have received every new token, once, in turn.
 	refreshes := len(issued)
+	for k := range issued {
+		if !issued[k].IsZero() || len(recs) == 0 || len(recs[0]) <= k {
+			continue
+		}
+		issued[k] = recs[0][k].issued
+		if k > 0 && !issued[k].After(issued[k-1]) {
+			b.Fatalf("refresh %d: the token pushed was issued at %v, not after the previous one (%v)", k+1, issued[k], issued[k-1])
+		}
+	}
 	all := make([]float64, 0, n*refreshes)
 	lastPerRefresh := make([]float64, refreshes)
 	for i, rs := range recs {
@@ -287,9 +300,9 @@ func measureFanout(b *testing.B, n int, src fanoutSource) {
 			b.Fatalf("stream %d received %d messages after its first, want %d (one per refresh)", i, len(rs), refreshes)
 		}
 		for k, d := range rs {
-			if d.event != tokenbrokerv1.WatchTokenResponse_EVENT_REFRESHED || !d.issued.Equal(issued[k]) {
+			if d.event != src.event || !d.issued.Equal(issued[k]) {
 				b.Fatalf("stream %d message %d: got %v issued at %v, want %v issued at %v",
-					i, k+1, d.event, d.issued, tokenbrokerv1.WatchTokenResponse_EVENT_REFRESHED, issued[k])
+					i, k+1, d.event, d.issued, src.event, issued[k])
 			}
 			ms := float64(d.at.Sub(d.issued)) / float64(time.Millisecond)
 			all = append(all, ms)
@@ -402,7 +415,7 @@ func fanoutIssuer(b *testing.B) (*devissuer.Issuer, string) {
 
 // startFanoutBroker starts the whole product, configured to let one caller
 // open 2n streams at once, and returns it as a fanoutSource whose refresh
-// is the GetToken trigger described at fanoutFraction.
+// is the invalidation trigger described at fanoutFraction.
 func startFanoutBroker(b *testing.B, n int) fanoutSource {
 	b.Helper()
 	issuer, tokenURL := fanoutIssuer(b)
@@ -434,7 +447,7 @@ func startFanoutBroker(b *testing.B, n int) fanoutSource {
 		}
 	})
 
-	// The trigger has a connection of its own: the streams fill theirs.
+	// The first token, fetched before the streams open.
 	trigger := dialReady(b, l.Addr().String())
 	gctx, gcancel := context.WithTimeout(context.Background(), fanoutWait)
 	defer gcancel()
@@ -442,38 +455,23 @@ func startFanoutBroker(b *testing.B, n int) fanoutSource {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cur := resp.GetToken()
-	var need time.Duration
+	keyID := resp.GetToken().GetKeyId()
 	return fanoutSource{
 		addr:    l.Addr().String(),
 		perConn: int(cfg.Server.MaxConcurrentStreams),
 		req:     &tokenbrokerv1.WatchTokenRequest{Selector: fanoutSelector()},
-		prepare: func(ctx context.Context) error {
-			// Wait until the current token has less than need left.
-			exp := cur.GetExpiresAt().AsTime()
-			life := exp.Sub(cur.GetIssuedAt().AsTime())
-			need = time.Duration(fanoutFraction*float64(life)) - time.Millisecond
-			t := time.NewTimer(time.Until(exp.Add(-need)) + time.Millisecond)
-			defer t.Stop()
-			select {
-			case <-t.C:
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		},
+		prepare: func(context.Context) error { return nil },
 		refresh: func(ctx context.Context) (time.Time, error) {
-			resp, err := trigger.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Selector: fanoutSelector(), MinTtl: durationpb.New(need)})
+			n, err := a.broker.Invalidate(ctx, broker.InvalidateSelector{KeyID: keyID})
 			if err != nil {
 				return time.Time{}, err
 			}
-			tok := resp.GetToken()
-			if !tok.GetIssuedAt().AsTime().After(cur.GetIssuedAt().AsTime()) {
-				return time.Time{}, errors.New("the trigger did not replace the token")
+			if n != 1 {
+				return time.Time{}, fmt.Errorf("invalidated %d keys, want 1", n)
 			}
-			cur = tok
-			return tok.GetIssuedAt().AsTime(), nil
+			return time.Time{}, nil // the deliveries tell the new token's issued_at
 		},
+		event: tokenbrokerv1.WatchTokenResponse_EVENT_INVALIDATED,
 		verify: func(refreshes int) error {
 			// One upstream request for the first token, one per refresh.
 			if got, want := issuer.Requests(), int64(1+refreshes); got != want {
@@ -575,6 +573,7 @@ func startFanoutBaseline(b *testing.B) fanoutSource {
 			srv.publish(msg)
 			return msg.GetToken().GetIssuedAt().AsTime(), nil
 		},
+		event:  tokenbrokerv1.WatchTokenResponse_EVENT_REFRESHED,
 		verify: func(int) error { return nil },
 	}
 }
