@@ -129,6 +129,9 @@ type Options struct {
 	// its end are noticed without traffic. While the breaker is open the
 	// ping waits for the cooldown like any operation.
 	ProbeInterval time.Duration
+	// SavingsTTL is how long the fleet's cost accounting of a provider
+	// lives past its last flush (DefaultSavingsTTL when zero).
+	SavingsTTL time.Duration
 	// Logger receives a warning when the breaker opens (with the reason)
 	// and when the reason of an ongoing outage changes, an info line when
 	// it closes again, and a warning per dropped message; nil discards.
@@ -214,6 +217,9 @@ func New(opt Options) (*Tier, error) {
 	}
 	if opt.ProbeInterval <= 0 {
 		opt.ProbeInterval = DefaultProbeInterval
+	}
+	if opt.SavingsTTL <= 0 {
+		opt.SavingsTTL = DefaultSavingsTTL
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
