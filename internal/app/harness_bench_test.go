@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,6 +48,13 @@ import (
 // it whole (a plain run does one), rounds pool over iterations, and the
 // built-in ns/op is suppressed; with -benchmem, B/op and allocs/op are
 // the whole scenario's, both sides and their clients together.
+//
+// CPU per call is the process's CPU time (getrusage RUSAGE_SELF, user +
+// system) over a round divided by the calls it completed. Both sides
+// share the process, but their rounds never overlap, so a round's CPU is
+// its own side's; it includes the callers' own CPU (the gRPC or HTTP
+// client, alike for both sides), so cpu-ratio understates the server's
+// own difference: the server-only ratio is larger.
 
 // The interleaved throughput comparisons.
 const (
@@ -71,6 +79,19 @@ func discardLogger() *slog.Logger { return slog.New(slog.NewJSONHandler(io.Disca
 type round struct {
 	perSec   float64 // calls completed per second
 	p50, p99 float64 // per-call latency, µs
+	cpu      float64 // the process's CPU time (user + system) per call, µs
+}
+
+// processCPU returns the CPU time (user + system) the process has used so
+// far. The rounds of the two sides never overlap, so the difference over
+// a round is that round's side (its server and the callers), and not the
+// other's idle server.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // runRound runs c callers calling call in a loop for d and returns the
@@ -103,6 +124,7 @@ func runRound(c int, d time.Duration, call func(context.Context) error) (round, 
 			}
 		})
 	}
+	cpu0 := processCPU()
 	t0 := time.Now()
 	end = t0.Add(d)
 	close(start)
@@ -110,6 +132,7 @@ func runRound(c int, d time.Duration, call func(context.Context) error) (round, 
 		return round{}, fmt.Errorf("callers still running %v after the round's end", harnessWait)
 	}
 	elapsed := time.Since(t0)
+	cpu := processCPU() - cpu0
 	select {
 	case err := <-errc:
 		return round{}, err
@@ -125,7 +148,11 @@ func runRound(c int, d time.Duration, call func(context.Context) error) (round, 
 		return round{}, errors.New("no call completed")
 	}
 	slices.Sort(all)
-	return round{perSec: float64(len(all)) / elapsed.Seconds(), p50: percentile(all, 0.50), p99: percentile(all, 0.99)}, nil
+	return round{
+		perSec: float64(len(all)) / elapsed.Seconds(),
+		p50:    percentile(all, 0.50), p99: percentile(all, 0.99),
+		cpu: float64(cpu) / float64(time.Microsecond) / float64(len(all)),
+	}, nil
 }
 
 // comparison pools the rounds of the broker and of its baseline; pair i
@@ -178,6 +205,7 @@ func (cmp *comparison) report(b *testing.B, unit, base string) {
 	ratios := make([]round, len(cmp.broker))
 	for i := range ratios {
 		ratios[i].perSec = cmp.broker[i].perSec / cmp.base[i].perSec
+		ratios[i].cpu = cmp.broker[i].cpu / cmp.base[i].cpu
 	}
 	perSec := func(r round) float64 { return r.perSec }
 	p50 := func(r round) float64 { return r.p50 }
@@ -193,6 +221,10 @@ func (cmp *comparison) report(b *testing.B, unit, base string) {
 	}
 	b.ReportMetric(lo, "ratio-min")
 	b.ReportMetric(hi, "ratio-max")
+	cpu := func(r round) float64 { return r.cpu }
+	b.ReportMetric(med(cmp.broker, cpu), "broker-cpu-µs/call")
+	b.ReportMetric(med(cmp.base, cpu), base+"-cpu-µs/call")
+	b.ReportMetric(med(ratios, cpu), "cpu-ratio")
 	b.ReportMetric(med(cmp.broker, p50), "broker-p50-µs")
 	b.ReportMetric(med(cmp.broker, p99), "broker-p99-µs")
 	b.ReportMetric(med(cmp.base, p50), base+"-p50-µs")
