@@ -91,8 +91,10 @@ type Observer interface {
 	// lead of its life left.
 	Refreshed(provider string, lead time.Duration)
 	// Served reports a token handed to a caller of f's provider and
-	// client (f.KeyID and f.ClientID unset) with remaining life left. It
-	// is called on the hit path: it must not block, and f is passed by
+	// client (f.KeyID and f.ClientID unset) with remaining life left: a
+	// GetToken answer, a watch's initial token, or a new token pushed to
+	// a watcher (once per watcher). It is called on the hit path and
+	// under the broker's lock: it must not block, and f is passed by
 	// value so that the call allocates nothing.
 	Served(f Fetch, remaining time.Duration)
 }
@@ -108,6 +110,9 @@ type Fetch struct {
 	Client string
 	// KeyID is the non-secret id of the key the token is filed under.
 	KeyID string
+	// Requests is, in UpstreamDone, how many HTTP requests the fetch sent
+	// (retries included; 0 when it was refused locally).
+	Requests int
 }
 
 // noObserver is the Observer of a broker configured without one.

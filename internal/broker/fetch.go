@@ -125,9 +125,10 @@ func (b *Broker) fetchAndInstall(ctx context.Context, t target, forCallers bool)
 func (b *Broker) fetchUpstream(ctx context.Context, t target) (*tokencache.Record, error) {
 	start := time.Now()
 	tok, err := t.fetcher.Fetch(ctx, t.req)
-	b.cfg.Observer.UpstreamDone(Fetch{Provider: t.provider, ClientID: t.req.ClientID, KeyID: t.keyID, Client: t.client}, err, time.Since(start))
+	sent := requestsOf(tok, err)
+	b.cfg.Observer.UpstreamDone(Fetch{Provider: t.provider, ClientID: t.req.ClientID, KeyID: t.keyID, Client: t.client, Requests: sent}, err, time.Since(start))
 	b.countUpstream(t.provider, err)
-	b.upstreamOutcome(t, err, requestsOf(tok, err))
+	b.upstreamOutcome(t, err, sent)
 	if err != nil {
 		return nil, err
 	}
@@ -267,6 +268,11 @@ func (b *Broker) installLocked(t target, rec *tokencache.Record, e *entry) {
 	}
 	if !same {
 		b.notifyLocked(e, Event{Kind: kind, Token: toToken(rec, t)})
+		// Each token pushed to a watcher is a call served: one the
+		// watcher would otherwise have made itself.
+		for range e.watchers {
+			b.cfg.Observer.Served(Fetch{Provider: t.provider, Client: t.client}, max(0, time.Until(rec.ExpiresAt)))
+		}
 	}
 	b.scheduleLocked(e, rec.RefreshAt)
 }

@@ -505,7 +505,8 @@ func (r *recorder) Served(_ Fetch, remaining time.Duration) {
 
 // TestObserverSeesFetchesRefreshesAndServedTokens: the Observer hears of
 // each upstream fetch, each refresh with the old token's remaining life,
-// and each token served with its own.
+// and each token served with its own, a token pushed to a watcher
+// included (issue 17: a push is a call served).
 func TestObserverSeesFetchesRefreshesAndServedTokens(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rec := &recorder{}
@@ -523,8 +524,8 @@ func TestObserverSeesFetchesRefreshesAndServedTokens(t *testing.T) {
 		if want := []time.Duration{15 * time.Minute}; !slices.Equal(rec.leads, want) {
 			t.Errorf("refresh leads: got %v, want %v", rec.leads, want)
 		}
-		if want := []time.Duration{time.Hour, time.Hour}; !slices.Equal(rec.served, want) {
-			t.Errorf("served: got %v, want %v (the watch's initial token and GetToken's)", rec.served, want)
+		if want := []time.Duration{time.Hour, time.Hour, time.Hour}; !slices.Equal(rec.served, want) {
+			t.Errorf("served: got %v, want %v (the watch's initial token, GetToken's, and the refreshed token pushed to the watcher)", rec.served, want)
 		}
 	})
 }

@@ -32,18 +32,21 @@ type ClientSavings struct {
 	// Client is the broker-held client's name, the pass-through client id,
 	// or OtherProvider for the clients beyond the cap.
 	Client string
-	// Served counts calls served (GetToken answers and WatchToken
-	// subscriptions).
+	// Served counts calls served: GetToken answers, WatchToken initial
+	// tokens, and each new token pushed to a watcher (one per watcher:
+	// a call the watcher would otherwise have made).
 	Served int64
-	// Upstream counts the upstream requests made for the client (a fetch
-	// retried after a failure counts once; fetches the request budget
-	// refused, never sent, not at all).
+	// Upstream counts the HTTP requests sent to the token endpoint for
+	// the client: every attempt of a retried fetch; none for a fetch the
+	// request budget refused (never sent), nor for a token adopted from
+	// another replica (counted by the replica that fetched it).
 	Upstream int64
 }
 
-// Saved is the requests saved: calls served less upstream requests made
-// (negative when refreshes of watched keys outnumber the calls).
-func (c ClientSavings) Saved() int64 { return c.Served - c.Upstream }
+// Saved is the requests saved: calls served less upstream requests made,
+// never below zero (refreshes nobody was served, retries and failed
+// fetches can outnumber the calls: the broker then saved nothing).
+func (c ClientSavings) Saved() int64 { return max(0, c.Served-c.Upstream) }
 
 // SavingsStore keeps the fleet's cost accounting (the Redis tier);
 // *shared.Tier implements it.
@@ -90,11 +93,11 @@ func newSavings() *savings {
 	}
 	s := &savings{
 		served: desc("savings_calls_served_total",
-			"Calls served (GetToken answers and WatchToken subscriptions), by provider and client (held client name or pass-through client id, at most 100 per provider, further ones under _other); scope fleet (every replica, from Redis) or replica."),
+			"Calls served (GetToken answers, WatchToken initial tokens and tokens pushed to each watcher), by provider and client (held client name or pass-through client id, at most 100 per provider, further ones under _other); scope fleet (every replica, from Redis) or replica."),
 		upstream: desc("savings_upstream_requests_total",
-			"Upstream token requests made, by provider and client; scope fleet or replica."),
+			"Upstream token requests sent (HTTP requests, retries included), by provider and client; scope fleet or replica."),
 		saved: desc("savings_requests_saved",
-			"Requests saved: calls served less upstream requests made, by provider and client; scope fleet or replica."),
+			"Requests saved: calls served less upstream requests made (never below 0), by provider and client; scope fleet or replica."),
 		cost: desc("savings_cost_saved",
 			"Estimated cost saved: requests saved times the provider's price_per_1000_requests / 1000 (only for providers with a price); scope fleet or replica."),
 	}
@@ -286,13 +289,22 @@ func upstreamSent(err error) bool {
 	return err == nil || !errors.As(err, &ue) || !ue.Local
 }
 
-// UpstreamRequest counts an upstream fetch f that ended with err against
-// its client's cost accounting, unless nothing was sent.
+// UpstreamRequest counts the HTTP requests an upstream fetch f that ended
+// with err sent (f.Requests, retries included) against its client's cost
+// accounting. A fetch that does not say (f.Requests 0) counts one request
+// unless it was refused locally.
 func (m *Metrics) UpstreamRequest(f broker.Fetch, err error) {
-	if m == nil || !upstreamSent(err) {
+	if m == nil {
 		return
 	}
-	m.savings.counts(f.Provider, clientOf(f)).upstream.Add(1)
+	n := int64(f.Requests)
+	if n <= 0 {
+		if !upstreamSent(err) {
+			return
+		}
+		n = 1
+	}
+	m.savings.counts(f.Provider, clientOf(f)).upstream.Add(n)
 }
 
 // clientOf is f's client for the accounting: its name, else its client

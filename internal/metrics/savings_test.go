@@ -61,3 +61,22 @@ func TestSavings(t *testing.T) {
 		t.Error("cost saved of a provider without a price: got a series, want none")
 	}
 }
+
+// TestSavingsCountsEveryRequestSent: a retried fetch counts every HTTP
+// request it sent (broker.Fetch.Requests), a locally refused one none,
+// and requests saved never go below zero.
+func TestSavingsCountsEveryRequestSent(t *testing.T) {
+	m, _, _ := newTest(t)
+	f := broker.Fetch{Provider: "cognito", Client: "orders"}
+	m.Served(f, time.Minute)
+	f.Requests = 3 // two retries, then a token
+	m.UpstreamRequest(f, nil)
+	f.Requests = 2 // a retry, then a failure
+	m.UpstreamRequest(f, &upstream.Error{Kind: upstream.ErrUnavailable, Status: 503, Requests: 2})
+	f.Requests = 0 // refused by the budget, never sent
+	m.UpstreamRequest(f, &upstream.Error{Kind: upstream.ErrThrottled, Local: true})
+	got, _ := m.Savings(context.Background())
+	if len(got) != 1 || got[0].Served != 1 || got[0].Upstream != 5 || got[0].Saved() != 0 {
+		t.Errorf("got %+v, want served 1, upstream 5, saved 0 (never negative)", got)
+	}
+}
