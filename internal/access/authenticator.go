@@ -54,6 +54,18 @@ type Config struct {
 	// Policy authorizes token requests (Authenticator.Authorize). Nil allows
 	// everything.
 	Policy *Policy
+	// ServiceAccounts, when set, verifies bearer values shaped like a JWT
+	// (LooksLikeJWT) as Kubernetes service-account tokens; other bearer
+	// values are API keys. Nil: every bearer value is an API key.
+	ServiceAccounts TokenVerifier
+}
+
+// TokenVerifier verifies a caller's bearer token and returns its typed
+// identity name. Its errors never hold the token; an error matching
+// verifier.ErrUnavailable is a failure to check, others are refusals. It
+// must be safe for concurrent use.
+type TokenVerifier interface {
+	Verify(ctx context.Context, token string) (string, error)
 }
 
 // Authenticator resolves callers' identities and guards the AdminService.
@@ -64,6 +76,7 @@ type Authenticator struct {
 	admins               []ident.Pattern
 	adminOpen            bool
 	policy               *Policy
+	serviceAccounts      TokenVerifier
 }
 
 // New checks cfg and returns an Authenticator. An error is a *ConfigError
@@ -112,14 +125,18 @@ func New(cfg Config) (*Authenticator, error) {
 		admins:               admins,
 		adminOpen:            cfg.AdminOpen,
 		policy:               cfg.Policy,
+		serviceAccounts:      cfg.ServiceAccounts,
 	}, nil
 }
 
 // Authenticate returns the identity of the call in ctx. In order: a
 // verified client certificate's identity (any authorization metadata is
-// then ignored); else a valid bearer key's identity; else, when allowed, the
-// anonymous identity. Failures are Unauthenticated statuses whose messages
-// never contain the presented key.
+// then ignored); else the identity of the bearer value: a verified
+// service-account token's (when it looks like a JWT and ServiceAccounts
+// is configured) or a valid API key's; else, when allowed, the anonymous
+// identity. Failures are Unauthenticated statuses (Unavailable when the
+// service-account keys could not be fetched) whose messages never contain
+// the presented key or token.
 func (a *Authenticator) Authenticate(ctx context.Context) (Identity, error) {
 	id, cert := peerCertIdentity(ctx)
 	if cert == certOK {
@@ -130,6 +147,13 @@ func (a *Authenticator) Authenticate(ctx context.Context) (Identity, error) {
 		return Identity{}, status.Error(codes.Unauthenticated, err.Error())
 	}
 	if present {
+		if a.serviceAccounts != nil && LooksLikeJWT(key) {
+			id, err := a.verifyServiceAccount(ctx, key)
+			if err != nil {
+				return Identity{}, err
+			}
+			return id, nil
+		}
 		name, ok := a.keys.lookup(key)
 		if !ok {
 			return Identity{}, status.Error(codes.Unauthenticated, msgInvalidKey)

@@ -133,7 +133,7 @@ func TestNewPolicyErrors(t *testing.T) {
 		wantRule  string
 	}{
 		{"empty identity", []Rule{{Identity: ""}}, "rules[0].identity", "must not be empty"},
-		{"star inside", []Rule{{Identity: "apikey:a"}, {Identity: "spiffe://x/*/y"}}, "rules[1].identity", `"*" is allowed only alone, as a trailing "/*" or as "KIND:*"`},
+		{"star inside", []Rule{{Identity: "apikey:a"}, {Identity: "spiffe://x/*/y"}}, "rules[1].identity", `"*" is allowed only alone, as a trailing "/*", as "KIND:*" or as "k8s:NAMESPACE:*"`},
 		{"star without slash", []Rule{{Identity: "spiffe://x*"}}, "rules[0].identity", `"*" is allowed only alone`},
 		{"double star", []Rule{{Identity: "**"}}, "rules[0].identity", "must name its kind"},
 		{"spaces", []Rule{{Identity: " spiffe://x"}}, "rules[0].identity", "leading or trailing spaces"},

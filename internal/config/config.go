@@ -459,7 +459,36 @@ type Auth struct {
 	// Unless it is set (or in -dev mode), Validate demands a way to
 	// authenticate callers: tls.client_auth: require or auth.api_keys.
 	AllowUnauthenticated bool `yaml:"allow_unauthenticated"`
+	// Kubernetes accepts callers' projected Kubernetes service-account
+	// tokens (a bearer value shaped like a JWT), verified offline, as the
+	// identity "k8s:NAMESPACE:SERVICEACCOUNT". Off unless IssuerURL is set.
+	Kubernetes KubernetesAuth `yaml:"kubernetes"`
 }
+
+// KubernetesAuth configures service-account token authentication. The
+// keys are cached and refreshed with verifier.jwks_refresh_interval and
+// verifier.jwks_min_refresh_interval.
+type KubernetesAuth struct {
+	// IssuerURL is the cluster's service-account issuer, the exact "iss"
+	// of its tokens (kubectl get --raw /.well-known/openid-configuration).
+	// Without JWKSFile the keys are found by OpenID discovery under it, so
+	// it must then be an https URL (http only for loopback hosts).
+	// Default "": service-account tokens are not accepted.
+	IssuerURL string `yaml:"issuer_url"`
+	// JWKSFile holds the issuer's keys (kubectl get --raw
+	// /openid/v1/jwks), read instead of discovery; reloaded with the
+	// key refreshes. Relative to the configuration file. Default "".
+	JWKSFile string `yaml:"jwks_file"`
+	// Audience must be one of a token's audiences (the projected volume's
+	// audience). Default "tokenbroker".
+	Audience string `yaml:"audience"`
+	// Leeway is the tolerance of the exp, nbf and iat checks. Default
+	// 30s; from 0 to 5m.
+	Leeway Duration `yaml:"leeway"`
+}
+
+// Enabled reports whether service-account tokens are accepted.
+func (k KubernetesAuth) Enabled() bool { return k.IssuerURL != "" }
 
 // APIKey is one bearer API key, known by its digest.
 type APIKey struct {
@@ -585,6 +614,7 @@ func Default() Config {
 		Log:         Log{Level: "info", Format: "json"},
 		Admin:       Admin{SocketMode: "0600"},
 		TLS:         TLS{ClientAuth: ClientAuthNone},
+		Auth:        Auth{Kubernetes: KubernetesAuth{Audience: "tokenbroker", Leeway: Duration(30 * time.Second)}},
 		Shared:      Shared{Redis: defaultRedis()},
 		SDS:         defaultSDS(),
 		Verifier:    defaultVerifier(),

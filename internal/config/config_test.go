@@ -54,6 +54,7 @@ func TestDefault(t *testing.T) {
 		},
 		Log:         Log{Level: "info", Format: "json"},
 		TLS:         TLS{ClientAuth: "none"},
+		Auth:        Auth{Kubernetes: KubernetesAuth{Audience: "tokenbroker", Leeway: Duration(30 * time.Second)}},
 		Admin:       Admin{SocketMode: "0600"},
 		DevLifetime: Duration(5 * time.Minute),
 		Shared: Shared{Redis: Redis{

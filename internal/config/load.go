@@ -131,7 +131,7 @@ func decodeFile(data []byte, name string) (Config, *Sources, error) {
 	}
 	rt := &cfg.Shared.Redis.TLS
 	paths := []*string{&cfg.TLS.CertFile, &cfg.TLS.KeyFile, &cfg.TLS.ClientCAFile, &cfg.Sealing.KeysFile, &cfg.Cache.HMACKeyFile,
-		&cfg.Shared.Redis.PasswordFile, &rt.CAFile, &rt.CertFile, &rt.KeyFile}
+		&cfg.Shared.Redis.PasswordFile, &rt.CAFile, &rt.CertFile, &rt.KeyFile, &cfg.Auth.Kubernetes.JWKSFile}
 	for i := range cfg.Clients {
 		cl := &cfg.Clients[i]
 		paths = append(paths, &cl.ClientSecretFile, &cl.ClientKeyFile, &cl.ClientAssertionFile, &cl.ClientCertFile)
@@ -322,7 +322,7 @@ func yamlKeys(t reflect.Type) []string {
 // to the keys valid there, for "unknown key" errors.
 var sectionKeys = func() map[string][]string {
 	m := map[string][]string{}
-	for _, v := range []any{Config{}, Cache{}, Provider{}, Client{}, Server{}, Log{}, Metrics{}, TLS{}, Auth{}, APIKey{}, PolicyRule{}, Admin{}, Sealing{}, Shared{}, Redis{}, RedisTLS{}, ProviderVerify{}, Verifier{}, VerifierHeaders{}, PathScopes{}, SDS{}, SDSSecret{}} {
+	for _, v := range []any{Config{}, Cache{}, Provider{}, Client{}, Server{}, Log{}, Metrics{}, TLS{}, Auth{}, KubernetesAuth{}, APIKey{}, PolicyRule{}, Admin{}, Sealing{}, Shared{}, Redis{}, RedisTLS{}, ProviderVerify{}, Verifier{}, VerifierHeaders{}, PathScopes{}, SDS{}, SDSSecret{}} {
 		t := reflect.TypeOf(v)
 		m[t.String()] = yamlKeys(t)
 	}

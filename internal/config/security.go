@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/access/ident"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
@@ -114,8 +115,9 @@ func (c *Config) validateSecurity(v *validator, clients map[string]bool) {
 			}
 		}
 	}
-	if !c.Dev && !c.Auth.AllowUnauthenticated && len(c.Auth.APIKeys) == 0 && t.ClientAuth != ClientAuthRequire {
-		v.add("auth.allow_unauthenticated", "no way to authenticate callers: configure tls.client_auth: require, auth.api_keys, or set auth.allow_unauthenticated: true")
+	c.validateKubernetesAuth(v)
+	if !c.Dev && !c.Auth.AllowUnauthenticated && len(c.Auth.APIKeys) == 0 && !c.Auth.Kubernetes.Enabled() && t.ClientAuth != ClientAuthRequire {
+		v.add("auth.allow_unauthenticated", "no way to authenticate callers: configure tls.client_auth: require, auth.api_keys, auth.kubernetes, or set auth.allow_unauthenticated: true")
 	}
 
 	for i, r := range c.Policy {
@@ -235,4 +237,27 @@ func validIdentity(id string) bool {
 		}
 	}
 	return true
+}
+
+// validateKubernetesAuth checks auth.kubernetes.
+func (c *Config) validateKubernetesAuth(v *validator) {
+	k := c.Auth.Kubernetes
+	switch {
+	case k.IssuerURL == "":
+		if k.JWKSFile != "" {
+			v.add("auth.kubernetes.jwks_file", "needs auth.kubernetes.issuer_url (the tokens' \"iss\")")
+		}
+	case strings.TrimSpace(k.IssuerURL) != k.IssuerURL || strings.ContainsAny(k.IssuerURL, " \t\r\n"):
+		v.add("auth.kubernetes.issuer_url", "must not contain spaces")
+	case k.JWKSFile == "":
+		if err := checkTokenURL(k.IssuerURL); err != "" {
+			v.add("auth.kubernetes.issuer_url", "without jwks_file the keys are found by OpenID discovery, so it %s", err)
+		}
+	}
+	if a := k.Audience; a == "" || len(a) > 256 || strings.ContainsAny(a, " \t\r\n") {
+		v.add("auth.kubernetes.audience", "must be 1-256 characters without spaces, got %q", a)
+	}
+	if k.Leeway < 0 || k.Leeway > Duration(5*time.Minute) {
+		v.add("auth.kubernetes.leeway", "must be from 0 to 5m, got %s", k.Leeway)
+	}
 }

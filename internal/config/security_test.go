@@ -63,6 +63,7 @@ cache:
 	want.Auth = Auth{
 		APIKeys:              []APIKey{{Identity: "batch-jobs", SHA256: digestA}, {Identity: "cron", SHA256: digestB}},
 		AllowUnauthenticated: true,
+		Kubernetes:           Default().Auth.Kubernetes,
 	}
 	want.Policy = []PolicyRule{
 		{Identity: "spiffe://prod/ns/payments/sa/worker", Clients: []string{"payments"}, Scopes: []string{"payments/read", "payments/write"}, Passthrough: true},

@@ -11,6 +11,7 @@
 //	uri:URI                      any other URI SAN of a certificate
 //	dns:NAME                     a certificate's DNS SAN
 //	apikey:NAME                  a bearer API key configured with identity NAME
+//	k8s:NAMESPACE:SERVICEACCOUNT a verified Kubernetes service-account token
 //	anonymous                    a caller that did not authenticate
 package ident
 
@@ -31,6 +32,9 @@ const (
 	URIPrefix = "uri:"
 	// APIKeyPrefix starts the identity of a bearer API key.
 	APIKeyPrefix = "apikey:"
+	// K8sPrefix starts the identity of a caller that presented a verified
+	// Kubernetes service-account token: "k8s:NAMESPACE:SERVICEACCOUNT".
+	K8sPrefix = "k8s:"
 	// Anonymous is the identity of a caller that did not authenticate.
 	Anonymous = "anonymous"
 	// Any is the pattern matching every authenticated identity (never
@@ -39,12 +43,13 @@ const (
 )
 
 // KindsRule lists the forms a pattern may take, for error messages.
-const KindsRule = `must name its kind: "spiffe://TRUST-DOMAIN/PATH", "dns:NAME", "uri:URI", "apikey:NAME" ` +
-	`(each exact, as a prefix ending in "/*", or as "KIND:*" for every identity of the kind), ` +
+const KindsRule = `must name its kind: "spiffe://TRUST-DOMAIN/PATH", "dns:NAME", "uri:URI", "apikey:NAME", ` +
+	`"k8s:NAMESPACE:SERVICEACCOUNT" (each exact, as a prefix ending in "/*", or as "KIND:*" for every identity of the kind; ` +
+	`"k8s:NAMESPACE:*" for a namespace), ` +
 	`"anonymous" (unauthenticated callers) or "*" (every authenticated caller)`
 
 // kinds are the prefixes of the typed kinds, in KindsRule's order.
-var kinds = [...]string{SPIFFEPrefix, DNSPrefix, URIPrefix, APIKeyPrefix}
+var kinds = [...]string{SPIFFEPrefix, DNSPrefix, URIPrefix, APIKeyPrefix, K8sPrefix}
 
 // DNS returns the identity of a certificate's DNS SAN name, in lower case
 // (DNS names are case-insensitive; so are "dns:" patterns).
@@ -52,6 +57,13 @@ func DNS(name string) string { return DNSPrefix + strings.ToLower(name) }
 
 // APIKey returns the identity of the API key configured with identity name.
 func APIKey(name string) string { return APIKeyPrefix + name }
+
+// K8s returns the identity of a Kubernetes service account. Namespace and
+// service-account names are DNS labels and subdomains, so neither holds
+// the ':' that separates them.
+func K8s(namespace, serviceAccount string) string {
+	return K8sPrefix + namespace + ":" + serviceAccount
+}
 
 // URI returns the identity of a certificate's URI SAN: the URI itself when
 // it is a SPIFFE ID (scheme "spiffe" with a trust domain and no query,
@@ -116,10 +128,20 @@ func ParsePattern(s string) (Pattern, error) {
 	if star < 0 {
 		return Pattern{exact: s}, nil
 	}
-	if star != len(s)-1 || (!strings.HasSuffix(s, "/*") && s != kind+"*") {
-		return Pattern{}, errors.New(`"*" is allowed only alone, as a trailing "/*" or as "KIND:*"`)
+	if star != len(s)-1 || (!strings.HasSuffix(s, "/*") && s != kind+"*" && !k8sNamespace(kind, s)) {
+		return Pattern{}, errors.New(`"*" is allowed only alone, as a trailing "/*", as "KIND:*" or as "k8s:NAMESPACE:*"`)
 	}
 	return Pattern{prefix: s[:len(s)-1]}, nil
+}
+
+// k8sNamespace reports whether s is "k8s:NAMESPACE:*" with a namespace
+// free of ':'.
+func k8sNamespace(kind, s string) bool {
+	if kind != K8sPrefix || !strings.HasSuffix(s, ":*") {
+		return false
+	}
+	ns := s[len(K8sPrefix) : len(s)-2]
+	return ns != "" && !strings.Contains(ns, ":")
 }
 
 // IsAnonymous reports whether p is the pattern Anonymous.

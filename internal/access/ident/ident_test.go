@@ -39,6 +39,14 @@ func TestPatternMatches(t *testing.T) {
 		{"apikey:team/*", "apikey:team/x", true},
 		{"uri:https://a/*", "uri:https://a/b", true},
 		{"uri:https://a/*", "spiffe://a/b", false},
+		{"k8s:payments:*", "k8s:payments:worker", true},
+		{"k8s:payments:*", "k8s:payments-eu:worker", false},
+		{"k8s:payments:*", "k8s:payments:", false},
+		{"k8s:payments:*", "apikey:k8s:payments:worker", false},
+		{"k8s:payments:worker", "k8s:payments:worker", true},
+		{"k8s:payments:worker", "k8s:payments:worker2", false},
+		{"k8s:*", "k8s:billing:api", true},
+		{"*", "k8s:billing:api", true},
 	}
 	for _, tc := range tests {
 		p, err := ParsePattern(tc.pattern)
@@ -65,6 +73,10 @@ func TestParsePatternErrors(t *testing.T) {
 		{"dns:a*", `"*" is allowed only`},
 		{"spiffe://a/*/b", `"*" is allowed only`},
 		{"apikey:**", `"*" is allowed only`},
+		{"k8s:pay*", `"*" is allowed only`},
+		{"k8s::*", `"*" is allowed only`},
+		{"k8s:a:b:*", `"*" is allowed only`},
+		{"apikey:team:*", `"*" is allowed only`},
 	}
 	for _, tc := range tests {
 		_, err := ParsePattern(tc.pattern)
@@ -99,6 +111,9 @@ func TestNames(t *testing.T) {
 	}
 	if got := DNS("A.Example"); got != "dns:a.example" {
 		t.Errorf("DNS: got %q, want dns:a.example", got)
+	}
+	if got := K8s("payments", "worker"); got != "k8s:payments:worker" {
+		t.Errorf("K8s: got %q, want k8s:payments:worker", got)
 	}
 	if got := APIKey("w"); got != "apikey:w" {
 		t.Errorf("APIKey: got %q, want apikey:w", got)
