@@ -25,6 +25,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/credential"
 	"github.com/tokenbroker/tokenbroker/internal/devissuer"
+	"github.com/tokenbroker/tokenbroker/internal/k8sauth"
 	"github.com/tokenbroker/tokenbroker/internal/metrics"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/server"
@@ -47,11 +48,14 @@ var DevScopes = []string{"demo/read", "demo/write"}
 type App struct {
 	broker *broker.Broker
 	cache  *tokencache.Cache
-	tier   *shared.Tier        // nil without a Redis tier
-	creds  *credential.Watcher // re-reads the clients' credential files
-	server *server.Server
-	http   *http.Server // nil without http_listen
-	sds    *sdsService  // nil unless sds.enabled
+	tier   *shared.Tier // nil without a Redis tier
+	// metrics holds the cost accounting, whose counts the Redis tier
+	// gathers for the fleet.
+	metrics *metrics.Metrics
+	creds   *credential.Watcher // re-reads the clients' credential files
+	server  *server.Server
+	http    *http.Server // nil without http_listen
+	sds     *sdsService  // nil unless sds.enabled
 	// sdsL is sds.listen's listener, when SDS has one of its own; Run
 	// opens it, or else Serve does.
 	sdsL   net.Listener
@@ -60,6 +64,9 @@ type App struct {
 	// verifier checks tokens for resource servers; nil unless a
 	// provider has a verify section.
 	verifier *verifier.Verifier
+	// k8s verifies callers' service-account tokens; nil unless
+	// auth.kubernetes is configured.
+	k8s *k8sauth.Verifier
 
 	shutdownTimeout time.Duration
 }
@@ -72,6 +79,9 @@ func (a *App) close() {
 	a.cache.Close()
 	if a.verifier != nil {
 		a.verifier.Close()
+	}
+	if a.k8s != nil {
+		a.k8s.Close()
 	}
 	if a.tier != nil {
 		_ = a.tier.Close()
@@ -91,8 +101,15 @@ type Keys struct {
 // New builds the broker and its server from cfg, which must be valid and
 // have its secrets loaded.
 func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
-	guard, err := newAuthenticator(cfg)
+	k8s, err := newK8sVerifier(cfg, logger)
 	if err != nil {
+		return nil, err
+	}
+	guard, err := newAuthenticator(cfg, k8s)
+	if err != nil {
+		if k8s != nil {
+			k8s.Close()
+		}
 		return nil, err
 	}
 	var tlsConfig *tls.Config
@@ -114,6 +131,8 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 		return nil, err
 	}
 	b = a.broker
+	a.k8s = k8s
+	a.metrics = m
 	srv, err := server.New(server.Config{
 		Broker:                watchAdapter{b},
 		Admin:                 adminBroker{b, m},
@@ -145,7 +164,7 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 		return nil, err
 	}
 	if cfg.SDS.Enabled {
-		if a.sds, err = newSDS(cfg, b, guard, m, tlsConfig, logger, srv.GRPCServer()); err != nil {
+		if a.sds, err = newSDS(cfg, b, guard, m, logger, srv); err != nil {
 			a.close()
 			return nil, err
 		}
@@ -162,9 +181,36 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 	return a, nil
 }
 
-// newAuthenticator builds caller authentication and policy from cfg. In
-// -dev mode every caller is accepted, as "anonymous", and is an admin.
-func newAuthenticator(cfg config.Config) (*access.Authenticator, error) {
+// newK8sVerifier builds the service-account token verifier of
+// auth.kubernetes; nil when it is off.
+func newK8sVerifier(cfg config.Config, logger *slog.Logger) (*k8sauth.Verifier, error) {
+	k := cfg.Auth.Kubernetes
+	if !k.Enabled() {
+		return nil, nil
+	}
+	leeway := time.Duration(k.Leeway)
+	if leeway == 0 {
+		leeway = -1 // configured as none
+	}
+	v, err := k8sauth.New(k8sauth.Config{
+		Issuer:             k.IssuerURL,
+		JWKSFile:           k.JWKSFile,
+		Audience:           k.Audience,
+		Leeway:             leeway,
+		RefreshInterval:    time.Duration(cfg.Verifier.JWKSRefreshInterval),
+		MinRefreshInterval: time.Duration(cfg.Verifier.JWKSMinRefreshInterval),
+		Logger:             logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("auth.kubernetes: %w", err)
+	}
+	return v, nil
+}
+
+// newAuthenticator builds caller authentication and policy from cfg, with
+// k8s (nil for none) verifying service-account tokens. In -dev mode every
+// caller is accepted, as "anonymous", and is an admin.
+func newAuthenticator(cfg config.Config, k8s *k8sauth.Verifier) (*access.Authenticator, error) {
 	keys := make([]access.APIKey, len(cfg.Auth.APIKeys))
 	for i, k := range cfg.Auth.APIKeys {
 		sum, err := access.ParseSHA256Hex(k.SHA256)
@@ -181,7 +227,12 @@ func newAuthenticator(cfg config.Config) (*access.Authenticator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
+	var sa access.TokenVerifier
+	if k8s != nil {
+		sa = k8s
+	}
 	return access.New(access.Config{
+		ServiceAccounts:      sa,
 		APIKeys:              keys,
 		AllowUnauthenticated: cfg.Auth.AllowUnauthenticated || cfg.Dev,
 		AdminIdentities:      cfg.Admin.Identities,
@@ -225,6 +276,9 @@ func clientAuth(s string) tls.ClientAuthType {
 // serves once.
 func (a *App) Serve(ctx context.Context, l, adminL, httpL net.Listener) error {
 	defer a.close()
+	// After the broker's fetches ended (broker.Close), before the tier
+	// closes (a.close): their requests reach the fleet's figures.
+	defer a.flushSavings()
 	defer a.broker.Close()
 	rctx, stop := context.WithCancel(context.Background())
 	// Deferred after a.close: the key refreshes end (stop) before the
@@ -232,11 +286,21 @@ func (a *App) Serve(ctx context.Context, l, adminL, httpL net.Listener) error {
 	defer a.runVerifier(rctx)()
 	done := make(chan error, 2)
 	go func() { done <- a.broker.Run(rctx) }()
+	if a.k8s != nil {
+		k8sDone := make(chan struct{})
+		go func() { defer close(k8sDone); _ = a.k8s.Run(rctx) }()
+		defer func() { <-k8sDone }() // stop() has ended rctx by then
+	}
 	credsDone := make(chan struct{})
 	go func() { defer close(credsDone); _ = a.creds.Run(rctx) }()
 	defer func() { <-credsDone }() // stop() has ended rctx by then
 	if a.tier != nil {
 		go func() { done <- a.tier.Run(rctx, a.broker) }()
+		// The replica's cost accounting reaches the fleet's figures in
+		// Redis about once a second.
+		savingsDone := make(chan struct{})
+		go func() { defer close(savingsDone); _ = a.metrics.RunSavings(rctx) }()
+		defer func() { <-savingsDone }() // stop() has ended rctx by then
 	} else {
 		done <- nil
 	}
@@ -251,7 +315,7 @@ func (a *App) Serve(ctx context.Context, l, adminL, httpL net.Listener) error {
 		// begins, as the server ends WatchToken streams, so that the
 		// graceful stop does not wait for them.
 		context.AfterFunc(gctx, a.sds.sds.Shutdown)
-		if a.sds.grpc != nil {
+		if a.sds.listener != nil {
 			if a.sdsL == nil {
 				var err error
 				if a.sdsL, err = listenSDS(a.sdsCfg); err != nil {
@@ -259,7 +323,7 @@ func (a *App) Serve(ctx context.Context, l, adminL, httpL net.Listener) error {
 					return errors.Join(fmt.Errorf("sds.listen: %w", err), <-done, <-done)
 				}
 			}
-			g.Go(func() error { return a.sds.serve(gctx, a.sdsL, a.shutdownTimeout) })
+			g.Go(func() error { return a.sds.serve(gctx, a.sdsL) })
 		}
 	}
 	g.Go(func() error { return a.server.Serve(gctx, l) })
@@ -272,6 +336,17 @@ func (a *App) Serve(ctx context.Context, l, adminL, httpL net.Listener) error {
 	err := g.Wait()
 	stop()
 	return errors.Join(err, <-done, <-done)
+}
+
+// flushSavings adds the replica's last counts to the fleet's figures
+// (nothing without a Redis tier), bounded by a second.
+func (a *App) flushSavings() {
+	if a.tier == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = a.metrics.FlushSavings(ctx) // the tier reports its own failures
 }
 
 // watchAdapter gives the server the broker's watchers as Subscriptions.
@@ -485,6 +560,8 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Met
 			return nil, err
 		}
 		f = a.tier
+		// The cost accounting reports the fleet's figures, kept in Redis.
+		m.SetSavingsStore(a.tier)
 		if err := setFleetBudgets(cfg, a.tier, providers, m); err != nil {
 			a.close()
 			return nil, err
