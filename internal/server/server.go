@@ -219,6 +219,13 @@ type Server struct {
 	// watch its Done channel and end their streams.
 	stopping context.Context
 	stop     context.CancelFunc
+	// opts and reflection build the servers of NewListener.
+	opts       []grpc.ServerOption
+	reflection bool
+	// extra are the servers of NewListener; watch is the
+	// TokenBrokerService, whose caller limits AdmitWatch applies.
+	extra []*grpcServer
+	watch *handler
 }
 
 // New returns a Server for cfg. It fails when cfg.Broker is nil, a
@@ -346,14 +353,15 @@ func New(cfg Config) (*Server, error) {
 
 	stopping, stop := context.WithCancel(context.Background())
 	mainSrv := newGRPCServer("main", opts)
-	mainSrv.register(&tokenbrokerv1.TokenBrokerService_ServiceDesc, &handler{
+	watch := &handler{
 		broker:    cfg.Broker,
 		logger:    cfg.Logger,
 		identity:  cfg.Identity,
 		authorize: cfg.Authorize,
 		limits:    newCallerLimits(cfg.MaxWatchesPerCaller, cfg.WatchOpensPerSecond, cfg.WatchOpenBurst),
 		stopping:  stopping,
-	})
+	}
+	mainSrv.register(&tokenBrokerServiceDesc, watch)
 	var admin *grpcServer
 	if cfg.Admin != nil {
 		target := mainSrv
@@ -379,6 +387,9 @@ func New(cfg Config) (*Server, error) {
 		shutdownTimeout: cfg.ShutdownTimeout,
 		stopping:        stopping,
 		stop:            stop,
+		opts:            opts,
+		reflection:      cfg.Reflection,
+		watch:           watch,
 	}, nil
 }
 
@@ -409,6 +420,69 @@ func (g *grpcServer) register(desc *grpc.ServiceDesc, impl any) {
 	g.health.SetServingStatus(desc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 }
 
+// RegisterService implements grpc.ServiceRegistrar: register, so that a
+// service registered from outside the package is listed by health too.
+func (g *grpcServer) RegisterService(desc *grpc.ServiceDesc, impl any) { g.register(desc, impl) }
+
+// Registrar returns the main server as a grpc.ServiceRegistrar: a service
+// registered through it (before Serve) gets the main server's
+// interceptors and is listed by its health service.
+func (s *Server) Registrar() grpc.ServiceRegistrar { return s.main }
+
+// Listener is a further gRPC server of the Server, for a service served on
+// a listener of its own (the SDS server's sds.listen): built with the main
+// server's options (interceptors, codec, TLS, transport limits), with
+// health and, when configured, reflection. Register its services before
+// Serve.
+type Listener struct {
+	s *Server
+	g *grpcServer
+}
+
+// NewListener returns a Listener named name (in logs). Call it before
+// serving; Close releases it with the rest.
+func (s *Server) NewListener(name string) *Listener {
+	g := newGRPCServer(name, s.opts)
+	healthpb.RegisterHealthServer(g.grpc, g.health)
+	if s.reflection {
+		reflection.Register(g.grpc)
+	}
+	s.extra = append(s.extra, g)
+	return &Listener{s: s, g: g}
+}
+
+// RegisterService implements grpc.ServiceRegistrar: the service is served
+// and listed by the Listener's health service.
+func (l *Listener) RegisterService(desc *grpc.ServiceDesc, impl any) { l.g.register(desc, impl) }
+
+// GRPCServer returns the underlying *grpc.Server (for metrics that
+// initialize per registered method).
+func (l *Listener) GRPCServer() *grpc.Server { return l.g.grpc }
+
+// Serve serves on lis until ctx is done, then shuts down like ServeAdmin,
+// calling beforeStop (which ends the service's long-lived streams) before
+// the graceful stop. It returns nil after such a shutdown, or the error
+// that ended serving early. lis is closed either way. Call it once.
+func (l *Listener) Serve(ctx context.Context, lis net.Listener, beforeStop func()) error {
+	return l.s.serve(ctx, l.g, lis, beforeStop)
+}
+
+// AdmitWatch admits one more long-lived subscription of ctx's caller under
+// WatchToken's per-caller limits (Config.MaxWatchesPerCaller,
+// WatchOpensPerSecond, WatchOpenBurst; the caller named by
+// Config.Identity), sharing the caller's budget with its WatchToken
+// streams. On admission the caller must call release exactly once (more
+// calls do nothing) when the subscription ends; otherwise err is the
+// codes.ResourceExhausted status, with RetryInfo and QuotaFailure, that
+// refuses it.
+func (s *Server) AdmitWatch(ctx context.Context) (release func(), err error) {
+	release, rejected := s.watch.limits.acquire(s.watch.callerID(ctx))
+	if rejected != nil {
+		return nil, rejected.Err()
+	}
+	return release, nil
+}
+
 // GRPCServer returns the underlying *grpc.Server, for tests that serve it
 // on their own listener (bufconn).
 // It is the main server; see ServeAdmin for the admin one.
@@ -428,7 +502,7 @@ func (s *Server) Serving() bool {
 // safe to call more than once.
 func (s *Server) Close() {
 	s.stop()
-	for _, g := range []*grpcServer{s.main, s.admin} {
+	for _, g := range append([]*grpcServer{s.main, s.admin}, s.extra...) {
 		if g != nil {
 			g.grpc.Stop()
 		}
@@ -518,6 +592,9 @@ type handler struct {
 	// prepared shares the encoding of a token event among the watchers
 	// of its key.
 	prepared preparedEvents
+	// encoded shares the encoding of a GetToken response among the
+	// callers that get the same token.
+	encoded encodedResponses
 	// stopping is cancelled when the server shuts down; its Done channel
 	// ends every WatchToken stream.
 	stopping context.Context
@@ -525,14 +602,40 @@ type handler struct {
 
 // GetToken validates the request, checks that the caller may have the
 // token (Config.Authorize), asks the broker for it and maps the result.
+// The server answers GetToken through getTokenEncoded (encoded.go); this
+// form returns the message itself.
 func (h *handler) GetToken(ctx context.Context, in *tokenbrokerv1.GetTokenRequest) (*tokenbrokerv1.GetTokenResponse, error) {
+	tok, err := h.getToken(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	return &tokenbrokerv1.GetTokenResponse{Token: toProtoToken(tok)}, nil
+}
+
+// getTokenEncoded is GetToken answering with the response's encoding,
+// shared by the calls that get the same token (encoded.go).
+func (h *handler) getTokenEncoded(ctx context.Context, in *tokenbrokerv1.GetTokenRequest) (any, error) {
+	tok, err := h.getToken(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	m, err := h.encoded.get(tok)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// getToken is GetToken up to the token the caller gets, or the status
+// error that refuses the call.
+func (h *handler) getToken(ctx context.Context, in *tokenbrokerv1.GetTokenRequest) (broker.Token, error) {
 	req, err := toBrokerRequest(in)
 	if err != nil {
-		return nil, StatusFromError(err, false).Err()
+		return broker.Token{}, StatusFromError(err, false).Err()
 	}
 	req.Caller = callerName(ctx)
 	if err := h.authorized(ctx, req.Selector); err != nil {
-		return nil, err
+		return broker.Token{}, err
 	}
 	tok, err := h.broker.GetToken(ctx, req)
 	if err != nil {
@@ -540,10 +643,10 @@ func (h *handler) GetToken(ctx context.Context, in *tokenbrokerv1.GetTokenReques
 			setLogKeyID(ctx, id)
 		}
 		setLogCause(ctx, err)
-		return nil, StatusFromError(err, req.Selector.Credentials != nil).Err()
+		return broker.Token{}, StatusFromError(err, req.Selector.Credentials != nil).Err()
 	}
 	setLogKeyID(ctx, tok.KeyID)
-	return &tokenbrokerv1.GetTokenResponse{Token: toProtoToken(tok)}, nil
+	return tok, nil
 }
 
 // authorized runs the Authorize hook for sel and returns nil, or the

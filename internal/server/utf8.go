@@ -54,8 +54,15 @@ func newUTF8Codec(marks *utf8Marks) utf8Codec {
 // Name implements encoding.CodecV2.
 func (c utf8Codec) Name() string { return grpcproto.Name }
 
-// Marshal implements encoding.CodecV2.
-func (c utf8Codec) Marshal(v any) (mem.BufferSlice, error) { return c.base.Marshal(v) }
+// Marshal implements encoding.CodecV2. A message already encoded (a
+// GetToken response shared by the calls that get the same token, see
+// encoded.go) is its bytes.
+func (c utf8Codec) Marshal(v any) (mem.BufferSlice, error) {
+	if m, ok := v.(*encodedMessage); ok {
+		return m.marshal(), nil
+	}
+	return c.base.Marshal(v)
+}
 
 // Unmarshal implements encoding.CodecV2. Any failure other than invalid
 // UTF-8 is returned as it is.
