@@ -124,6 +124,13 @@ type Config struct {
 	// sel; an error for which errors.Is(err, access.ErrPermissionDenied)
 	// refuses the name (MsgRefused). Nil allows every caller.
 	Authorize func(ctx context.Context, sel broker.Selector) error
+	// Admit admits one more subscription (a name on a stream) of the
+	// caller of ctx, or returns the status that refuses it
+	// (codes.ResourceExhausted): the per-caller limits of WatchToken
+	// (server.Server.AdmitWatch), so that a caller's SDS subscriptions and
+	// WatchToken streams share one budget. release is called exactly once
+	// when the subscription ends. Nil admits everything.
+	Admit func(ctx context.Context) (release func(), err error)
 	// Logger receives NACKs and tokens that cannot be held. Nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -144,6 +151,7 @@ type Server struct {
 	prefix    string // of the header value, before the token
 	suffix    string // after it
 	authorize func(ctx context.Context, sel broker.Selector) error
+	admit     func(ctx context.Context) (release func(), err error)
 	logger    *slog.Logger
 	obs       Observer
 	stopping  context.Context
@@ -185,6 +193,7 @@ func New(cfg Config) (*Server, error) {
 		prefix:    prefix,
 		suffix:    suffix,
 		authorize: cfg.Authorize,
+		admit:     cfg.Admit,
 		logger:    cfg.Logger,
 		obs:       cfg.Observer,
 		stopping:  stopping,

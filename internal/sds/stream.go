@@ -28,6 +28,8 @@ type subscription struct {
 	name string
 	sub  server.Subscription
 	tok  broker.Token
+	// release frees the subscription's place in the caller's limits.
+	release func()
 }
 
 // stream is the state of one StreamSecrets call. Only its handler
@@ -224,8 +226,17 @@ func (st *stream) subscribe(field, name string) error {
 	if err != nil {
 		return err
 	}
+	// Admitted after authorization, as WatchToken does: a refused name
+	// costs the caller none of its quota.
+	release := func() {}
+	if s.admit != nil {
+		if release, err = s.admit(st.ctx); err != nil {
+			return err
+		}
+	}
 	w, err := s.broker.Watch(st.wctx, broker.Request{Selector: sel, Caller: st.caller})
 	if err != nil {
+		release()
 		if errors.Is(context.Cause(st.wctx), errShuttingDown) {
 			return shuttingDown()
 		}
@@ -235,10 +246,11 @@ func (st *stream) subscribe(field, name string) error {
 		return brokerError(field, err)
 	}
 	if w == nil {
+		release()
 		s.logger.ErrorContext(st.ctx, "sds: broker returned no subscription and no error")
 		return status.Error(codes.Internal, "internal error")
 	}
-	sub := &subscription{name: name, sub: w, tok: w.Initial()}
+	sub := &subscription{name: name, sub: w, tok: w.Initial(), release: release}
 	st.subs[name] = sub
 	st.order = append(st.order, sub)
 	s.obs.Subscribed(name, 1)
@@ -258,6 +270,7 @@ func (st *stream) unsubscribe(sub *subscription) {
 		delete(st.pending, nonce)
 		delete(st.latest, sub.name)
 	}
+	sub.release() // first, as WatchToken frees the slot before Close
 	sub.sub.Close()
 	st.s.obs.Subscribed(sub.name, -1)
 }
