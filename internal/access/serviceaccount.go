@@ -88,19 +88,26 @@ func (a *Authenticator) verifyServiceAccount(ctx context.Context, token string) 
 }
 
 // HTTPIdentity returns the identity of an HTTP caller: its verified client
-// certificate's over HTTPS; else, with ServiceAccounts configured, the
-// service-account token in an "Authorization: Bearer" header; else the
-// anonymous identity (callers of the token endpoint prove they hold the
-// client credentials they present). A refused token is an
-// *UnauthenticatedError.
+// certificate's over HTTPS (an Authorization header is then ignored);
+// else the service-account token in an "Authorization: Bearer" header;
+// else the anonymous identity (callers of the token endpoint prove they
+// hold the client credentials they present). A bearer value is refused
+// with an *UnauthenticatedError when it does not verify, is not a JWT, or
+// ServiceAccounts is not configured: a caller that tries to prove an
+// identity is never served as anonymous instead.
 func (a *Authenticator) HTTPIdentity(r *http.Request) (Identity, error) {
 	id := TLSIdentity(r.TLS)
-	if id.Source == SourceMTLS || a.serviceAccounts == nil {
+	if id.Source == SourceMTLS {
 		return id, nil
 	}
 	token, ok := HTTPBearer(r)
-	if !ok || !LooksLikeJWT(token) {
+	switch {
+	case !ok:
 		return id, nil
+	case a.serviceAccounts == nil:
+		return Identity{}, &UnauthenticatedError{Reason: "Authorization: Bearer carries a Kubernetes service-account token, which this broker does not accept (auth.kubernetes is off)"}
+	case !LooksLikeJWT(token):
+		return Identity{}, &UnauthenticatedError{Reason: "Authorization: Bearer must carry a Kubernetes service-account token (a JWT)"}
 	}
 	return a.verifyServiceAccount(r.Context(), token)
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -100,7 +101,7 @@ func newHTTPServer(cfg config.Config, b *broker.Broker, guard *access.Authentica
 		return nil, fmt.Errorf("http_listen: %w", err)
 	}
 	return &http.Server{
-		Handler:           h,
+		Handler:           withHTTPIdentity(guard, h),
 		TLSConfig:         tlsConfig,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
@@ -111,21 +112,67 @@ func newHTTPServer(cfg config.Config, b *broker.Broker, guard *access.Authentica
 	}, nil
 }
 
-// httpAuthorize applies the policy to an HTTP caller: the identity of its
-// verified client certificate over HTTPS, else the anonymous identity.
-// The caller has also proved it holds the credentials it presents.
+// httpIdentityKey keys a request's *httpIdentity in its context.
+type httpIdentityKey struct{}
+
+// httpIdentity is an HTTP caller's identity, resolved once per request
+// (Authorize and Caller both ask for it) and only when asked.
+type httpIdentity struct {
+	once  sync.Once
+	guard *access.Authenticator
+	r     *http.Request
+	id    access.Identity
+	err   error
+}
+
+// withHTTPIdentity gives requests carrying "Authorization: Bearer" (a
+// service-account token) a lazily verified identity; other requests are
+// their client certificate's or anonymous, as before, at no cost.
+func withHTTPIdentity(guard *access.Authenticator, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := access.HTTPBearer(r); ok {
+			hi := &httpIdentity{guard: guard}
+			r = r.WithContext(context.WithValue(r.Context(), httpIdentityKey{}, hi))
+			hi.r = r
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// callerOf returns the identity of an HTTP caller: its verified client
+// certificate's over HTTPS, else its service-account token's
+// ("Authorization: Bearer"; refused with an *access.UnauthenticatedError
+// when it does not verify or auth.kubernetes is off), else anonymous.
+func callerOf(r *http.Request) (access.Identity, error) {
+	hi, ok := r.Context().Value(httpIdentityKey{}).(*httpIdentity)
+	if !ok {
+		return access.TLSIdentity(r.TLS), nil
+	}
+	hi.once.Do(func() { hi.id, hi.err = hi.guard.HTTPIdentity(hi.r) })
+	return hi.id, hi.err
+}
+
+// httpAuthorize applies the policy to an HTTP caller (callerOf). The
+// caller has also proved it holds the credentials it presents.
 func httpAuthorize(guard *access.Authenticator) func(*http.Request, broker.Selector) error {
 	return func(r *http.Request, sel broker.Selector) error {
+		id, err := callerOf(r)
+		if err != nil {
+			// An *access.UnauthenticatedError: 401 invalid_client.
+			return err
+		}
 		// A refusal is an *access.DeniedError (access.ErrPermissionDenied),
 		// which the endpoint maps to 403 access_denied.
-		return guard.Policy().Authorize(access.TLSIdentity(r.TLS), sel)
+		return guard.Policy().Authorize(id, sel)
 	}
 }
 
-// httpCaller names an HTTP caller for the pass-through limits: the
-// identity of its verified client certificate over HTTPS, else anonymous
-// (every anonymous caller is one identity).
-func httpCaller(r *http.Request) string { return access.TLSIdentity(r.TLS).Name }
+// httpCaller names an HTTP caller for the pass-through limits (callerOf;
+// every anonymous caller is one identity).
+func httpCaller(r *http.Request) string {
+	id, _ := callerOf(r)
+	return id.Name
+}
 
 // serveHTTP serves s on l until ctx ends, then shuts it down within
 // timeout.

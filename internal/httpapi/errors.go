@@ -62,6 +62,7 @@ type errorRow struct {
 //   - broker.ErrTokenTooShort is 502 server_error: the provider issues
 //     tokens with less life than the broker may serve.
 var errorTable = []errorRow{
+	{access.ErrUnauthenticated, http.StatusUnauthorized, codeInvalidClient, "caller authentication failed"},
 	{access.ErrPermissionDenied, http.StatusForbidden, codeAccessDenied, "access denied"},
 	{broker.ErrInvalidArgument, http.StatusBadRequest, codeInvalidRequest, "invalid request"},
 	{broker.ErrUnknownProvider, http.StatusBadRequest, codeInvalidRequest, "provider: must name a configured provider"},
@@ -95,7 +96,11 @@ func errorFor(err error, basic bool) *oauthError {
 		}
 		e := &oauthError{status: row.status, code: row.code, desc: row.desc}
 		switch row.kind {
-		case access.ErrPermissionDenied:
+		case access.ErrPermissionDenied, access.ErrUnauthenticated:
+			var ue *access.UnauthenticatedError
+			if errors.As(err, &ue) && ue.Unavailable {
+				e.status, e.code = http.StatusServiceUnavailable, codeTemporarilyUnavailable
+			}
 			if own := sanitize(err.Error()); own != "" {
 				e.desc = own
 			}

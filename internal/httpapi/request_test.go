@@ -83,8 +83,11 @@ func TestMalformedRequests(t *testing.T) {
 			wantStatus: 400, wantCode: "invalid_request", wantDesc: "not both"},
 		{name: "Basic and another client_id", values: with("client_id", "someone-else"), header: creds,
 			wantStatus: 400, wantCode: "invalid_request", wantDesc: "client_id: must match"},
+		// "Authorization: Bearer" carries a caller identity (a
+		// service-account token, Config.Authorize's), not client
+		// credentials: without credentials in the body there are none.
 		{name: "Bearer scheme", values: good, header: http.Header{"Authorization": {"Bearer abc"}},
-			wantStatus: 401, wantCode: "invalid_client", wantDesc: "Basic scheme",
+			wantStatus: 401, wantCode: "invalid_client", wantDesc: "client authentication is required",
 			wantHeader: map[string]string{"WWW-Authenticate": `Basic realm="tokenbroker"`}},
 		{name: "Basic not base64", values: good, header: http.Header{"Authorization": {"Basic !!!"}},
 			wantStatus: 400, wantCode: "invalid_request", wantDesc: "Authorization: Basic credentials"},

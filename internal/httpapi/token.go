@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/internal/access"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 )
@@ -175,17 +176,14 @@ func (h *handler) token(w http.ResponseWriter, r *http.Request, provider string)
 		writeError(w, oerr)
 		return oerr.status, broker.KeyIDOf(err), oerr
 	}
-	remaining := tok.ExpiresAt.Sub(h.now())
-	tokenType := tok.TokenType
-	if tokenType == "" {
-		tokenType = "Bearer"
+	// The body of this token and expires_in, encoded once (encoded.go).
+	body, ok := hitBodies.get(tok, expiresIn(tok.ExpiresAt.Sub(h.now())))
+	if !ok {
+		oerr := errorFor(errors.New("encoding the token response"), p.basic)
+		writeError(w, oerr)
+		return oerr.status, tok.KeyID, oerr
 	}
-	writeJSON(w, http.StatusOK, tokenResponse{
-		AccessToken: tok.AccessToken.Reveal(),
-		TokenType:   tokenType,
-		ExpiresIn:   expiresIn(remaining),
-		Scope:       strings.Join(tok.Scopes, " "),
-	})
+	writeBody(w, http.StatusOK, body)
 	return http.StatusOK, tok.KeyID, nil
 }
 
@@ -313,6 +311,12 @@ func (h *handler) parse(w http.ResponseWriter, r *http.Request, provider string)
 func clientAuth(r *http.Request, form url.Values) (id, sec string, basic bool, oerr *oauthError) {
 	formID, formSecret := form.Get(paramClientID), form.Get(paramClientSecret)
 	authz := r.Header.Values("Authorization")
+	if _, ok := access.HTTPBearer(r); ok {
+		// "Authorization: Bearer" carries the caller's identity (a
+		// Kubernetes service-account token, checked by Config.Authorize),
+		// not client credentials: those are then in the body.
+		authz = nil
+	}
 	switch {
 	case len(authz) > 1:
 		return "", "", false, badRequest("Authorization: must not be repeated")
@@ -415,6 +419,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 		body = []byte(`{"error":"server_error"}`)
 		status = http.StatusInternalServerError
 	}
+	writeBody(w, status, body)
+}
+
+// writeBody sends body, JSON, as the answer with status.
+func writeBody(w http.ResponseWriter, status int, body []byte) {
 	setNoStore(w.Header())
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
