@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tokenbroker/tokenbroker/api/tokensource"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 )
 
@@ -24,11 +25,26 @@ func (c *cli) dial() (*grpc.ClientConn, error) {
 		return nil, err
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(tc), grpc.WithUserAgent(progName)}
+	saFile := c.g.saToken
+	if saFile == "" {
+		saFile = c.getenv(envSATokenFile)
+	}
 	key, err := c.apiKey()
 	if err != nil {
 		return nil, err
 	}
-	if key != "" {
+	if saFile != "" {
+		if key != "" {
+			return nil, usagef("-sa-token-file: cannot be combined with an API key (-api-key-file or %s)", envAPIKey)
+		}
+		// -plaintext is the user's explicit choice of a connection
+		// without transport security (a broker on loopback).
+		sa, err := tokensource.NewServiceAccountToken(saFile, c.g.plaintext)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, grpc.WithPerRPCCredentials(sa))
+	} else if key != "" {
 		c.secrets = append(c.secrets, key)
 		opts = append(opts, grpc.WithPerRPCCredentials(bearer{key: key}))
 	}

@@ -36,6 +36,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tokenbroker/tokenbroker/api/tokensource"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 )
 
@@ -54,6 +55,7 @@ const (
 	envAddr         = "TOKENBROKER_ADDR"
 	envAPIKey       = "TOKENBROKER_API_KEY"
 	envClientSecret = "TOKENBROKER_CLIENT_SECRET"
+	envSATokenFile  = "TOKENBROKER_SA_TOKEN_FILE"
 )
 
 // defaultAddr is the broker's default listen address.
@@ -184,6 +186,7 @@ const usageTrailer = `
 Environment:
   ` + envAddr + `            default of -addr
   ` + envAPIKey + `         API key, when -api-key-file is not given
+  ` + envSATokenFile + `   default of -sa-token-file
   ` + envClientSecret + `   client secret for -provider/-client-id, when
                               -client-secret-file is not given
 
@@ -210,6 +213,7 @@ type globals struct {
 	key        string
 	serverName string
 	apiKeyFile string
+	saToken    string
 	timeout    time.Duration
 	output     string
 }
@@ -225,6 +229,7 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.key, "key", g.key, "PEM private key `file` of -cert")
 	fs.StringVar(&g.serverName, "server-name", g.serverName, "`name` to verify the server's certificate against (default: the host of -addr)")
 	fs.StringVar(&g.apiKeyFile, "api-key-file", g.apiKeyFile, "`file` holding the API key, sent as \"authorization: Bearer <key>\" (env "+envAPIKey+")")
+	fs.StringVar(&g.saToken, "sa-token-file", g.saToken, "`file` holding a Kubernetes projected service-account token (such as "+tokensource.DefaultServiceAccountTokenFile+"), re-read when it rotates and sent as \"authorization: Bearer <token>\" instead of an API key (env "+envSATokenFile+")")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "deadline of each call (watch streams have none); 0 means none")
 	fs.StringVar(&g.output, "o", g.output, "output `format`: token (the access token alone; default of get), table (default of the others) or json")
 }
