@@ -17,9 +17,12 @@
 // pushed whenever the broker replaces the token: at the refresh point,
 // after an invalidation, on recovery from an outage. The version is the
 // token's issue time in Unix nanoseconds, the same on every stream and
-// every replica that holds the same token; each response has a nonce of
-// its own stream. A request that answers a pending response's nonce is its
-// ACK or, with error_detail, its NACK (logged and counted; Envoy keeps its
+// every replica that holds the same token. A response is encoded once per
+// secret name and version and the same bytes go to every stream (see
+// prepared.go), so its nonce is derived from the name and the version: on
+// one stream, it tells apart every response that differs. A request that
+// answers a pending response's nonce is its ACK or, with error_detail, its
+// NACK (logged and counted; Envoy keeps its
 // previous secret, and the next token is pushed as usual); requests with a
 // stale nonce only update the subscription. When no valid token can be held
 // (an outage outlasting the token), nothing is pushed: Envoy keeps what it
@@ -154,8 +157,11 @@ type Server struct {
 	admit     func(ctx context.Context) (release func(), err error)
 	logger    *slog.Logger
 	obs       Observer
-	stopping  context.Context
-	stop      context.CancelFunc
+	// prepared shares the encoding of a secret's response among its
+	// streams.
+	prepared preparedResponses
+	stopping context.Context
+	stop     context.CancelFunc
 }
 
 // New checks cfg and returns a Server. The error names the field.

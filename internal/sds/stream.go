@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"reflect"
-	"strconv"
 	"strings"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -41,7 +40,6 @@ type stream struct {
 	grpc   grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]
 	subs   map[string]*subscription
 	order  []*subscription // subs, in a stable order for select
-	nonce  uint64
 	caller string
 	// pending maps the nonce of each response not yet answered to its
 	// name; latest maps each name to its pending nonce.
@@ -301,26 +299,23 @@ func (st *stream) event(sub *subscription, ev broker.Event) error {
 	return nil
 }
 
-// send pushes sub's current token with a new nonce.
+// send pushes sub's current token, from the bytes encoded once for every
+// stream of the name (prepared.go).
 func (st *stream) send(sub *subscription) error {
-	res, err := st.s.resource(sub.name, sub.tok)
+	v := version(sub.tok)
+	msg, err := st.s.prepared.get(st.grpc, sub.name, v, sub.tok.AccessToken.Reveal(), func() (*anypb.Any, error) {
+		return st.s.resource(sub.name, sub.tok)
+	})
 	if err != nil {
 		return err
 	}
-	st.nonce++
-	nonce := strconv.FormatUint(st.nonce, 10)
+	n := nonce(sub.name, v)
 	if old, ok := st.latest[sub.name]; ok {
 		delete(st.pending, old)
 	}
-	st.pending[nonce] = sub.name
-	st.latest[sub.name] = nonce
-	err = st.grpc.Send(&discoveryv3.DiscoveryResponse{
-		VersionInfo: version(sub.tok),
-		Resources:   []*anypb.Any{res},
-		TypeUrl:     TypeURL,
-		Nonce:       nonce,
-	})
-	if err != nil {
+	st.pending[n] = sub.name
+	st.latest[sub.name] = n
+	if err := st.grpc.SendMsg(msg); err != nil {
 		return err
 	}
 	st.s.obs.Pushed(sub.name)

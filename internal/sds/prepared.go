@@ -1,0 +1,100 @@
+package sds
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// A refresh reaches every stream subscribed to a secret at once: thousands
+// of sidecars get the same DiscoveryResponse. As WatchToken does with its
+// events (server's prepared.go), the response is encoded once per secret
+// name and version (a grpc.PreparedMsg: marshalled, framed, ready to
+// write) and every stream sends those bytes. The gRPC server's codec is
+// the only one and no compressor is registered, so the bytes prepared on
+// one stream are right for every other.
+//
+// That takes a nonce that is the same on every stream: nonce(name,
+// version). xDS asks of a nonce only that it tell the responses of one
+// stream apart, so that the sidecar's next request says which response it
+// answers (ACK or NACK) and a request answering a superseded response is
+// known as stale. On one stream, two responses with different nonces carry
+// a different name or a different version; two with the same nonce are
+// the same secret at the same version, byte for byte, so an answer to
+// either answers both. A stream keeps at most one pending response per
+// name (the latest), so each pending nonce maps to exactly one name. This
+// holds for streams of any number of names.
+//
+// The encoded response holds the token in the clear, as every response
+// does while gRPC sends it; the shared one is dropped preparedLinger after
+// it was encoded (a straggler encodes it again), so its clear copies live
+// about as long as its delivery.
+
+// preparedLinger is how long an encoded response is shared after it was
+// encoded: WatchToken's value. Tests lengthen it.
+var preparedLinger = 5 * time.Second
+
+// preparedEncodes counts the responses encoded, for tests.
+var preparedEncodes atomic.Int64
+
+// nonce is the nonce of the response carrying name's secret at version:
+// the same on every stream (see above). A version holds digits only, so
+// the first '/' ends it.
+func nonce(name, version string) string { return version + "/" + name }
+
+// preparedResponses holds, per secret name, the last response encoded.
+type preparedResponses struct {
+	mu sync.Mutex
+	m  map[string]*preparedResponse
+}
+
+// preparedResponse is one encoded response: the version and the access
+// token it carries, and its bytes.
+type preparedResponse struct {
+	version string
+	token   string
+	msg     *grpc.PreparedMsg
+}
+
+// get returns the encoded response carrying name's secret at version with
+// token (its access token, or "" for a withdrawn secret), encoding it on stream with res (which builds
+// the resource) when no stream has yet. Encoding happens under the lock:
+// the other streams wait for those bytes rather than encode their own.
+func (p *preparedResponses) get(stream grpc.ServerStream, name, version, token string, res func() (*anypb.Any, error)) (*grpc.PreparedMsg, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e := p.m[name]; e != nil && e.version == version && e.token == token {
+		return e.msg, nil
+	}
+	r, err := res()
+	if err != nil {
+		return nil, err
+	}
+	msg := &grpc.PreparedMsg{}
+	if err := msg.Encode(stream, &discoveryv3.DiscoveryResponse{
+		VersionInfo: version,
+		Resources:   []*anypb.Any{r},
+		TypeUrl:     TypeURL,
+		Nonce:       nonce(name, version),
+	}); err != nil {
+		return nil, err
+	}
+	preparedEncodes.Add(1)
+	e := &preparedResponse{version: version, token: token, msg: msg}
+	if p.m == nil {
+		p.m = make(map[string]*preparedResponse)
+	}
+	p.m[name] = e
+	time.AfterFunc(preparedLinger, func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.m[name] == e {
+			delete(p.m, name)
+		}
+	})
+	return msg, nil
+}
