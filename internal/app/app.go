@@ -25,6 +25,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/credential"
 	"github.com/tokenbroker/tokenbroker/internal/devissuer"
+	"github.com/tokenbroker/tokenbroker/internal/k8sauth"
 	"github.com/tokenbroker/tokenbroker/internal/metrics"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/server"
@@ -63,6 +64,9 @@ type App struct {
 	// verifier checks tokens for resource servers; nil unless a
 	// provider has a verify section.
 	verifier *verifier.Verifier
+	// k8s verifies callers' service-account tokens; nil unless
+	// auth.kubernetes is configured.
+	k8s *k8sauth.Verifier
 
 	shutdownTimeout time.Duration
 }
@@ -75,6 +79,9 @@ func (a *App) close() {
 	a.cache.Close()
 	if a.verifier != nil {
 		a.verifier.Close()
+	}
+	if a.k8s != nil {
+		a.k8s.Close()
 	}
 	if a.tier != nil {
 		_ = a.tier.Close()
@@ -94,8 +101,15 @@ type Keys struct {
 // New builds the broker and its server from cfg, which must be valid and
 // have its secrets loaded.
 func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
-	guard, err := newAuthenticator(cfg)
+	k8s, err := newK8sVerifier(cfg, logger)
 	if err != nil {
+		return nil, err
+	}
+	guard, err := newAuthenticator(cfg, k8s)
+	if err != nil {
+		if k8s != nil {
+			k8s.Close()
+		}
 		return nil, err
 	}
 	var tlsConfig *tls.Config
@@ -117,6 +131,7 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 		return nil, err
 	}
 	b = a.broker
+	a.k8s = k8s
 	a.metrics = m
 	srv, err := server.New(server.Config{
 		Broker:                watchAdapter{b},
@@ -166,9 +181,36 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 	return a, nil
 }
 
-// newAuthenticator builds caller authentication and policy from cfg. In
-// -dev mode every caller is accepted, as "anonymous", and is an admin.
-func newAuthenticator(cfg config.Config) (*access.Authenticator, error) {
+// newK8sVerifier builds the service-account token verifier of
+// auth.kubernetes; nil when it is off.
+func newK8sVerifier(cfg config.Config, logger *slog.Logger) (*k8sauth.Verifier, error) {
+	k := cfg.Auth.Kubernetes
+	if !k.Enabled() {
+		return nil, nil
+	}
+	leeway := time.Duration(k.Leeway)
+	if leeway == 0 {
+		leeway = -1 // configured as none
+	}
+	v, err := k8sauth.New(k8sauth.Config{
+		Issuer:             k.IssuerURL,
+		JWKSFile:           k.JWKSFile,
+		Audience:           k.Audience,
+		Leeway:             leeway,
+		RefreshInterval:    time.Duration(cfg.Verifier.JWKSRefreshInterval),
+		MinRefreshInterval: time.Duration(cfg.Verifier.JWKSMinRefreshInterval),
+		Logger:             logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("auth.kubernetes: %w", err)
+	}
+	return v, nil
+}
+
+// newAuthenticator builds caller authentication and policy from cfg, with
+// k8s (nil for none) verifying service-account tokens. In -dev mode every
+// caller is accepted, as "anonymous", and is an admin.
+func newAuthenticator(cfg config.Config, k8s *k8sauth.Verifier) (*access.Authenticator, error) {
 	keys := make([]access.APIKey, len(cfg.Auth.APIKeys))
 	for i, k := range cfg.Auth.APIKeys {
 		sum, err := access.ParseSHA256Hex(k.SHA256)
@@ -185,7 +227,12 @@ func newAuthenticator(cfg config.Config) (*access.Authenticator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
+	var sa access.TokenVerifier
+	if k8s != nil {
+		sa = k8s
+	}
 	return access.New(access.Config{
+		ServiceAccounts:      sa,
 		APIKeys:              keys,
 		AllowUnauthenticated: cfg.Auth.AllowUnauthenticated || cfg.Dev,
 		AdminIdentities:      cfg.Admin.Identities,
@@ -239,6 +286,11 @@ func (a *App) Serve(ctx context.Context, l, adminL, httpL net.Listener) error {
 	defer a.runVerifier(rctx)()
 	done := make(chan error, 2)
 	go func() { done <- a.broker.Run(rctx) }()
+	if a.k8s != nil {
+		k8sDone := make(chan struct{})
+		go func() { defer close(k8sDone); _ = a.k8s.Run(rctx) }()
+		defer func() { <-k8sDone }() // stop() has ended rctx by then
+	}
 	credsDone := make(chan struct{})
 	go func() { defer close(credsDone); _ = a.creds.Run(rctx) }()
 	defer func() { <-credsDone }() // stop() has ended rctx by then
