@@ -51,14 +51,32 @@ func version(tok broker.Token) string {
 	return strconv.FormatInt(tok.IssuedAt.UnixNano(), 10)
 }
 
+// withdrawnVersion is the xDS version of the empty secret that replaces
+// tok once it has expired with no successor (stream.withdraw).
+func withdrawnVersion(tok broker.Token) string {
+	return version(tok) + "-expired"
+}
+
+// emptyResource returns name's secret with an empty value: no header
+// value at all, not even the format's prefix, so that Envoy's generic
+// credential injector finds no credential.
+func (s *Server) emptyResource(name string) (*anypb.Any, error) {
+	return secretResource(name, "")
+}
+
 // resource returns name's secret holding tok: a generic_secret whose
 // inline value is the header value.
 func (s *Server) resource(name string, tok broker.Token) (*anypb.Any, error) {
+	return secretResource(name, s.prefix+tok.AccessToken.Reveal()+s.suffix)
+}
+
+// secretResource returns name's generic_secret with the inline value.
+func secretResource(name, value string) (*anypb.Any, error) {
 	sec := &tlsv3.Secret{
 		Name: name,
 		Type: &tlsv3.Secret_GenericSecret{GenericSecret: &tlsv3.GenericSecret{
 			Secret: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{
-				InlineString: s.prefix + tok.AccessToken.Reveal() + s.suffix,
+				InlineString: value,
 			}},
 		}},
 	}

@@ -42,7 +42,7 @@ var preparedLinger = 5 * time.Second
 var preparedEncodes atomic.Int64
 
 // nonce is the nonce of the response carrying name's secret at version:
-// the same on every stream (see above). A version holds digits only, so
+// the same on every stream (see above). A version holds no '/', so
 // the first '/' ends it.
 func nonce(name, version string) string { return version + "/" + name }
 

@@ -2,9 +2,18 @@ package sds_test
 
 import (
 	"context"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+
+	"github.com/tokenbroker/tokenbroker/internal/apptest"
+	"github.com/tokenbroker/tokenbroker/internal/config"
+	"github.com/tokenbroker/tokenbroker/internal/devissuer"
 	"github.com/tokenbroker/tokenbroker/internal/sds"
 )
 
@@ -54,4 +63,66 @@ func TestEncodesOncePerVersion(t *testing.T) {
 	}
 	waitMetric(t, h, `tokenbroker_sds_acks_total{secret="api"}`, n)
 	waitMetric(t, h, `tokenbroker_sds_acks_total{secret="api-write"}`, 1)
+}
+
+// TestExpiredTokenIsWithdrawn: during an outage that outlasts the token,
+// the sidecar keeps its token until it expires, then gets the secret
+// with an empty value (Envoy's generic injector then sends no credential
+// rather than an expired one), ACKs it, and gets the recovery's token
+// when the token endpoint is back.
+func TestExpiredTokenIsWithdrawn(t *testing.T) {
+	issuer, err := devissuer.New(devissuer.Config{Lifetime: 2 * time.Second, Clients: []devissuer.Client{
+		{ID: apptest.HeldID, Secret: apptest.HeldSecret, Scopes: []string{"api/read"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var down atomic.Bool
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		issuer.Handler().ServeHTTP(w, r)
+	}))
+	t.Cleanup(hs.Close)
+	cfg := apptest.Config(hs.URL + devissuer.TokenPath)
+	cfg.Cache.MinRemaining = config.Duration(100 * time.Millisecond)
+	cfg.SDS.Enabled = true
+	cfg.SDSSecrets = []config.SDSSecret{{Name: "api", Client: apptest.HeldClient, Scopes: []string{"api/read"}}}
+	h := start(t, cfg, issuer)
+	c, _ := dial(t, h.addr)
+
+	s := open(t, context.Background(), c, "sidecar", "", "api")
+	r1 := s.recv()
+	_, value := secretOf(t, r1)
+	exp := claims(t, value).Expiry.Time().Add(-time.Second) // whole seconds
+	down.Store(true)
+	s.ack(r1, "api")
+
+	r2 := s.recv()
+	var sec tlsv3.Secret
+	if err := r2.GetResources()[0].UnmarshalTo(&sec); err != nil {
+		t.Fatal(err)
+	}
+	if v := sec.GetGenericSecret().GetSecret().GetInlineString(); v != "" || sec.GetName() != "api" {
+		t.Fatalf("after the token expired: got secret %q with a value of %d bytes, want api empty", sec.GetName(), len(v))
+	}
+	if now := time.Now(); now.Before(exp) {
+		t.Errorf("the empty secret came at %v, before the token's expiry %v", now, exp)
+	}
+	if want := r1.GetVersionInfo() + "-expired"; r2.GetVersionInfo() != want {
+		t.Errorf("version of the empty secret: got %q, want %q", r2.GetVersionInfo(), want)
+	}
+	s.ack(r2, "api")
+	down.Store(false)
+
+	r3 := s.recv()
+	if name, _ := secretOf(t, r3); name != "api" {
+		t.Errorf("after recovery: got secret %q, want api", name)
+	}
+	waitMetric(t, h, `tokenbroker_sds_acks_total{secret="api"}`, 2)
+	if n := h.logs.Count(slog.LevelWarn, "sent the empty secret"); n != 1 {
+		t.Errorf("log lines of the withdrawal: got %d, want 1", n)
+	}
 }

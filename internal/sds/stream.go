@@ -7,6 +7,7 @@ import (
 	"io"
 	"reflect"
 	"strings"
+	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
@@ -29,6 +30,11 @@ type subscription struct {
 	tok  broker.Token
 	// release frees the subscription's place in the caller's limits.
 	release func()
+	// lapse, armed when the broker says no valid token can be held,
+	// withdraws the secret when tok expires (withdraw).
+	lapse *time.Timer
+	// withdrawn: the sidecar was sent the empty secret since tok.
+	withdrawn bool
 }
 
 // stream is the state of one StreamSecrets call. Only its handler
@@ -45,6 +51,8 @@ type stream struct {
 	// name; latest maps each name to its pending nonce.
 	pending map[string]string
 	latest  map[string]string
+	// lapsed receives the subscriptions whose lapse fired.
+	lapsed chan *subscription
 }
 
 // StreamSecrets serves one SDS stream (state of the world): every name
@@ -67,6 +75,7 @@ func (s *Server) StreamSecrets(gs grpc.BidiStreamingServer[discoveryv3.Discovery
 		subs:    map[string]*subscription{},
 		pending: map[string]string{},
 		latest:  map[string]string{},
+		lapsed:  make(chan *subscription),
 		caller:  callerName(ctx),
 	}
 	defer st.closeAll()
@@ -94,12 +103,14 @@ func (s *Server) StreamSecrets(gs grpc.BidiStreamingServer[discoveryv3.Discovery
 		caseDone = iota
 		caseRequest
 		caseRecvErr
+		caseLapsed
 		caseFirstSub
 	)
 	cases := []reflect.SelectCase{
 		{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(wctx.Done())},
 		{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(reqs)},
 		{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(recvErr)},
+		{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(st.lapsed)},
 	}
 	for {
 		// One case per subscription; rebuilt as subscriptions change.
@@ -127,6 +138,10 @@ func (s *Server) StreamSecrets(gs grpc.BidiStreamingServer[discoveryv3.Discovery
 				return shuttingDown()
 			}
 			return err
+		case caseLapsed:
+			if err := st.lapse(v.Interface().(*subscription)); err != nil {
+				return err
+			}
 		default:
 			if err := st.event(st.order[chosen-caseFirstSub], v.Interface().(broker.Event)); err != nil {
 				return err
@@ -268,6 +283,9 @@ func (st *stream) unsubscribe(sub *subscription) {
 		delete(st.pending, nonce)
 		delete(st.latest, sub.name)
 	}
+	if sub.lapse != nil {
+		sub.lapse.Stop()
+	}
 	sub.release() // first, as WatchToken frees the slot before Close
 	sub.sub.Close()
 	st.s.obs.Subscribed(sub.name, -1)
@@ -284,19 +302,62 @@ func (st *stream) closeAll() {
 func (st *stream) event(sub *subscription, ev broker.Event) error {
 	switch ev.Kind {
 	case broker.EventRefreshed, broker.EventInvalidated:
-		sub.tok = ev.Token
+		if sub.lapse != nil {
+			sub.lapse.Stop()
+			sub.lapse = nil
+		}
+		sub.tok, sub.withdrawn = ev.Token, false
 		return st.send(sub)
 	case broker.EventUnavailable:
 		cause := "no valid token can be held"
 		if ev.Err != nil {
 			cause = server.StatusFromError(ev.Err, false).Message()
 		}
-		st.s.logger.WarnContext(st.ctx, "sds: no valid token for a secret; the sidecar keeps its last one until the token endpoint is back",
+		st.s.logger.WarnContext(st.ctx, "sds: no valid token for a secret; the sidecar keeps its last one until it expires, then gets an empty secret until the token endpoint is back",
 			"secret", sub.name, "cause", cause)
+		if sub.lapse == nil && !sub.withdrawn {
+			sub.lapse = time.AfterFunc(time.Until(sub.tok.ExpiresAt), func() {
+				select {
+				case st.lapsed <- sub:
+				case <-st.wctx.Done():
+				}
+			})
+		}
 	default:
 		st.s.logger.WarnContext(st.ctx, "sds: dropped a broker event of unknown kind", "kind", int(ev.Kind))
 	}
 	return nil
+}
+
+// lapse withdraws sub's secret if its lapse fired for the token it still
+// holds: that token has expired and no other came.
+func (st *stream) lapse(sub *subscription) error {
+	if st.subs[sub.name] != sub || sub.lapse == nil || sub.withdrawn || time.Now().Before(sub.tok.ExpiresAt) {
+		return nil // superseded since the timer fired
+	}
+	sub.lapse = nil
+	return st.withdraw(sub)
+}
+
+// withdraw pushes sub's secret with an empty value in place of its
+// expired token. Envoy's generic credential injector sends no header with
+// an empty secret: it answers the request itself, 401 "Failed to inject
+// credential." (or, with allow_request_without_credential, forwards it
+// without the header), and counts it in credential_injector.failed, rather
+// than sending the upstream an expired token. The next token is pushed as
+// usual when the token endpoint is back.
+func (st *stream) withdraw(sub *subscription) error {
+	v := withdrawnVersion(sub.tok)
+	msg, err := st.s.prepared.get(st.grpc, sub.name, v, "", func() (*anypb.Any, error) {
+		return st.s.emptyResource(sub.name)
+	})
+	if err != nil {
+		return err
+	}
+	st.s.logger.WarnContext(st.ctx, "sds: a secret's token expired with no other to replace it; sent the empty secret",
+		"secret", sub.name, "version", v)
+	sub.withdrawn = true
+	return st.push(sub, v, msg)
 }
 
 // send pushes sub's current token, from the bytes encoded once for every
@@ -309,6 +370,12 @@ func (st *stream) send(sub *subscription) error {
 	if err != nil {
 		return err
 	}
+	return st.push(sub, v, msg)
+}
+
+// push sends msg, the response carrying sub's secret at version v, and
+// records its nonce as sub's pending one.
+func (st *stream) push(sub *subscription, v string, msg *grpc.PreparedMsg) error {
 	n := nonce(sub.name, v)
 	if old, ok := st.latest[sub.name]; ok {
 		delete(st.pending, old)
