@@ -91,7 +91,7 @@ run: check-go ## Run the broker in -dev mode with its embedded token endpoint.
 # compiling buf beside them is more load than the heaviest ones (10,000
 # watch streams under the race detector) should have to take.
 .PHONY: test
-test: build lint generate-check race-test ## Everything: build, lint, generated-code check, unit, integration and race tests, fuzz seeds.
+test: build lint generate-check race-test deploy-test ## Everything: build, lint, generated-code check, unit, integration and race tests, fuzz seeds, image and chart tests.
 
 # Every test runs under the race detector; each fuzz target's seed corpus
 # (its f.Add inputs and testdata/fuzz) runs as part of it. Fuzzing proper
@@ -100,6 +100,22 @@ test: build lint generate-check race-test ## Everything: build, lint, generated-
 race-test: redis-server ## Only the tests (under the race detector, with the fuzz seeds).
 	@command -v "$$(go env CC)" >/dev/null || { echo "error: the race detector needs a C compiler: apt-get install gcc" >&2; exit 1; }
 	go test -race -count=1 -timeout 10m ./...
+
+# deploy/ is a Go module of its own (go-containerregistry, Helm's SDK and
+# the Kubernetes API types stay out of the broker's go.mod). Its tests
+# build the image twice (static binaries: the standard library is compiled
+# again for CGO_ENABLED=0) and render the chart; no race detector, since
+# they test no concurrent code of their own.
+.PHONY: deploy-test
+deploy-test: check-go ## Only the deploy module's tests: image (entrypoint, user, labels, -version, same digest twice), Dockerfile, Helm chart.
+	cd deploy && go vet ./... && go test -count=1 -timeout 10m ./...
+
+# The image builder is deploy/image (go-containerregistry, pinned in
+# deploy/go.mod): no daemon, no base image, the version and times from git
+# (SOURCE_DATE_EPOCH overrides the commit time).
+.PHONY: image
+image: check-go ## Build the OCI image into bin/image/ (oci/ layout and tokenbroker.tar) without Docker; same commit, same digest.
+	cd deploy && go run ./image/cmd/build-image -source .. -out ../bin/image
 
 # The Redis tier's tests start a real redis-server. Install Debian's when
 # it is absent (as root, or through sudo).
