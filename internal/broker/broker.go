@@ -108,6 +108,10 @@ type Fetch struct {
 	// Client is the broker-held client's name, or for pass-through the
 	// client id: whom the cost accounting charges.
 	Client string
+	// Passthrough is true when the caller presented the credentials:
+	// Client is then the caller's client id, which /metrics shows only
+	// when configured to (metrics.client_id_label).
+	Passthrough bool
 	// KeyID is the non-secret id of the key the token is filed under.
 	KeyID string
 	// Requests is, in UpstreamDone, how many HTTP requests the fetch sent

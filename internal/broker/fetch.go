@@ -126,7 +126,7 @@ func (b *Broker) fetchUpstream(ctx context.Context, t target) (*tokencache.Recor
 	start := time.Now()
 	tok, err := t.fetcher.Fetch(ctx, t.req)
 	sent := requestsOf(tok, err)
-	b.cfg.Observer.UpstreamDone(Fetch{Provider: t.provider, ClientID: t.req.ClientID, KeyID: t.keyID, Client: t.client, Requests: sent}, err, time.Since(start))
+	b.cfg.Observer.UpstreamDone(Fetch{Provider: t.provider, ClientID: t.req.ClientID, KeyID: t.keyID, Client: t.client, Passthrough: t.req.Passthrough, Requests: sent}, err, time.Since(start))
 	b.countUpstream(t.provider, err)
 	b.upstreamOutcome(t, err, sent)
 	if err != nil {
@@ -271,7 +271,7 @@ func (b *Broker) installLocked(t target, rec *tokencache.Record, e *entry) {
 		// Each token pushed to a watcher is a call served: one the
 		// watcher would otherwise have made itself.
 		for range e.watchers {
-			b.cfg.Observer.Served(Fetch{Provider: t.provider, Client: t.client}, max(0, time.Until(rec.ExpiresAt)))
+			b.cfg.Observer.Served(Fetch{Provider: t.provider, Client: t.client, Passthrough: t.req.Passthrough}, max(0, time.Until(rec.ExpiresAt)))
 		}
 	}
 	b.scheduleLocked(e, rec.RefreshAt)

@@ -26,7 +26,7 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (Token, error) {
 	if err != nil {
 		return Token{}, &keyedError{keyID: t.keyID, err: err}
 	}
-	b.cfg.Observer.Served(Fetch{Provider: t.provider, Client: t.client}, max(0, time.Until(rec.ExpiresAt)))
+	b.cfg.Observer.Served(Fetch{Provider: t.provider, Client: t.client, Passthrough: t.req.Passthrough}, max(0, time.Until(rec.ExpiresAt)))
 	return toToken(rec, t), nil
 }
 

@@ -67,7 +67,7 @@ func (b *Broker) Watch(ctx context.Context, req Request) (*Watcher, error) {
 		}
 		e.watchers[w] = struct{}{}
 		b.mu.Unlock()
-		b.cfg.Observer.Served(Fetch{Provider: t.provider, Client: t.client}, max(0, time.Until(rec.ExpiresAt)))
+		b.cfg.Observer.Served(Fetch{Provider: t.provider, Client: t.client, Passthrough: t.req.Passthrough}, max(0, time.Until(rec.ExpiresAt)))
 		return w, nil
 	}
 }

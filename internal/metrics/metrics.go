@@ -278,7 +278,7 @@ func (m *Metrics) Served(f broker.Fetch, remaining time.Duration) {
 		return
 	}
 	m.served.Observe(max(remaining, 0).Seconds())
-	m.savings.counts(f.Provider, clientOf(f)).served.Add(1)
+	m.savings.counts(f.Provider, m.clientOf(f)).served.Add(1)
 }
 
 // SetSharedState sets the state of the Redis tier: SharedDisabled,

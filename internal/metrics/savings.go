@@ -304,13 +304,23 @@ func (m *Metrics) UpstreamRequest(f broker.Fetch, err error) {
 		}
 		n = 1
 	}
-	m.savings.counts(f.Provider, clientOf(f)).upstream.Add(n)
+	m.savings.counts(f.Provider, m.clientOf(f)).upstream.Add(n)
 }
 
-// clientOf is f's client for the accounting: its name, else its client
-// id.
-func clientOf(f broker.Fetch) string {
-	if f.Client != "" {
+// PassthroughClient stands for every pass-through caller's client in the
+// cost accounting unless client ids may be labels (WithClientIDLabel).
+const PassthroughClient = "_passthrough"
+
+// clientOf is f's client for the accounting: a held client's name; a
+// pass-through client id only with WithClientIDLabel, else
+// PassthroughClient.
+func (m *Metrics) clientOf(f broker.Fetch) string {
+	switch {
+	case f.Passthrough && !m.opts.clientID:
+		// A caller's client id is shown only where the operator chose to
+		// label by client id (metrics.client_id_label).
+		return PassthroughClient
+	case f.Client != "":
 		return f.Client
 	}
 	return f.ClientID

@@ -3,9 +3,11 @@ package metrics
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
@@ -78,5 +80,36 @@ func TestSavingsCountsEveryRequestSent(t *testing.T) {
 	got, _ := m.Savings(context.Background())
 	if len(got) != 1 || got[0].Served != 1 || got[0].Upstream != 5 || got[0].Saved() != 0 {
 		t.Errorf("got %+v, want served 1, upstream 5, saved 0 (never negative)", got)
+	}
+}
+
+// TestSavingsHidePassthroughClientIDs: a pass-through caller's client id is
+// a cost-accounting label only where the operator allowed client id labels
+// (metrics.client_id_label); otherwise every pass-through client is
+// counted as PassthroughClient. Held clients keep their configured names.
+func TestSavingsHidePassthroughClientIDs(t *testing.T) {
+	pass := broker.Fetch{Provider: "okta", Client: "client-1", ClientID: "client-1", Passthrough: true}
+	held := broker.Fetch{Provider: "okta", Client: "orders", ClientID: "abc"}
+	for _, tc := range []struct {
+		opts []Option
+		want string
+	}{
+		{nil, PassthroughClient},
+		{[]Option{WithClientIDLabel()}, "client-1"},
+	} {
+		m, err := New(prometheus.NewRegistry(), (&fakeStats{s: sampleStats()}).get, tc.opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Served(pass, time.Minute)
+		m.Served(held, time.Minute)
+		got, _ := m.Savings(context.Background())
+		var clients []string
+		for _, s := range got {
+			clients = append(clients, s.Client)
+		}
+		if !slices.Contains(clients, tc.want) || !slices.Contains(clients, "orders") || len(clients) != 2 {
+			t.Errorf("options %d: got clients %v, want [%s orders]", len(tc.opts), clients, tc.want)
+		}
 	}
 }
