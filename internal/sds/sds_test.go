@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -536,7 +537,13 @@ func TestOwnUnixListener(t *testing.T) {
 	cfg.SDS.Listen = "unix:" + sock
 	h := start(t, cfg, issuer)
 
-	c, _ := dial(t, "unix://"+sock)
+	c, cc := dial(t, "unix://"+sock)
+	// The socket opens as Serve starts: wait for it.
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if _, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatalf("health on sds.listen: %v", err)
+	}
 	s := open(t, context.Background(), c, "sidecar", "", "api")
 	if name, _ := secretOf(t, s.recv()); name != "api" {
 		t.Errorf("secret name: got %q, want api", name)
