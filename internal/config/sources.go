@@ -161,33 +161,19 @@ func parentKey(key string) string {
 	return key[:i]
 }
 
-// index records the line of every key and list item of doc. Aliases are
-// recorded where they are used, not followed.
+// index records the line of every key and list item of doc, from the
+// loader's own line index (indexLines). Aliases are recorded where they
+// are used, not followed.
 func (s *Sources) index(doc *yaml.Node) {
-	var walk func(n *yaml.Node, segs []string, depth int)
-	walk = func(n *yaml.Node, segs []string, depth int) {
-		if n == nil || depth > 100 {
-			return
-		}
-		switch n.Kind {
-		case yaml.DocumentNode:
-			for _, c := range n.Content {
-				walk(c, segs, depth+1)
+	for line, entries := range indexLines(doc) {
+		for _, e := range entries {
+			if e.kind != kindKey && !strings.HasPrefix(e.segs[len(e.segs)-1], "[") {
+				continue // a key's value: the key's line stands for it
 			}
-		case yaml.MappingNode:
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				k, v := n.Content[i], n.Content[i+1]
-				child := append(segs[:len(segs):len(segs)], k.Value)
-				s.lines[renderPath(child)] = k.Line
-				walk(v, child, depth+1)
-			}
-		case yaml.SequenceNode:
-			for i, c := range n.Content {
-				child := append(segs[:len(segs):len(segs)], "["+strconv.Itoa(i)+"]")
-				s.lines[renderPath(child)] = c.Line
-				walk(c, child, depth+1)
+			p := renderPath(e.segs)
+			if l, ok := s.lines[p]; !ok || line < l {
+				s.lines[p] = line
 			}
 		}
 	}
-	walk(doc, nil, 0)
 }
