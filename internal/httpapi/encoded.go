@@ -4,11 +4,11 @@ import (
 	"encoding/json"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/linger"
 )
 
 // A cache hit on the drop-in endpoint answers the same body to every
@@ -35,14 +35,8 @@ const maxHitBodies = 4096
 var bodyEncodes atomic.Int64
 
 // hitBodies is the one set of held bodies of the package's handlers (a
-// body depends on nothing but the token and expires_in).
-var hitBodies encodedBodies
-
-// encodedBodies holds, per key id, the last success body encoded.
-type encodedBodies struct {
-	mu sync.RWMutex
-	m  map[string]*encodedBody
-}
+// body depends on nothing but the token and expires_in), per key id.
+var hitBodies = linger.Map[string, *encodedBody]{TTL: bodyLinger, Max: maxHitBodies}
 
 // encodedBody is one success body and what it says.
 type encodedBody struct {
@@ -51,49 +45,38 @@ type encodedBody struct {
 	body      []byte
 }
 
-// get returns the success body of tok with expiresIn, and false when it
-// could not be encoded.
-func (p *encodedBodies) get(tok broker.Token, expiresIn int64) ([]byte, bool) {
-	p.mu.RLock()
-	e := p.m[tok.KeyID]
-	p.mu.RUnlock()
-	if e != nil && e.expiresIn == expiresIn && e.tok.AccessToken == tok.AccessToken &&
-		e.tok.TokenType == tok.TokenType && slices.Equal(e.tok.Scopes, tok.Scopes) {
-		return e.body, true
+// hitBody returns the success body of tok with expiresIn, and false when
+// it could not be encoded.
+func hitBody(tok broker.Token, expiresIn int64) ([]byte, bool) {
+	encode := func() (*encodedBody, error) {
+		tokenType := tok.TokenType
+		if tokenType == "" {
+			tokenType = "Bearer"
+		}
+		body, err := json.Marshal(tokenResponse{
+			AccessToken: tok.AccessToken.Reveal(),
+			TokenType:   tokenType,
+			ExpiresIn:   expiresIn,
+			Scope:       strings.Join(tok.Scopes, " "),
+		})
+		if err != nil {
+			return nil, err
+		}
+		bodyEncodes.Add(1)
+		return &encodedBody{tok: tok, expiresIn: expiresIn, body: body}, nil
 	}
-	tokenType := tok.TokenType
-	if tokenType == "" {
-		tokenType = "Bearer"
+	var e *encodedBody
+	var err error
+	if tok.KeyID == "" {
+		e, err = encode()
+	} else {
+		e, err = hitBodies.Get(tok.KeyID, func(e *encodedBody) bool {
+			return e.expiresIn == expiresIn && e.tok.AccessToken == tok.AccessToken &&
+				e.tok.TokenType == tok.TokenType && slices.Equal(e.tok.Scopes, tok.Scopes)
+		}, encode)
 	}
-	body, err := json.Marshal(tokenResponse{
-		AccessToken: tok.AccessToken.Reveal(),
-		TokenType:   tokenType,
-		ExpiresIn:   expiresIn,
-		Scope:       strings.Join(tok.Scopes, " "),
-	})
 	if err != nil {
 		return nil, false
 	}
-	bodyEncodes.Add(1)
-	if tok.KeyID == "" {
-		return body, true
-	}
-	e = &encodedBody{tok: tok, expiresIn: expiresIn, body: body}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.m == nil {
-		p.m = make(map[string]*encodedBody)
-	}
-	if _, held := p.m[tok.KeyID]; !held && len(p.m) >= maxHitBodies {
-		return body, true
-	}
-	p.m[tok.KeyID] = e
-	time.AfterFunc(bodyLinger, func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if p.m[tok.KeyID] == e {
-			delete(p.m, tok.KeyID)
-		}
-	})
-	return body, true
+	return e.body, true
 }

@@ -177,7 +177,7 @@ func (h *handler) token(w http.ResponseWriter, r *http.Request, provider string)
 		return oerr.status, broker.KeyIDOf(err), oerr
 	}
 	// The body of this token and expires_in, encoded once (encoded.go).
-	body, ok := hitBodies.get(tok, expiresIn(tok.ExpiresAt.Sub(h.now())))
+	body, ok := hitBody(tok, expiresIn(tok.ExpiresAt.Sub(h.now())))
 	if !ok {
 		oerr := errorFor(errors.New("encoding the token response"), p.basic)
 		writeError(w, oerr)

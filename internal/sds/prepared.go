@@ -1,13 +1,14 @@
 package sds
 
 import (
-	"sync"
 	"sync/atomic"
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/tokenbroker/tokenbroker/internal/linger"
 )
 
 // A refresh reaches every stream subscribed to a secret at once: thousands
@@ -46,10 +47,15 @@ var preparedEncodes atomic.Int64
 // the first '/' ends it.
 func nonce(name, version string) string { return version + "/" + name }
 
-// preparedResponses holds, per secret name, the last response encoded.
+// preparedResponses holds, per secret name, the last response encoded,
+// for preparedLinger.
 type preparedResponses struct {
-	mu sync.Mutex
-	m  map[string]*preparedResponse
+	m linger.Map[string, *preparedResponse]
+}
+
+// newPreparedResponses returns an empty set of shared responses.
+func newPreparedResponses() *preparedResponses {
+	return &preparedResponses{m: linger.Map[string, *preparedResponse]{TTL: preparedLinger}}
 }
 
 // preparedResponse is one encoded response: the version and the access
@@ -61,40 +67,31 @@ type preparedResponse struct {
 }
 
 // get returns the encoded response carrying name's secret at version with
-// token (its access token, or "" for a withdrawn secret), encoding it on stream with res (which builds
-// the resource) when no stream has yet. Encoding happens under the lock:
-// the other streams wait for those bytes rather than encode their own.
+// token (its access token, or "" for a withdrawn secret), encoding it on
+// stream with res (which builds the resource) when no stream has yet. The
+// other streams wait for those bytes rather than encode their own
+// (linger.Map.Get).
 func (p *preparedResponses) get(stream grpc.ServerStream, name, version, token string, res func() (*anypb.Any, error)) (*grpc.PreparedMsg, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if e := p.m[name]; e != nil && e.version == version && e.token == token {
-		return e.msg, nil
-	}
-	r, err := res()
+	e, err := p.m.Get(name, func(e *preparedResponse) bool { return e.version == version && e.token == token },
+		func() (*preparedResponse, error) {
+			r, err := res()
+			if err != nil {
+				return nil, err
+			}
+			msg := &grpc.PreparedMsg{}
+			if err := msg.Encode(stream, &discoveryv3.DiscoveryResponse{
+				VersionInfo: version,
+				Resources:   []*anypb.Any{r},
+				TypeUrl:     TypeURL,
+				Nonce:       nonce(name, version),
+			}); err != nil {
+				return nil, err
+			}
+			preparedEncodes.Add(1)
+			return &preparedResponse{version: version, token: token, msg: msg}, nil
+		})
 	if err != nil {
 		return nil, err
 	}
-	msg := &grpc.PreparedMsg{}
-	if err := msg.Encode(stream, &discoveryv3.DiscoveryResponse{
-		VersionInfo: version,
-		Resources:   []*anypb.Any{r},
-		TypeUrl:     TypeURL,
-		Nonce:       nonce(name, version),
-	}); err != nil {
-		return nil, err
-	}
-	preparedEncodes.Add(1)
-	e := &preparedResponse{version: version, token: token, msg: msg}
-	if p.m == nil {
-		p.m = make(map[string]*preparedResponse)
-	}
-	p.m[name] = e
-	time.AfterFunc(preparedLinger, func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if p.m[name] == e {
-			delete(p.m, name)
-		}
-	})
-	return msg, nil
+	return e.msg, nil
 }

@@ -159,7 +159,7 @@ type Server struct {
 	obs       Observer
 	// prepared shares the encoding of a secret's response among its
 	// streams.
-	prepared preparedResponses
+	prepared *preparedResponses
 	stopping context.Context
 	stop     context.CancelFunc
 }
@@ -202,6 +202,7 @@ func New(cfg Config) (*Server, error) {
 		admit:     cfg.Admit,
 		logger:    cfg.Logger,
 		obs:       cfg.Observer,
+		prepared:  newPreparedResponses(),
 		stopping:  stopping,
 		stop:      stop,
 	}, nil

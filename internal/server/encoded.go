@@ -2,9 +2,7 @@ package server
 
 import (
 	"context"
-	"sync"
 	"sync/atomic"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/mem"
@@ -12,6 +10,7 @@ import (
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/linger"
 )
 
 // A GetToken answered from the cache is the same GetTokenResponse, byte
@@ -46,10 +45,15 @@ type encodedMessage struct {
 }
 
 // encodedResponses holds, per key id, the GetToken response last encoded
-// for the key's token.
+// for the key's token, for preparedLinger, at most maxEncodedResponses of
+// them.
 type encodedResponses struct {
-	mu sync.RWMutex
-	m  map[string]*encodedResponse
+	m linger.Map[string, *encodedResponse]
+}
+
+// newEncodedResponses returns an empty set of shared responses.
+func newEncodedResponses() *encodedResponses {
+	return &encodedResponses{m: linger.Map[string, *encodedResponse]{TTL: preparedLinger, Max: maxEncodedResponses}}
 }
 
 // encodedResponse is one encoded GetTokenResponse: the token it says and
@@ -62,34 +66,18 @@ type encodedResponse struct {
 // get returns the encoded GetTokenResponse of tok, encoding it when the
 // key's held response says another token (or none).
 func (p *encodedResponses) get(tok broker.Token) (*encodedMessage, error) {
-	p.mu.RLock()
-	e := p.m[tok.KeyID]
-	p.mu.RUnlock()
-	if e != nil && sameToken(e.tok, tok) {
-		return &e.msg, nil
-	}
-	b, err := proto.Marshal(&tokenbrokerv1.GetTokenResponse{Token: toProtoToken(tok)})
+	e, err := p.m.Get(tok.KeyID, func(e *encodedResponse) bool { return sameToken(e.tok, tok) },
+		func() (*encodedResponse, error) {
+			b, err := proto.Marshal(&tokenbrokerv1.GetTokenResponse{Token: toProtoToken(tok)})
+			if err != nil {
+				return nil, err
+			}
+			encodedEncodes.Add(1)
+			return &encodedResponse{tok: tok, msg: encodedMessage{b: b}}, nil
+		})
 	if err != nil {
 		return nil, err
 	}
-	encodedEncodes.Add(1)
-	e = &encodedResponse{tok: tok, msg: encodedMessage{b: b}}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.m == nil {
-		p.m = make(map[string]*encodedResponse)
-	}
-	if _, held := p.m[tok.KeyID]; !held && len(p.m) >= maxEncodedResponses {
-		return &e.msg, nil
-	}
-	p.m[tok.KeyID] = e
-	time.AfterFunc(preparedLinger, func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if p.m[tok.KeyID] == e {
-			delete(p.m, tok.KeyID)
-		}
-	})
 	return &e.msg, nil
 }
 

@@ -98,7 +98,7 @@ func TestGetTokenEncodesOncePerToken(t *testing.T) {
 // TestEncodedResponsesBounded checks that the held encodings stop growing
 // at maxEncodedResponses keys: further keys are answered, encoded per call.
 func TestEncodedResponsesBounded(t *testing.T) {
-	var p encodedResponses
+	p := newEncodedResponses()
 	tok := broker.Token{AccessToken: "at", TokenType: "Bearer"}
 	for i := range maxEncodedResponses + 10 {
 		tok.KeyID = fmt.Sprintf("k%d", i)
@@ -107,11 +107,8 @@ func TestEncodedResponsesBounded(t *testing.T) {
 			t.Fatalf("key %d: got %d bytes, %v", i, len(m.b), err)
 		}
 	}
-	p.mu.RLock()
-	n := len(p.m)
-	p.mu.RUnlock()
-	if n != maxEncodedResponses {
-		t.Errorf("got %d held encodings, want %d", n, maxEncodedResponses)
+	if n := p.m.Len(); n != maxEncodedResponses {
+		t.Errorf("got %d held encodings, want %d", p.m.Len(), maxEncodedResponses)
 	}
 	var resp tokenbrokerv1.GetTokenResponse
 	m, _ := p.get(tok)

@@ -2,7 +2,6 @@ package server
 
 import (
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -10,6 +9,7 @@ import (
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/linger"
 )
 
 // A refresh reaches every watcher of its key at once: thousands of streams
@@ -36,10 +36,14 @@ const preparedLinger = 5 * time.Second
 var preparedEncodes atomic.Int64
 
 // preparedEvents holds, per key id, the last token event encoded for the
-// key's watchers.
+// key's watchers, for preparedLinger.
 type preparedEvents struct {
-	mu sync.Mutex
-	m  map[string]*preparedEvent
+	m linger.Map[string, *preparedEvent]
+}
+
+// newPreparedEvents returns an empty set of shared events.
+func newPreparedEvents() *preparedEvents {
+	return &preparedEvents{m: linger.Map[string, *preparedEvent]{TTL: preparedLinger}}
 }
 
 // preparedEvent is one encoded event: what it says, and its bytes.
@@ -59,31 +63,20 @@ func sameToken(a, b broker.Token) bool {
 }
 
 // get returns the encoded message announcing tok with event, encoding it
-// on stream when no stream of the key has yet. Encoding happens under the
-// lock: the key's other streams wait for those bytes rather than encode
-// their own.
+// on stream when no stream of the key has yet. The key's other streams
+// wait for those bytes rather than encode their own (linger.Map.Get).
 func (p *preparedEvents) get(stream grpc.ServerStream, event tokenbrokerv1.WatchTokenResponse_Event, tok broker.Token) (*grpc.PreparedMsg, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if e := p.m[tok.KeyID]; e != nil && e.event == event && sameToken(e.tok, tok) {
-		return e.msg, nil
-	}
-	msg := &grpc.PreparedMsg{}
-	if err := msg.Encode(stream, &tokenbrokerv1.WatchTokenResponse{Event: event, Token: toProtoToken(tok)}); err != nil {
+	e, err := p.m.Get(tok.KeyID, func(e *preparedEvent) bool { return e.event == event && sameToken(e.tok, tok) },
+		func() (*preparedEvent, error) {
+			msg := &grpc.PreparedMsg{}
+			if err := msg.Encode(stream, &tokenbrokerv1.WatchTokenResponse{Event: event, Token: toProtoToken(tok)}); err != nil {
+				return nil, err
+			}
+			preparedEncodes.Add(1)
+			return &preparedEvent{event: event, tok: tok, msg: msg}, nil
+		})
+	if err != nil {
 		return nil, err
 	}
-	preparedEncodes.Add(1)
-	e := &preparedEvent{event: event, tok: tok, msg: msg}
-	if p.m == nil {
-		p.m = make(map[string]*preparedEvent)
-	}
-	p.m[tok.KeyID] = e
-	time.AfterFunc(preparedLinger, func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if p.m[tok.KeyID] == e {
-			delete(p.m, tok.KeyID)
-		}
-	})
-	return msg, nil
+	return e.msg, nil
 }

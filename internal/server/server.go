@@ -47,6 +47,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -199,6 +200,9 @@ type Config struct {
 	UnaryInterceptors []grpc.UnaryServerInterceptor
 	// StreamInterceptors: see UnaryInterceptors.
 	StreamInterceptors []grpc.StreamServerInterceptor
+	// StatsHandlers are installed on every server (grpc.StatsHandler):
+	// tracing's server spans. Nil means none.
+	StatsHandlers []stats.Handler
 	// TLS, when set, makes the servers speak TLS with this configuration
 	// (it may request and verify client certificates, or supply them per
 	// connection through GetConfigForClient or GetCertificate). Nil means
@@ -350,6 +354,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
 	}
+	for _, h := range cfg.StatsHandlers {
+		opts = append(opts, grpc.StatsHandler(h))
+	}
 
 	stopping, stop := context.WithCancel(context.Background())
 	mainSrv := newGRPCServer("main", opts)
@@ -359,6 +366,8 @@ func New(cfg Config) (*Server, error) {
 		identity:  cfg.Identity,
 		authorize: cfg.Authorize,
 		limits:    newCallerLimits(cfg.MaxWatchesPerCaller, cfg.WatchOpensPerSecond, cfg.WatchOpenBurst),
+		prepared:  newPreparedEvents(),
+		encoded:   newEncodedResponses(),
 		stopping:  stopping,
 	}
 	mainSrv.register(&tokenBrokerServiceDesc, watch)
@@ -591,10 +600,10 @@ type handler struct {
 	limits    *callerLimits
 	// prepared shares the encoding of a token event among the watchers
 	// of its key.
-	prepared preparedEvents
+	prepared *preparedEvents
 	// encoded shares the encoding of a GetToken response among the
 	// callers that get the same token.
-	encoded encodedResponses
+	encoded *encodedResponses
 	// stopping is cancelled when the server shuts down; its Done channel
 	// ends every WatchToken stream.
 	stopping context.Context
