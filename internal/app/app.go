@@ -31,6 +31,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/server"
 	"github.com/tokenbroker/tokenbroker/internal/shared"
 	"github.com/tokenbroker/tokenbroker/internal/tokencache"
+	"github.com/tokenbroker/tokenbroker/internal/tracing"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 	"github.com/tokenbroker/tokenbroker/internal/verifier"
 )
@@ -67,6 +68,8 @@ type App struct {
 	// k8s verifies callers' service-account tokens; nil unless
 	// auth.kubernetes is configured.
 	k8s *k8sauth.Verifier
+	// tracing is the OpenTelemetry tracing; nil when it is off.
+	tracing *tracing.Tracing
 
 	shutdownTimeout time.Duration
 }
@@ -86,6 +89,7 @@ func (a *App) close() {
 	if a.tier != nil {
 		_ = a.tier.Close()
 	}
+	shutdownTracing(a.tracing)
 }
 
 // Keys is the key material the configuration points at, loaded by the
@@ -100,7 +104,17 @@ type Keys struct {
 
 // New builds the broker and its server from cfg, which must be valid and
 // have its secrets loaded.
-func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
+func New(cfg config.Config, keys Keys, logger *slog.Logger) (_ *App, err error) {
+	tr, err := newTracing(logger)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			shutdownTracing(tr)
+		}
+	}()
+	logger = tr.Logger(logger) // trace_id and span_id on traced calls' lines
 	k8s, err := newK8sVerifier(cfg, logger)
 	if err != nil {
 		return nil, err
@@ -126,7 +140,7 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 	for _, p := range cfg.Providers {
 		m.SetPrice(p.Name, p.PricePer1000Requests) // the cost accounting's price
 	}
-	a, err := newBroker(cfg, keys, logger, m)
+	a, err := newBroker(cfg, keys, logger, m, tr)
 	if err != nil {
 		return nil, err
 	}
@@ -139,8 +153,9 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 		SeparateAdmin:         cfg.Admin.Listen != "",
 		Logger:                logger,
 		TLS:                   tlsConfig,
-		UnaryInterceptors:     []grpc.UnaryServerInterceptor{m.GRPC().UnaryServerInterceptor(), guard.UnaryServerInterceptor()},
-		StreamInterceptors:    []grpc.StreamServerInterceptor{m.GRPC().StreamServerInterceptor(), guard.StreamServerInterceptor()},
+		UnaryInterceptors:     []grpc.UnaryServerInterceptor{m.GRPC().UnaryServerInterceptor(metricsOptions(tr)...), guard.UnaryServerInterceptor()},
+		StreamInterceptors:    []grpc.StreamServerInterceptor{m.GRPC().StreamServerInterceptor(metricsOptions(tr)...), guard.StreamServerInterceptor()},
+		StatsHandlers:         statsHandlers(tr),
 		Authorize:             authorize(guard),
 		Identity:              callerIdentity,
 		MaxConcurrentStreams:  cfg.Server.MaxConcurrentStreams,
@@ -176,8 +191,10 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (*App, error) {
 			a.close()
 			return nil, err
 		}
+		a.http.Handler = tr.HTTPHandler(a.http.Handler)
 	}
 	a.shutdownTimeout = time.Duration(cfg.Server.ShutdownTimeout)
+	a.tracing = tr
 	return a, nil
 }
 
@@ -520,10 +537,10 @@ func newKeyring(text []byte) (*tokencache.Keyring, error) {
 // newBroker builds the token cache, one upstream client per provider, the
 // Redis tier when one is configured, and the broker: an App without its
 // server.
-func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Metrics) (*App, error) {
+func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Metrics, tr *tracing.Tracing) (*App, error) {
 	providers := make(map[string]broker.Fetcher, len(cfg.Providers))
 	for _, p := range cfg.Providers {
-		c, err := newUpstream(p, logger)
+		c, err := newUpstream(p, logger, tr.WrapTransport())
 		if err != nil {
 			return nil, err
 		}
@@ -555,7 +572,7 @@ func newBroker(cfg config.Config, keys Keys, logger *slog.Logger, m *metrics.Met
 	m.SetSharedState(metrics.SharedDisabled)
 	if cfg.Shared.Redis.Enabled() {
 		m.SetSharedState(metrics.SharedClosed)
-		if a.tier, err = newTier(cfg.Shared.Redis, kr, logger, m); err != nil {
+		if a.tier, err = newTier(cfg.Shared.Redis, kr, logger, m, tr.RedisHook()); err != nil {
 			cache.Close()
 			return nil, err
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"strings"
 	"time"
 
@@ -16,8 +17,9 @@ import (
 )
 
 // newUpstream returns the upstream client of provider p: the one home of
-// the mapping from configuration to upstream.Client.
-func newUpstream(p config.Provider, logger *slog.Logger) (*upstream.Client, error) {
+// the mapping from configuration to upstream.Client. wrap, when set,
+// wraps its HTTP transports (tracing).
+func newUpstream(p config.Provider, logger *slog.Logger, wrap func(http.RoundTripper) http.RoundTripper) (*upstream.Client, error) {
 	c, err := upstream.New(upstream.Provider{
 		Name:            p.Name,
 		TokenURL:        p.TokenURL,
@@ -35,6 +37,8 @@ func newUpstream(p config.Provider, logger *slog.Logger) (*upstream.Client, erro
 		MaxAttempts: p.MaxAttempts,
 		BaseBackoff: time.Duration(p.RetryBackoff),
 		MaxBackoff:  time.Duration(p.RetryBackoffMax),
+
+		WrapTransport: wrap,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("provider %q: %w", p.Name, err)
@@ -51,7 +55,7 @@ func newUpstream(p config.Provider, logger *slog.Logger) (*upstream.Client, erro
 func CheckOnline(ctx context.Context, cfg config.Config, logger *slog.Logger, out io.Writer) error {
 	providers := make(map[string]*upstream.Client, len(cfg.Providers))
 	for _, p := range cfg.Providers {
-		c, err := newUpstream(p, logger)
+		c, err := newUpstream(p, logger, nil)
 		if err != nil {
 			return err
 		}

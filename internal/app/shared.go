@@ -37,8 +37,9 @@ var setRedisLogger sync.Once
 // newTier builds the Redis tier of cfg, sealing with kr, telling m of its
 // breaker's transitions and of each failure's reason. The client fails
 // fast: each operation is bounded by op_timeout and never retried, since
-// the tier's breaker decides when Redis is worth another try.
-func newTier(cfg config.Redis, kr *tokencache.Keyring, logger *slog.Logger, m *metrics.Metrics) (*shared.Tier, error) {
+// the tier's breaker decides when Redis is worth another try. hook, when
+// set, is added to the client (tracing's spans of its commands).
+func newTier(cfg config.Redis, kr *tokencache.Keyring, logger *slog.Logger, m *metrics.Metrics, hook redis.Hook) (*shared.Tier, error) {
 	var tlsConfig *tls.Config
 	if cfg.TLS.Enabled {
 		var err error
@@ -62,6 +63,9 @@ func newTier(cfg config.Redis, kr *tokencache.Keyring, logger *slog.Logger, m *m
 		MaxRetries:            -1,
 		ContextTimeoutEnabled: true,
 	})
+	if hook != nil {
+		client.AddHook(hook)
+	}
 	return shared.New(shared.Options{
 		Client:          client,
 		Keyring:         kr,

@@ -459,6 +459,9 @@ func Handler(g prometheus.Gatherer) http.Handler {
 		ErrorLog:            slogPrinter{},
 		ErrorHandling:       promhttp.ContinueOnError,
 		MaxRequestsInFlight: 4,
+		// A scraper that asks for OpenMetrics gets it, with the request
+		// histograms' exemplars (trace ids, when tracing is on).
+		EnableOpenMetrics: true,
 	})
 }
 

@@ -324,7 +324,7 @@ func (c *Client) tlsClient(m *Material) *http.Client {
 		}
 	}
 	var base *http.Transport
-	if t, ok := c.hc.Transport.(*http.Transport); ok && t != nil {
+	if t, ok := c.base.(*http.Transport); ok && t != nil {
 		base = t.Clone()
 	} else {
 		base = http.DefaultTransport.(*http.Transport).Clone()
@@ -337,6 +337,9 @@ func (c *Client) tlsClient(m *Material) *http.Client {
 	base.TLSClientConfig.GetClientCertificate = nil
 	hc := *c.hc
 	hc.Transport = base
+	if c.wrap != nil {
+		hc.Transport = c.wrap(base)
+	}
 	c.tls.m[m.CertThumbprint] = &hc
 	return &hc
 }

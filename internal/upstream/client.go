@@ -50,6 +50,10 @@ type Options struct {
 	// Fleet, when set, is the provider's fleet-wide request budget, taken
 	// after the replica's own (budget.go).
 	Fleet *Fleet
+	// WrapTransport, when set, wraps every HTTP transport the client
+	// sends with (HTTPClient's, and each per-certificate one for mTLS):
+	// tracing's client spans and traceparent header.
+	WrapTransport func(http.RoundTripper) http.RoundTripper
 }
 
 // Client fetches tokens from one provider's token endpoint. It is safe for
@@ -64,6 +68,10 @@ type Client struct {
 	maxBackoff  time.Duration
 	budget      *budget
 	tls         tlsClients // per client certificate (auth.go)
+	// base is HTTPClient's own transport (nil: Go's default), which the
+	// per-certificate transports clone; wrap is Options.WrapTransport.
+	base http.RoundTripper
+	wrap func(http.RoundTripper) http.RoundTripper
 
 	// Seams for tests.
 	now    func() time.Time
@@ -89,10 +97,20 @@ func New(p Provider, o Options) (*Client, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	base := hc.Transport
+	if o.WrapTransport != nil {
+		rt := base
+		if rt == nil {
+			rt = http.DefaultTransport
+		}
+		hc.Transport = o.WrapTransport(rt)
+	}
 	return &Client{
 		p:           p,
 		tokenURL:    p.TokenURL,
 		hc:          hc,
+		base:        base,
+		wrap:        o.WrapTransport,
 		log:         o.Logger,
 		maxAttempts: o.MaxAttempts,
 		baseBackoff: o.BaseBackoff,
