@@ -17,6 +17,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/internal/config"
+	"github.com/tokenbroker/tokenbroker/internal/shared/redistest"
 	"github.com/tokenbroker/tokenbroker/internal/testkit"
 	"github.com/tokenbroker/tokenbroker/internal/tracing"
 )
@@ -207,5 +209,56 @@ func TestTracingOffInstallsNothing(t *testing.T) {
 		if tr.WrapTransport() != nil || tr.RedisHook() != nil {
 			t.Errorf("OTEL_TRACES_EXPORTER=%q: got a transport wrapper or a Redis hook, want none", v)
 		}
+	}
+}
+
+// TestTracingSharedTier: with the Redis tier, a GetToken miss makes client
+// spans for the tier's Redis commands, children in the call's trace,
+// naming the command only (no key, no sealed token, no token); the tier's
+// background commands (probes, subscription) make no span.
+func TestTracingSharedTier(t *testing.T) {
+	exp := recordSpans(t)
+	f := &testFleet{redis: redistest.Start(t)}
+	_, tokenURL := startIssuer(t, nil)
+	cfg := stackConfig(tokenURL)
+	cfg.Shared.Redis.Addrs = []string{f.redis.Addr()}
+	cfg.Shared.Redis.OpTimeout = config.Duration(time.Second)
+	addr, stop := serveApp(t, cfg, Keys{}, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := &stack{addr: addr}
+	resp, err := s.dial(t).GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Selector: heldSelector("api/read")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop()
+
+	spans := exp.GetSpans()
+	var server *tracetest.SpanStub
+	for i := range spans {
+		if spans[i].SpanKind == trace.SpanKindServer && spans[i].Name == "tokenbroker.v1.TokenBrokerService/GetToken" {
+			server = &spans[i]
+		}
+	}
+	if server == nil {
+		t.Fatalf("got spans %v, want a GetToken server span", spanNames(spans))
+	}
+	redisSpans := 0
+	for _, sp := range spans {
+		if !strings.HasPrefix(sp.Name, "redis ") {
+			continue
+		}
+		redisSpans++
+		if sp.SpanContext.TraceID() != server.SpanContext.TraceID() {
+			t.Errorf("redis span %q: got trace %s, want the GetToken call's %s", sp.Name, sp.SpanContext.TraceID(), server.SpanContext.TraceID())
+		}
+		for _, text := range spanTexts(sp) {
+			if strings.Contains(text, heldSecret) || strings.Contains(text, resp.GetToken().GetAccessToken()) || strings.Contains(text, "{tokenbroker}") {
+				t.Errorf("redis span %q records more than the command: %q", sp.Name, text)
+			}
+		}
+	}
+	if redisSpans == 0 {
+		t.Errorf("got spans %v, want redis client spans in the GetToken call's trace", spanNames(spans))
 	}
 }
