@@ -91,7 +91,7 @@ run: check-go ## Run the broker in -dev mode with its embedded token endpoint.
 # compiling buf beside them is more load than the heaviest ones (10,000
 # watch streams under the race detector) should have to take.
 .PHONY: test
-test: build lint generate-check race-test deploy-test ## Everything: build, lint, generated-code check, unit, integration and race tests, fuzz seeds, image and chart tests.
+test: build lint generate-check race-test fuzz-short deploy-test ## Everything: build, lint, generated-code check, unit, integration and race tests, fuzz seeds, a short fuzz of every target, image and chart tests.
 
 # Every test runs under the race detector; each fuzz target's seed corpus
 # (its f.Add inputs and testdata/fuzz) runs as part of it. Fuzzing proper
@@ -142,6 +142,14 @@ fuzz: check-go ## Fuzz every target in turn (FUZZTIME=500000x executions each; F
 		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
 		go test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
 	done
+
+# make test fuzzes every target briefly, so that a target that no longer
+# runs under the fuzzing engine fails here, not in a long run later.
+FUZZTIME_SHORT ?= 3000x
+
+.PHONY: fuzz-short
+fuzz-short: check-go ## Fuzz every target briefly (FUZZTIME_SHORT=3000x executions each); part of make test.
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_SHORT)
 
 .PHONY: bench
 bench: check-go redis-server ## Run the benchmarks (side by side with their baselines).
