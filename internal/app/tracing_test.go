@@ -114,6 +114,11 @@ func TestTracingThroughTheApp(t *testing.T) {
 	if server == nil || httpServer == nil {
 		t.Fatalf("got spans %v, want a GetToken gRPC server span and a POST /oauth2/token HTTP server span", spanNames(spans))
 	}
+	for _, sp := range spans {
+		if sp.Name == "GET /metrics" || strings.HasPrefix(sp.Name, "grpc.health") {
+			t.Errorf("got span %q, want none for scrapes and probes", sp.Name)
+		}
+	}
 	for i := range spans {
 		sp := &spans[i]
 		if sp.SpanKind == trace.SpanKindClient && sp.SpanContext.TraceID() == server.SpanContext.TraceID() {

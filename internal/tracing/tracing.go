@@ -27,6 +27,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc/filters"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
@@ -164,12 +165,13 @@ func (t *Tracing) Shutdown(ctx context.Context) error {
 
 // StatsHandler is the gRPC server's stats handler making a server span per
 // call (continuing the caller's traceparent), or nil when tracing is off.
-// Messages are never recorded.
+// Health checks (probes) make none. Messages are never recorded.
 func (t *Tracing) StatsHandler() stats.Handler {
 	if t == nil {
 		return nil
 	}
 	return otelgrpc.NewServerHandler(
+		otelgrpc.WithFilter(filters.Not(filters.HealthCheck())),
 		otelgrpc.WithTracerProvider(t.tp),
 		otelgrpc.WithPropagators(t.prop),
 		otelgrpc.WithMeterProvider(t.mp),
@@ -177,13 +179,21 @@ func (t *Tracing) StatsHandler() stats.Handler {
 }
 
 // HTTPHandler wraps h (the HTTP listener's handler) so that each request
-// gets a server span, or returns h when tracing is off. Bodies, headers
-// and the query are never recorded.
+// gets a server span, or returns h when tracing is off. Probes and scrapes
+// (/healthz, /readyz, /metrics) make none. Bodies, headers and the query
+// are never recorded.
 func (t *Tracing) HTTPHandler(h http.Handler) http.Handler {
 	if t == nil {
 		return h
 	}
 	return otelhttp.NewHandler(h, "tokenbroker.http",
+		otelhttp.WithFilter(func(r *http.Request) bool {
+			switch r.URL.Path {
+			case "/healthz", "/readyz", "/metrics":
+				return false
+			}
+			return true
+		}),
 		otelhttp.WithTracerProvider(t.tp),
 		otelhttp.WithPropagators(t.prop),
 		otelhttp.WithMeterProvider(t.mp),
