@@ -285,11 +285,15 @@ func (p *refreshPlanner) plan(now, earliest, nominal, latest time.Time) time.Tim
 // half of what is left until min_remaining], keeping the other half for
 // retries.
 func (b *Broker) refreshPoint(provider string, issued, nominal, expires time.Time) time.Time {
+	return b.refreshPointAt(time.Now(), provider, issued, nominal, expires)
+}
+
+// refreshPointAt is refreshPoint planned at now.
+func (b *Broker) refreshPointAt(now time.Time, provider string, issued, nominal, expires time.Time) time.Time {
 	p := b.planners[provider]
 	if p == nil {
 		return nominal
 	}
-	now := time.Now()
 	unservable := expires.Add(-b.cfg.MinRemaining)
 	earliest := issued.Add(nominal.Sub(issued) / 2)
 	if earliest.Before(now) {
