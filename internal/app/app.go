@@ -179,7 +179,7 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (_ *App, err error) 
 		return nil, err
 	}
 	if cfg.SDS.Enabled {
-		if a.sds, err = newSDS(cfg, b, guard, m, tlsConfig, logger, srv.GRPCServer()); err != nil {
+		if a.sds, err = newSDS(cfg, b, guard, m, logger, srv); err != nil {
 			a.close()
 			return nil, err
 		}
@@ -332,7 +332,7 @@ func (a *App) Serve(ctx context.Context, l, adminL, httpL net.Listener) error {
 		// begins, as the server ends WatchToken streams, so that the
 		// graceful stop does not wait for them.
 		context.AfterFunc(gctx, a.sds.sds.Shutdown)
-		if a.sds.grpc != nil {
+		if a.sds.listener != nil {
 			if a.sdsL == nil {
 				var err error
 				if a.sdsL, err = listenSDS(a.sdsCfg); err != nil {
@@ -340,7 +340,7 @@ func (a *App) Serve(ctx context.Context, l, adminL, httpL net.Listener) error {
 					return errors.Join(fmt.Errorf("sds.listen: %w", err), <-done, <-done)
 				}
 			}
-			g.Go(func() error { return a.sds.serve(gctx, a.sdsL, a.shutdownTimeout) })
+			g.Go(func() error { return a.sds.serve(gctx, a.sdsL) })
 		}
 	}
 	g.Go(func() error { return a.server.Serve(gctx, l) })
