@@ -181,12 +181,12 @@ func spanNames(spans tracetest.SpanStubs) []string {
 func spanTexts(sp tracetest.SpanStub) []string {
 	texts := []string{sp.Name, sp.Status.Description}
 	for _, a := range sp.Attributes {
-		texts = append(texts, string(a.Key)+"="+a.Value.Emit())
+		texts = append(texts, string(a.Key)+"="+a.Value.String())
 	}
 	for _, e := range sp.Events {
 		texts = append(texts, e.Name)
 		for _, a := range e.Attributes {
-			texts = append(texts, string(a.Key)+"="+a.Value.Emit())
+			texts = append(texts, string(a.Key)+"="+a.Value.String())
 		}
 	}
 	return texts

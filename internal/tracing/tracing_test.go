@@ -101,7 +101,7 @@ func TestTransportHidesQuery(t *testing.T) {
 	var sawURL bool
 	for _, sp := range spans {
 		for _, a := range sp.Attributes {
-			v := a.Value.Emit()
+			v := a.Value.String()
 			if strings.Contains(v, "secret") {
 				t.Errorf("span %q attribute %s holds a secret: %q", sp.Name, a.Key, v)
 			}

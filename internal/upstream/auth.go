@@ -134,9 +134,6 @@ func (c *Credential) Current() *Material { return c.mat.Load() }
 // set.
 func (c *Credential) Rotated() bool { return c.rotated.Load() }
 
-// usesTLS reports whether m authenticates with a client certificate.
-func usesTLS(m AuthMethod) bool { return m == AuthTLSClient || m == AuthSelfSignedTLSClient }
-
 // authPlan is what one attempt sends to authenticate.
 type authPlan struct {
 	basicID, basicSecret string      // Authorization: Basic, when basicID != ""
