@@ -71,6 +71,9 @@ func TestEncodesOncePerVersion(t *testing.T) {
 // rather than an expired one), ACKs it, and gets the recovery's token
 // when the token endpoint is back.
 func TestExpiredTokenIsWithdrawn(t *testing.T) {
+	// Waits out real token lifetimes on its own app, issuer and ports;
+	// shares no package state with the other tests.
+	t.Parallel()
 	issuer, err := devissuer.New(devissuer.Config{Lifetime: 2 * time.Second, Clients: []devissuer.Client{
 		{ID: apptest.HeldID, Secret: apptest.HeldSecret, Scopes: []string{"api/read"}},
 	}})

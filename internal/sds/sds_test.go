@@ -272,6 +272,9 @@ func versionTime(t *testing.T, v string) time.Time {
 // token, pushed before the first one expired; the token endpoint saw one
 // request per token for all of them.
 func TestStreamsGetTokenThenRefresh(t *testing.T) {
+	// Waits out real token lifetimes on its own app, issuer and ports;
+	// shares no package state with the other tests.
+	t.Parallel()
 	cfg, issuer := sdsConfig(t)
 	h := start(t, cfg, issuer)
 	c, _ := dial(t, h.addr)
@@ -402,6 +405,9 @@ func TestInvalidationPushesNewVersion(t *testing.T) {
 // when the sidecar's message quotes it) and counted; the stream goes on
 // and the next token is pushed.
 func TestNackIsLoggedAndCounted(t *testing.T) {
+	// Waits out real token lifetimes on its own app, issuer and ports;
+	// shares no package state with the other tests.
+	t.Parallel()
 	cfg, issuer := sdsConfig(t)
 	h := start(t, cfg, issuer)
 	c, _ := dial(t, h.addr)
