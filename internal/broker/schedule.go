@@ -110,16 +110,46 @@ func (b *Broker) dueLocked(e *entry, now time.Time) {
 }
 
 // startFetchLocked fetches e's key in the background, joining a flight
-// already under way. b.mu must be held.
+// already under way. A joined flight stands for this refresh only if it
+// settles e (installs a token or records a failure) after the refresh
+// began: one may instead end without touching e - it installed its token
+// just before (a token whose refresh point had already passed when it
+// arrived is refreshed at once, while its flight is still finishing), it
+// found a token current, or it was refused. e would then stay
+// "refreshing" for good, never refreshed again, so a new flight is
+// started instead. b.mu must be held.
 func (b *Broker) startFetchLocked(e *entry) {
 	e.refreshing = true
 	b.watchExpiryLocked(e)
-	t := e.t
+	t, gen := e.t, e.gen
 	b.inflight.Add(1)
 	go func() {
 		defer b.inflight.Done()
-		_, _, _ = b.flights.Do(t.key, func() (any, error) { return b.fetchAndInstall(b.life, t, false) })
+		for {
+			led := false
+			_, _, _ = b.flights.Do(t.key, func() (any, error) {
+				led = true
+				if !b.refreshPending(e, gen) {
+					// Settled by a flight that ended just before this
+					// one began: its callers fetch again.
+					return nil, errFenced
+				}
+				return b.fetchAndInstall(b.life, t, false)
+			})
+			if led || !b.refreshPending(e, gen) {
+				return
+			}
+		}
 	}()
+}
+
+// refreshPending reports whether the refresh startFetchLocked began for e
+// at generation gen is still to be made: nothing settled e since, no
+// invalidation took the refresh over, and the broker is not closing.
+func (b *Broker) refreshPending(e *entry, gen uint64) bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.life.Err() == nil && b.entries[e.t.key] == e && e.gen == gen && e.refreshing
 }
 
 // scheduleLocked sets e's next visit to at. b.mu must be held.

@@ -529,3 +529,57 @@ func TestObserverSeesFetchesRefreshesAndServedTokens(t *testing.T) {
 		}
 	})
 }
+
+// TestRefreshDueOnArrivalIsNotLost: a watched key's refresh that is held
+// longer than the token's refresh lead brings a token whose refresh point
+// (counted, like its life, from when the request was sent) has already
+// passed, so the scheduler starts the next refresh as soon as the token
+// is installed, while the flight that installed it is still finishing.
+// That refresh must be a new upstream request, not a join of the ending
+// flight: the joined flight returned without marking the refresh done,
+// the key stayed "refreshing" for good and its watchers got no token
+// again (TestTenThousandWatchersOverGRPC hung on a loaded machine).
+func TestRefreshDueOnArrivalIsNotLost(t *testing.T) {
+	for round := range 20 {
+		synctest.Test(t, func(t *testing.T) {
+			const life = 10 * time.Minute
+			release := make(chan struct{})
+			f := &stubFetcher{fn: func(ctx context.Context, n int64, r upstream.Request) (upstream.Token, error) {
+				sent := time.Now()
+				if n == 2 {
+					select {
+					case <-release:
+					case <-ctx.Done():
+						return upstream.Token{}, ctx.Err()
+					}
+				}
+				return upstream.Token{AccessToken: secret.String(fmt.Sprintf("tok-%d", n)), TokenType: "Bearer",
+					Scopes: r.Scopes, IssuedAt: sent, ExpiresAt: sent.Add(life)}, nil
+			}}
+			// Refresh point 1 minute after issue; min_remaining 30 s; the
+			// held fetch does not time out.
+			b := newBroker(t, f, Config{RefreshFraction: 0.1, FetchTimeout: 5 * time.Minute})
+			runBroker(t, b)
+			w := mustWatch(t, b, held("a"))
+			time.Sleep(time.Minute)
+			synctest.Wait() // the refresh (fetch 2) is held in flight
+			// Held 2 minutes: tok-2's refresh point is a minute gone when
+			// it arrives, tok-1 is still servable.
+			time.Sleep(2 * time.Minute)
+			close(release)
+			synctest.Wait()
+			if got := f.calls.Load(); got != 3 {
+				t.Fatalf("round %d: got %d upstream calls, want 3: the refresh due when tok-2 arrived was not made", round, got)
+			}
+			if ev := next(t, w); ev.Kind != EventRefreshed || ev.Token.AccessToken.Reveal() != "tok-3" {
+				t.Fatalf("round %d: got %v %q, want refreshed tok-3", round, ev.Kind, ev.Token.AccessToken.Reveal())
+			}
+			// And the refreshes go on at each refresh point.
+			time.Sleep(time.Minute)
+			synctest.Wait()
+			if ev := next(t, w); ev.Kind != EventRefreshed || ev.Token.AccessToken.Reveal() != "tok-4" {
+				t.Fatalf("round %d: got %v %q, want refreshed tok-4", round, ev.Kind, ev.Token.AccessToken.Reveal())
+			}
+		})
+	}
+}
