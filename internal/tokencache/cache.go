@@ -356,7 +356,11 @@ func (c *Cache) Pin(key string) {
 }
 
 // Unpin undoes one Pin. When the last pin of key goes, its record returns
-// to ristretto, evictable again (and may be refused there).
+// to ristretto, evictable again (and may be refused there). The pin serves
+// the record until ristretto has applied it, so that Get finds it
+// throughout: ristretto files records asynchronously, and a watcher that
+// reconnects at once must find the token rather than have another
+// fetched. A record Set under the key meanwhile is carried over in turn.
 func (c *Cache) Unpin(key string) {
 	c.mu.Lock()
 	got, ok := c.pinned.Load(key)
@@ -369,17 +373,41 @@ func (c *Cache) Unpin(key string) {
 		c.mu.Unlock()
 		return
 	}
-	v := p.v.Load()
-	c.releaseLocked(p)
-	c.pinned.Delete(key)
-	c.npins.Add(-1)
-	c.mu.Unlock()
-	if v == nil {
-		return
+	var filed *value // the record last filed in ristretto
+	gone := false
+	for {
+		if p.count > 0 {
+			// Pinned again meanwhile: the pin stays, and holds the record.
+			moved := filed != nil && p.v.Load() != nil
+			c.mu.Unlock()
+			if moved {
+				c.rc.Del(key)
+			}
+			return
+		}
+		v := p.v.Load()
+		if v == nil || v == filed {
+			c.releaseLocked(p)
+			c.pinned.Delete(key)
+			c.npins.Add(-1)
+			c.mu.Unlock()
+			break
+		}
+		// The record's budget goes to ristretto with it.
+		c.pinnedCost -= p.cost
+		p.cost = 0
+		c.resizeLocked()
+		c.mu.Unlock()
+		filed = v
+		if ttl := time.Until(time.Unix(0, v.expires)); ttl > 0 && c.rc.SetWithTTL(key, *v, c.cost(v), ttl) {
+			c.rc.Wait()
+			gone = false
+		} else {
+			gone = true // expired, or dropped by ristretto
+		}
+		c.mu.Lock()
 	}
-	if ttl := time.Until(time.Unix(0, v.expires)); ttl > 0 {
-		c.rc.SetWithTTL(key, *v, c.cost(v), ttl)
-	} else {
+	if gone {
 		c.tellGone(key)
 	}
 }

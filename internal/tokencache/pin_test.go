@@ -74,3 +74,22 @@ func TestChargeKeysAddsToEveryRecord(t *testing.T) {
 		t.Errorf("cost with a negative charge: got %d, want %d (no charge)", got, before)
 	}
 }
+
+// TestUnpinnedRecordFoundAtOnce: when a key's last pin goes (its last
+// watcher left), its record is found by Get throughout and right after
+// Unpin returns - ristretto files records asynchronously, so a watcher
+// that reconnected at once missed the token and the broker fetched a new
+// one (sds TestReconnectGetsCurrentTokenAtOnce failed: a new version and
+// two token endpoint requests).
+func TestUnpinnedRecordFoundAtOnce(t *testing.T) {
+	c := newCache(t, 1<<20)
+	for i := range 200 {
+		key := "w" + strconv.Itoa(i)
+		c.Pin(key)
+		c.Set(key, record("tok-"+key), time.Hour)
+		c.Unpin(key)
+		if got, ok := c.Get(key); !ok || got.AccessToken.Reveal() != "tok-"+key {
+			t.Fatalf("%s: Get right after the last Unpin: got %v, want the record", key, ok)
+		}
+	}
+}
