@@ -1081,7 +1081,7 @@ var File_tokenbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1atokenbroker/v1/admin.proto\x12\x0etokenbroker.v1\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x01\n" +
+	"\x1atokenbroker/v1/admin.proto\x12\x0etokenbroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\"\xad\x01\n" +
 	"\x17InvalidateTokensRequest\x12\x17\n" +
 	"\x06key_id\x18\x01 \x01(\tH\x00R\x05keyId\x12?\n" +
 	"\tclient_id\x18\x02 \x01(\v2 .tokenbroker.v1.ClientIdSelectorH\x00R\bclientId\x12\x18\n" +
