@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -300,7 +299,7 @@ func TestOutageLogged(t *testing.T) {
 			}
 			return inner.fn(ctx, n, r)
 		}}
-		var buf lockedBuffer
+		var buf testkit.LogBuffer
 		b := newBroker(t, f, Config{Logger: slog.New(slog.NewJSONHandler(&buf, nil))})
 		b.randN = func(n int64) int64 { return n - 1 }
 		runBroker(t, b)
@@ -351,22 +350,4 @@ func TestOutageLogged(t *testing.T) {
 			t.Errorf("recovered line: got %v, want INFO with requests %v (the failed ones and the success)", in, want)
 		}
 	})
-}
-
-// lockedBuffer is a bytes.Buffer safe for concurrent writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }
