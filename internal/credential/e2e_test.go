@@ -393,6 +393,36 @@ func TestAssertionFile(t *testing.T) {
 	checkLocal(t, err, "no such file", path, a2)
 }
 
+// TestReadableAssertionFileWarnedOnce: an assertion file others may read
+// (a projected volume's 0644) is read for every request but warned about
+// once, not on every token request.
+func TestReadableAssertionFileWarnedOnce(t *testing.T) {
+	k := ecKey(t)
+	_, srv := issuer(t, false, devissuer.Client{ID: clientID, PublicKeys: []jose.JSONWebKey{pub(k, "")}})
+	aud := srv.URL + devissuer.TokenPath
+	dir := t.TempDir()
+	path := filepath.Join(dir, "assertion")
+	cr, err := credential.New(credential.Spec{Name: "w", Method: upstream.AuthPrivateKeyJWT, AssertionFile: writeFile(t, dir, "assertion", []byte("x"))}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs testkit.LogBuffer
+	c := client(t, srv, testkit.TextLogger(&logs), 1)
+	for range 3 {
+		now := time.Now()
+		writeFile(t, dir, "assertion", []byte(assertionFor(t, k, aud, now, now.Add(time.Minute))))
+		if err := os.Chmod(path, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fetch(t, c, cr); err != nil {
+			t.Fatalf("Fetch = %v", err)
+		}
+	}
+	if n := strings.Count(logs.String(), "readable by others"); n != 1 {
+		t.Errorf("got %d 'readable by others' warnings for 3 requests, want 1:\n%s", n, logs.String())
+	}
+}
+
 func checkLocal(t *testing.T, err error, want, path, assertion string) {
 	t.Helper()
 	var ue *upstream.Error

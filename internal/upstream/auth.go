@@ -250,6 +250,9 @@ func (c *Client) sign(cr *Credential, k *SigningKey, clientID string) (string, *
 	return s, nil
 }
 
+// quiet drops what it is given.
+var quiet = slog.New(slog.DiscardHandler)
+
 // MaxAssertionFileSize is the largest client_assertion_file read.
 const MaxAssertionFileSize = 16 << 10
 
@@ -258,7 +261,14 @@ const MaxAssertionFileSize = 16 << 10
 // sent: the platform that writes the file has not renewed it. Errors
 // name the client and the file, never the content.
 func (c *Client) readAssertion(cr *Credential) (string, *Error) {
-	data, err := secret.ReadPrivateFile(cr.AssertionFile, MaxAssertionFileSize, c.log)
+	// The file is read for every request: its mode is warned about (when
+	// others may read it, as projected volumes often allow) on the first
+	// read only.
+	logger := quiet
+	if _, seen := c.assertionReads.LoadOrStore(cr.AssertionFile, struct{}{}); !seen {
+		logger = c.log
+	}
+	data, err := secret.ReadPrivateFile(cr.AssertionFile, MaxAssertionFileSize, logger)
 	if err != nil {
 		return "", c.localAuthError(ErrUnavailable, fmt.Sprintf("client %q: client_assertion_file: %v", cr.Name, err))
 	}

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/backoff"
@@ -68,6 +69,9 @@ type Client struct {
 	maxBackoff  time.Duration
 	budget      *budget
 	tls         tlsClients // per client certificate (auth.go)
+	// assertionReads holds the client_assertion_file paths read so far
+	// (auth.go readAssertion warns about a file's mode once).
+	assertionReads sync.Map
 	// base is HTTPClient's own transport (nil: Go's default), which the
 	// per-certificate transports clone; wrap is Options.WrapTransport.
 	base http.RoundTripper
