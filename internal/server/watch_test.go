@@ -14,6 +14,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -655,4 +656,39 @@ func TestWatchTokenEncodesOncePerEvent(t *testing.T) {
 			t.Errorf("refresh to %s for %d streams: got %d encodings, want 1", refresh, watchers, got)
 		}
 	}
+}
+
+// TestWatchTokenCompressedStreamSharesNoBytes: a stream whose client
+// compresses (grpc-encoding: gzip, so the server compresses its answers)
+// opens first and encodes the key's EVENT_INITIAL; a plain stream of the
+// key opening next receives the event uncompressed and intact, not the
+// gzip stream's bytes.
+func TestWatchTokenCompressedStreamSharesNoBytes(t *testing.T) {
+	issued := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	tok := broker.Token{AccessToken: secret.String("at-gzip"), TokenType: "Bearer", Scopes: []string{"payments/read"},
+		IssuedAt: issued, ExpiresAt: issued.Add(time.Hour), RefreshAt: issued.Add(45 * time.Minute), KeyID: "k-gzip"}
+	b := newSubBroker(tok, 2)
+	ts := startServer(t, Config{Broker: b})
+
+	zipped, err := ts.client.WatchToken(rpcContext(t), watchReq(), grpc.UseCompressor(gzip.Name))
+	if err != nil {
+		t.Fatalf("WatchToken with gzip: got error %v, want nil", err)
+	}
+	first, err := zipped.Recv()
+	if err != nil || first.GetToken().GetAccessToken() != "at-gzip" {
+		t.Fatalf("gzip stream's first event: got %v, %v; want at-gzip", first, err)
+	}
+	b.next(t)
+	plain, err := ts.client.WatchToken(rpcContext(t), watchReq())
+	if err != nil {
+		t.Fatalf("WatchToken: got error %v, want nil", err)
+	}
+	got, err := plain.Recv()
+	if err != nil {
+		t.Fatalf("plain stream's first Recv: got error %v, want nil", err)
+	}
+	if got.GetEvent() != tokenbrokerv1.WatchTokenResponse_EVENT_INITIAL || got.GetToken().GetAccessToken() != "at-gzip" {
+		t.Errorf("plain stream's first event: got %v, want EVENT_INITIAL with at-gzip", got)
+	}
+	b.next(t)
 }
