@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/url"
+	"path"
+	"strconv"
 	"strings"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -36,9 +40,19 @@ type authzService struct {
 // Check authorizes one HTTP request Envoy holds: its bearer token must
 // verify and carry the route's required scopes. On success the claims are
 // forwarded as headers (Config.Headers).
+//
+// Every refusal is a denied HTTP response with an OK RPC status, including
+// a caller (Envoy) the policy refuses (403) or that is over the rate limit
+// (429): an RPC error means "could not check", which Envoy's
+// failure_mode_allow may turn into a pass.
+//
+// Config.PathScopes are matched against the request path (its query left
+// out) percent-decoded and cleaned (path.Clean: "//", "." and ".."
+// resolved), on whole segments; a path that is not valid
+// percent-encoding is denied with 400.
 func (h authzService) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
-	if err := h.s.admit(ctx); err != nil {
-		return nil, err
+	if r := h.s.admit(ctx); r != nil {
+		return r.denied(), nil
 	}
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
 	ext := req.GetAttributes().GetContextExtensions()
@@ -46,9 +60,11 @@ func (h authzService) Check(ctx context.Context, req *authv3.CheckRequest) (*aut
 	if !ok {
 		return denied(http.StatusUnauthorized, `Bearer realm="tokenbroker"`, "a bearer token is required"), nil
 	}
-	scopes := h.s.pathScopes(httpReq.GetPath())
+	var scopes []string
 	if v, ok := ext[ExtRequiredScopes]; ok {
 		scopes = strings.Fields(v)
+	} else if scopes, ok = h.s.pathScopes(httpReq.GetPath()); !ok {
+		return deniedStatus(codes.InvalidArgument, http.StatusBadRequest, "", "the request path is not valid percent-encoding"), nil
 	}
 	c, err := h.s.cfg.Verifier.Verify(ctx, verifier.Request{
 		Token:            token,
@@ -99,18 +115,31 @@ func bearer(r *authv3.AttributeContext_HttpRequest) (string, bool) {
 	return token, token != ""
 }
 
-// pathScopes returns the scopes of the longest configured prefix of path
-// (its query left out).
-func (s *Server) pathScopes(path string) []string {
-	path, _, _ = strings.Cut(path, "?")
+// pathScopes returns the scopes of the longest configured prefix of the
+// request path p, or false if p cannot be decoded. p, its query left out,
+// is percent-decoded and cleaned, so that "//admin", "/%61dmin" and
+// "/x/../admin" are all "/admin"; a prefix matches whole segments: "/admin"
+// (or "/admin/") matches "/admin" and "/admin/x", not "/administrator".
+func (s *Server) pathScopes(p string) ([]string, bool) {
+	if len(s.cfg.PathScopes) == 0 {
+		return nil, true
+	}
+	p, _, _ = strings.Cut(p, "?")
+	p, err := url.PathUnescape(p)
+	if err != nil {
+		return nil, false
+	}
+	p = path.Clean("/" + p)
 	best := -1
 	var scopes []string
-	for _, p := range s.cfg.PathScopes {
-		if strings.HasPrefix(path, p.Prefix) && len(p.Prefix) > best {
-			best, scopes = len(p.Prefix), p.Scopes
+	for _, ps := range s.cfg.PathScopes {
+		prefix := strings.TrimRight(ps.Prefix, "/")
+		match := prefix == "" || p == prefix || strings.HasPrefix(p, prefix+"/")
+		if match && len(prefix) > best {
+			best, scopes = len(prefix), ps.Scopes
 		}
 	}
-	return scopes
+	return scopes, true
 }
 
 // allowed is the OK answer: the configured claim headers set, and those
@@ -147,23 +176,58 @@ func (s *Server) allowed(c *verifier.Claims) *authv3.CheckResponse {
 	}
 }
 
-// denied is a refusal with an HTTP status, a WWW-Authenticate challenge and
-// a short body.
+// denied is a refusal of the token with an HTTP status (401 or 403), a
+// WWW-Authenticate challenge and a short body.
 func denied(code int, challenge, body string) *authv3.CheckResponse {
 	grpcCode := codes.Unauthenticated
 	if code == http.StatusForbidden {
 		grpcCode = codes.PermissionDenied
 	}
+	return deniedStatus(grpcCode, code, challenge, body)
+}
+
+// deniedStatus is a denied CheckResponse: the non-OK grpcCode in its
+// status (Envoy denies on it; the RPC itself succeeds), the HTTP status
+// code, a WWW-Authenticate challenge unless "", and body.
+func deniedStatus(grpcCode codes.Code, code int, challenge, body string) *authv3.CheckResponse {
+	d := &authv3.DeniedHttpResponse{
+		Status: &typev3.HttpStatus{Code: typev3.StatusCode(code)},
+		Body:   body,
+	}
+	if challenge != "" {
+		d.Headers = append(d.Headers, header("www-authenticate", challenge))
+	}
 	return &authv3.CheckResponse{
-		Status: &rpcstatus.Status{Code: int32(grpcCode), Message: body},
-		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
-			Status: &typev3.HttpStatus{Code: typev3.StatusCode(code)},
-			Headers: []*corev3.HeaderValueOption{{
-				Header:       &corev3.HeaderValue{Key: "www-authenticate", Value: challenge},
-				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-			}},
-			Body: body,
-		}},
+		Status:       &rpcstatus.Status{Code: int32(grpcCode), Message: body},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: d},
+	}
+}
+
+// denied is the refusal of a caller (Envoy) as a denied CheckResponse: 403
+// for the policy, 429 with Retry-After (whole seconds, rounded up) for the
+// rate limit. The reason goes in the status, which Envoy logs; the HTTP
+// client sees a generic body.
+func (r *refusal) denied() *authv3.CheckResponse {
+	if r.code != codes.ResourceExhausted {
+		resp := deniedStatus(codes.PermissionDenied, http.StatusForbidden, "", "this proxy may not verify tokens")
+		resp.Status.Message = r.msg
+		return resp
+	}
+	resp := deniedStatus(codes.ResourceExhausted, http.StatusTooManyRequests, "", "too many requests")
+	resp.Status.Message = r.msg
+	if r.retryAfter > 0 {
+		secs := int64((r.retryAfter + time.Second - 1) / time.Second)
+		d := resp.GetDeniedResponse()
+		d.Headers = append(d.Headers, header("retry-after", strconv.FormatInt(secs, 10)))
+	}
+	return resp
+}
+
+// header is a header that replaces any of its name.
+func header(name, value string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: name, Value: value},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 	}
 }
 

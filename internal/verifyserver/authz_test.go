@@ -119,3 +119,76 @@ func TestCheckEndToEnd(t *testing.T) {
 
 // codesOf returns the status code of err.
 func codesOf(err error) codes.Code { return status.Code(err) }
+
+// TestPathScopesNormalised: path_scopes match the percent-decoded, cleaned
+// request path on whole segments, so that encoded, doubled-slash and
+// dot-segment forms of a protected path need its scopes; a path that is
+// not valid percent-encoding is denied with 400.
+func TestPathScopesNormalised(t *testing.T) {
+	e := newEnv(t, Config{PathScopes: []PathScopes{
+		{Prefix: "/", Scopes: []string{"orders/read"}},
+		{Prefix: "/admin", Scopes: []string{"orders/admin"}},
+		{Prefix: "/orders/", Scopes: []string{"orders/write"}},
+	}})
+	read := e.token(t, "orders/read")
+	for _, c := range []struct {
+		path   string
+		status int // 0: allowed
+	}{
+		{"/public", 0},
+		{"/administrator", 0},
+		{"/admin-x/y", 0},
+		{"/admin", http.StatusForbidden},
+		{"/admin/", http.StatusForbidden},
+		{"/admin/users?x=/public", http.StatusForbidden},
+		{"//admin", http.StatusForbidden},
+		{"/%61dmin", http.StatusForbidden},
+		{"/%2561dmin", 0}, // decoded once: "/%61dmin", not "/admin"
+		{"/x/../admin", http.StatusForbidden},
+		{"/x/%2e%2e/admin", http.StatusForbidden},
+		{"/public%2F..%2Fadmin", http.StatusForbidden},
+		{"/./admin/./x", http.StatusForbidden},
+		{"/../admin", http.StatusForbidden},
+		{"admin", http.StatusForbidden},
+		{"/orders", http.StatusForbidden},
+		{"/orders/42", http.StatusForbidden},
+		{"/orders//42", http.StatusForbidden},
+		{"/ordersx", 0},
+		{"/admin%zz", http.StatusBadRequest},
+		{"/%", http.StatusBadRequest},
+	} {
+		t.Run(c.path, func(t *testing.T) {
+			resp, err := e.authz.Check(rpcCtx(t), checkReq("Bearer "+read, c.path, nil))
+			if err != nil {
+				t.Fatalf("Check: %v", err)
+			}
+			if c.status == 0 {
+				if resp.GetOkResponse() == nil {
+					t.Fatalf("Check = %v, want OK", resp)
+				}
+				return
+			}
+			if d := resp.GetDeniedResponse(); d == nil || int(d.GetStatus().GetCode()) != c.status {
+				t.Fatalf("Check = %v, want denied with HTTP %d", resp, c.status)
+			}
+		})
+	}
+	// A route's required_scopes override the path, which is then not read.
+	resp, err := e.authz.Check(rpcCtx(t), checkReq("Bearer "+read, "/%zz", map[string]string{ExtRequiredScopes: "orders/read"}))
+	if err != nil || resp.GetOkResponse() == nil {
+		t.Fatalf("Check with route scopes = %v, %v; want OK", resp, err)
+	}
+}
+
+// TestNoClaimHeaders: Headers all "" forwards no claim headers (the
+// defaults are internal/config's, not applied to an empty Headers).
+func TestNoClaimHeaders(t *testing.T) {
+	e := newEnv(t, Config{})
+	resp, err := e.authz.Check(rpcCtx(t), checkReq("Bearer "+e.token(t, "orders/read"), "/", nil))
+	if err != nil || resp.GetOkResponse() == nil {
+		t.Fatalf("Check = %v, %v; want OK", resp, err)
+	}
+	if ok := resp.GetOkResponse(); len(ok.GetHeaders()) != 0 || len(ok.GetHeadersToRemove()) != 0 {
+		t.Errorf("Check sets %v and removes %q, want no claim headers", ok.GetHeaders(), ok.GetHeadersToRemove())
+	}
+}

@@ -8,9 +8,13 @@
 // verifier, and map its answer. A refused token is an answer: VerifyToken
 // returns it as a Refusal, Check as a denied HTTP response (401 with
 // WWW-Authenticate: Bearer error="invalid_token", or 403 with
-// error="insufficient_scope", RFC 6750). Only a token that could not be
-// checked (the provider's keys were never fetched, its introspection
-// endpoint failed) is an RPC error, UNAVAILABLE, so that Envoy applies its
+// error="insufficient_scope", RFC 6750). Check answers a caller the
+// policy refuses with 403 and one over the rate limit with 429 (and
+// Retry-After), never with an RPC error: Envoy would take that for a
+// broken authorization service and, with failure_mode_allow, let the
+// request through unverified. Only a token that could not be checked (the
+// provider's keys were never fetched, its introspection endpoint failed)
+// is an RPC error, UNAVAILABLE, so that Envoy applies its
 // failure_mode_allow setting. No token ever appears in a response, a log
 // line or an error.
 package verifyserver
@@ -21,6 +25,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
@@ -55,7 +60,8 @@ type Verifier interface {
 }
 
 // Headers names the request headers ext_authz sets, on success, for the
-// service behind Envoy; "" leaves one out. Headers of these names that the
+// service behind Envoy; "" leaves one out, and the zero Headers forwards
+// no claims (internal/config holds the default names). Headers of these names that the
 // client sent are removed, so the service can trust them.
 type Headers struct {
 	// Subject carries "sub".
@@ -72,19 +78,13 @@ type Headers struct {
 	Audience string
 }
 
-// DefaultHeaders are the header names used when Config.Headers is zero.
-var DefaultHeaders = Headers{
-	Subject:  "x-token-subject",
-	ClientID: "x-token-client-id",
-	Scopes:   "x-token-scopes",
-	Provider: "x-token-provider",
-	Issuer:   "x-token-issuer",
-}
-
 // PathScopes are the scopes a request path needs, for ext_authz requests
 // whose route sets no "required_scopes" context extension.
 type PathScopes struct {
-	// Prefix is a path prefix, such as "/orders/"; the longest match wins.
+	// Prefix is a path prefix, such as "/orders"; the longest match wins.
+	// It matches whole path segments of the normalised request path (see
+	// Check): "/orders" and "/orders/" both match "/orders" and
+	// "/orders/42", not "/orders-archive".
 	Prefix string
 	// Scopes must all be among the token's scopes.
 	Scopes []string
@@ -95,8 +95,10 @@ type Config struct {
 	// Verifier checks tokens. Required.
 	Verifier Verifier
 	// Authorize decides whether the caller (its identity in ctx) may
-	// verify tokens; an error refuses the call with PERMISSION_DENIED and
-	// the error's message. Nil allows every caller.
+	// verify tokens; an error refuses the call: VerifyToken with
+	// PERMISSION_DENIED and the error's message, Check with HTTP 403 (the
+	// message in the CheckResponse's status, not in the body). Nil allows
+	// every caller.
 	Authorize func(ctx context.Context) error
 	// Caller names the caller for the rate limit. Nil: one bucket for all.
 	Caller func(ctx context.Context) string
@@ -106,8 +108,8 @@ type Config struct {
 	RateLimit float64
 	// RateBurst: see RateLimit.
 	RateBurst int
-	// Headers are the claim headers ext_authz forwards. Zero means
-	// DefaultHeaders.
+	// Headers are the claim headers ext_authz forwards; "" leaves one
+	// out.
 	Headers Headers
 	// PathScopes are per-path-prefix required scopes for ext_authz.
 	PathScopes []PathScopes
@@ -132,9 +134,6 @@ func New(cfg Config) (*Server, error) {
 	if cfg.RateLimit > 0 && cfg.RateBurst == 0 {
 		cfg.RateBurst = 1
 	}
-	if cfg.Headers == (Headers{}) {
-		cfg.Headers = DefaultHeaders
-	}
 	for i, p := range cfg.PathScopes {
 		if !strings.HasPrefix(p.Prefix, "/") {
 			return nil, fmt.Errorf("verifyserver: PathScopes[%d].Prefix: must start with '/', got %q", i, p.Prefix)
@@ -150,11 +149,23 @@ func (s *Server) Register(g grpc.ServiceRegistrar) {
 	authv3.RegisterAuthorizationServer(g, authzService{s: s})
 }
 
-// admit applies the policy and the per-caller rate limit.
-func (s *Server) admit(ctx context.Context) error {
+// refusal is why admit turned a caller away: PermissionDenied (the
+// policy) or ResourceExhausted (the rate limit, with the wait until the
+// caller's next verification, if known).
+type refusal struct {
+	code       codes.Code
+	msg        string
+	retryAfter time.Duration
+}
+
+// err is the refusal as the RPC error VerifyToken returns.
+func (r *refusal) err() error { return status.Error(r.code, r.msg) }
+
+// admit applies the policy and the per-caller rate limit; nil admits.
+func (s *Server) admit(ctx context.Context) *refusal {
 	if s.cfg.Authorize != nil {
 		if err := s.cfg.Authorize(ctx); err != nil {
-			return status.Error(codes.PermissionDenied, err.Error())
+			return &refusal{code: codes.PermissionDenied, msg: err.Error()}
 		}
 	}
 	if s.cfg.RateLimit <= 0 {
@@ -174,8 +185,19 @@ func (s *Server) admit(ctx context.Context) error {
 		s.limiters[caller] = l
 	}
 	s.mu.Unlock()
-	if !l.Allow() {
-		return status.Errorf(codes.ResourceExhausted, "verification rate limit of %g per second exceeded for this caller", s.cfg.RateLimit)
+	// A reservation that would have to wait is cancelled (its token given
+	// back); its delay is when the caller may try again.
+	if r := l.Reserve(); !r.OK() || r.Delay() > 0 {
+		wait := time.Duration(0)
+		if r.OK() {
+			wait = r.Delay()
+			r.Cancel()
+		}
+		return &refusal{
+			code:       codes.ResourceExhausted,
+			msg:        fmt.Sprintf("verification rate limit of %g per second exceeded for this caller", s.cfg.RateLimit),
+			retryAfter: wait,
+		}
 	}
 	return nil
 }
@@ -191,8 +213,8 @@ func (h verifyService) VerifyToken(ctx context.Context, req *tokenbrokerv1.Verif
 	if err := validate(req); err != nil {
 		return nil, err
 	}
-	if err := h.s.admit(ctx); err != nil {
-		return nil, err
+	if r := h.s.admit(ctx); r != nil {
+		return nil, r.err()
 	}
 	c, err := h.s.cfg.Verifier.Verify(ctx, verifier.Request{
 		Token:            req.GetToken(),

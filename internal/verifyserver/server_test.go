@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -189,16 +190,50 @@ func TestVerifyTokenErrors(t *testing.T) {
 }
 
 // TestPolicyRefuses: a caller the policy refuses gets PERMISSION_DENIED from
-// both services.
+// VerifyToken, and from Check a denied response (HTTP 403) with an OK RPC
+// status: an RPC error would let Envoy's failure_mode_allow pass the
+// request.
 func TestPolicyRefuses(t *testing.T) {
 	e := newEnv(t, Config{Authorize: func(context.Context) error { return errors.New("identity may not verify tokens") }})
 	_, err := e.verify.VerifyToken(rpcCtx(t), &tokenbrokerv1.VerifyTokenRequest{Token: "x"})
 	if st := status.Convert(err); st.Code() != codes.PermissionDenied || st.Message() != "identity may not verify tokens" {
 		t.Errorf("VerifyToken = %v, want PermissionDenied", err)
 	}
-	_, err = e.authz.Check(rpcCtx(t), checkReq("Bearer x", "/", nil))
-	if status.Code(err) != codes.PermissionDenied {
-		t.Errorf("Check = %v, want PermissionDenied", err)
+	resp, err := e.authz.Check(rpcCtx(t), checkReq("Bearer x", "/", nil))
+	if err != nil {
+		t.Fatalf("Check: RPC error %v, want a denied response", err)
+	}
+	d := resp.GetDeniedResponse()
+	if d == nil || d.GetStatus().GetCode() != http.StatusForbidden || codes.Code(resp.GetStatus().GetCode()) != codes.PermissionDenied {
+		t.Fatalf("Check = %v, want denied with HTTP 403 and status PERMISSION_DENIED", resp)
+	}
+	if resp.GetStatus().GetMessage() != "identity may not verify tokens" || strings.Contains(d.GetBody(), "identity") {
+		t.Errorf("Check: status message %q, body %q; want the policy's message in the status only", resp.GetStatus().GetMessage(), d.GetBody())
+	}
+}
+
+// TestCheckOverRateLimit: a caller over verifier.rate_limit gets from Check
+// a denied response (HTTP 429 with Retry-After) with an OK RPC status.
+func TestCheckOverRateLimit(t *testing.T) {
+	e := newEnv(t, Config{RateLimit: 0.001, RateBurst: 1})
+	tok := e.token(t, "orders/read")
+	resp, err := e.authz.Check(rpcCtx(t), checkReq("Bearer "+tok, "/", nil))
+	if err != nil || resp.GetOkResponse() == nil {
+		t.Fatalf("first Check = %v, %v; want OK", resp, err)
+	}
+	for i := range 2 {
+		resp, err = e.authz.Check(rpcCtx(t), checkReq("Bearer "+tok, "/", nil))
+		if err != nil {
+			t.Fatalf("Check %d over the limit: RPC error %v, want a denied response", i, err)
+		}
+		d := resp.GetDeniedResponse()
+		if d == nil || d.GetStatus().GetCode() != http.StatusTooManyRequests || codes.Code(resp.GetStatus().GetCode()) != codes.ResourceExhausted {
+			t.Fatalf("Check %d over the limit = %v, want denied with HTTP 429 and status RESOURCE_EXHAUSTED", i, resp)
+		}
+		// One token per 1000 s: the next one is due in (0, 1000] seconds.
+		if n, err := strconv.Atoi(headerOf(d.GetHeaders(), "retry-after")); err != nil || n < 1 || n > 1000 {
+			t.Errorf("Retry-After = %q, want 1-1000 seconds", headerOf(d.GetHeaders(), "retry-after"))
+		}
 	}
 }
 
