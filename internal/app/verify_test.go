@@ -43,8 +43,10 @@ func TestVerifyThroughTheApp(t *testing.T) {
 			Path: "/", Headers: map[string]string{"authorization": "Bearer " + tok.GetToken().GetAccessToken()},
 		}}}})
 		if !grant {
-			if status.Code(err) != codes.PermissionDenied || status.Code(cerr) != codes.PermissionDenied {
-				t.Fatalf("without verify: VerifyToken = %v, Check = %v; want PermissionDenied", err, cerr)
+			// Check refuses with a denied response (403), not an RPC error
+			// that Envoy's failure_mode_allow could pass.
+			if status.Code(err) != codes.PermissionDenied || cerr != nil || check.GetDeniedResponse().GetStatus().GetCode() != 403 {
+				t.Fatalf("without verify: VerifyToken = %v, Check = %v, %v; want PermissionDenied and a 403 denied response", err, check, cerr)
 			}
 			continue
 		}
