@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tokenbroker/tokenbroker/internal/linger"
+	"github.com/tokenbroker/tokenbroker/internal/server"
 )
 
 // A refresh reaches every stream subscribed to a secret at once: thousands
@@ -16,8 +17,11 @@ import (
 // events (server's prepared.go), the response is encoded once per secret
 // name and version (a grpc.PreparedMsg: marshalled, framed, ready to
 // write) and every stream sends those bytes. The gRPC server's codec is
-// the only one and no compressor is registered, so the bytes prepared on
-// one stream are right for every other.
+// the only one, but the bytes are also compressed with the stream's send
+// compressor (a sidecar that compresses its requests gets compressed
+// responses; gzip is registered in every binary), so a response is shared
+// only among the streams of one send compressor (server.PreparedKey); a
+// stream whose compressor cannot be told encodes its own.
 //
 // That takes a nonce that is the same on every stream: nonce(name,
 // version). xDS asks of a nonce only that it tell the responses of one
@@ -47,15 +51,15 @@ var preparedEncodes atomic.Int64
 // the first '/' ends it.
 func nonce(name, version string) string { return version + "/" + name }
 
-// preparedResponses holds, per secret name, the last response encoded,
-// for preparedLinger.
+// preparedResponses holds, per secret name and send compressor, the last
+// response encoded, for preparedLinger.
 type preparedResponses struct {
-	m linger.Map[string, *preparedResponse]
+	m linger.Map[server.PreparedKey, *preparedResponse]
 }
 
 // newPreparedResponses returns an empty set of shared responses.
 func newPreparedResponses() *preparedResponses {
-	return &preparedResponses{m: linger.Map[string, *preparedResponse]{TTL: preparedLinger}}
+	return &preparedResponses{m: linger.Map[server.PreparedKey, *preparedResponse]{TTL: preparedLinger}}
 }
 
 // preparedResponse is one encoded response: the version and the access
@@ -68,28 +72,36 @@ type preparedResponse struct {
 
 // get returns the encoded response carrying name's secret at version with
 // token (its access token, or "" for a withdrawn secret), encoding it on
-// stream with res (which builds the resource) when no stream has yet. The
-// other streams wait for those bytes rather than encode their own
-// (linger.Map.Get).
+// stream with res (which builds the resource) when no stream of stream's
+// send compressor has yet. The other streams wait for those bytes rather
+// than encode their own (linger.Map.Get).
 func (p *preparedResponses) get(stream grpc.ServerStream, name, version, token string, res func() (*anypb.Any, error)) (*grpc.PreparedMsg, error) {
-	e, err := p.m.Get(name, func(e *preparedResponse) bool { return e.version == version && e.token == token },
-		func() (*preparedResponse, error) {
-			r, err := res()
-			if err != nil {
-				return nil, err
-			}
-			msg := &grpc.PreparedMsg{}
-			if err := msg.Encode(stream, &discoveryv3.DiscoveryResponse{
-				VersionInfo: version,
-				Resources:   []*anypb.Any{r},
-				TypeUrl:     TypeURL,
-				Nonce:       nonce(name, version),
-			}); err != nil {
-				return nil, err
-			}
-			preparedEncodes.Add(1)
-			return &preparedResponse{version: version, token: token, msg: msg}, nil
-		})
+	encode := func() (*preparedResponse, error) {
+		r, err := res()
+		if err != nil {
+			return nil, err
+		}
+		msg := &grpc.PreparedMsg{}
+		if err := msg.Encode(stream, &discoveryv3.DiscoveryResponse{
+			VersionInfo: version,
+			Resources:   []*anypb.Any{r},
+			TypeUrl:     TypeURL,
+			Nonce:       nonce(name, version),
+		}); err != nil {
+			return nil, err
+		}
+		preparedEncodes.Add(1)
+		return &preparedResponse{version: version, token: token, msg: msg}, nil
+	}
+	k, ok := server.PreparedKeyOf(stream.Context(), name)
+	if !ok {
+		e, err := encode()
+		if err != nil {
+			return nil, err
+		}
+		return e.msg, nil
+	}
+	e, err := p.m.Get(k, func(e *preparedResponse) bool { return e.version == version && e.token == token }, encode)
 	if err != nil {
 		return nil, err
 	}

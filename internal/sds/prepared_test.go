@@ -9,7 +9,11 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding/gzip"
 
 	"github.com/tokenbroker/tokenbroker/internal/apptest"
 	"github.com/tokenbroker/tokenbroker/internal/config"
@@ -127,5 +131,42 @@ func TestExpiredTokenIsWithdrawn(t *testing.T) {
 	waitMetric(t, h, `tokenbroker_sds_acks_total{secret="api"}`, 2)
 	if n := h.logs.Count(slog.LevelWarn, "sent the empty secret"); n != 1 {
 		t.Errorf("log lines of the withdrawal: got %d, want 1", n)
+	}
+}
+
+// TestCompressedStreamSharesNoBytes: a sidecar whose client compresses
+// (grpc-encoding: gzip, so the broker compresses its responses) opens
+// first and gets the secret encoded for it; a plain sidecar of the same
+// secret and version opening next gets the response uncompressed and
+// intact, not the gzip stream's bytes.
+func TestCompressedStreamSharesNoBytes(t *testing.T) {
+	// The gzip stream's response is still shared when the plain one opens,
+	// however slow the machine.
+	t.Cleanup(sds.SetPreparedLinger(time.Hour)) // restored after the broker stopped
+	cfg, issuer := sdsConfig(t)
+	issuer.SetLifetime(time.Hour)
+	h := start(t, cfg, issuer)
+	c, _ := dial(t, h.addr)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	st, err := c.StreamSecrets(ctx, grpc.UseCompressor(gzip.Name))
+	if err != nil {
+		t.Fatalf("StreamSecrets with gzip: %v", err)
+	}
+	zipped := &sidecar{t: t, stream: st, cancel: cancel, node: &corev3.Node{Id: "sidecar-gzip", Cluster: "test"}}
+	zipped.send(&discoveryv3.DiscoveryRequest{ResourceNames: []string{"api"}})
+	r0 := zipped.recv()
+	_, want := secretOf(t, r0)
+	zipped.ack(r0, "api")
+
+	plain := open(t, context.Background(), c, "sidecar-plain", "", "api")
+	r1, err := plain.recvErr()
+	if err != nil {
+		t.Fatalf("plain sidecar's Recv: got %v, want the secret", err)
+	}
+	if _, got := secretOf(t, r1); got != want || r1.GetVersionInfo() != r0.GetVersionInfo() || r1.GetNonce() != r0.GetNonce() {
+		t.Errorf("plain sidecar: got version %s nonce %q (same value: %t), want the gzip sidecar's %s %q",
+			r1.GetVersionInfo(), r1.GetNonce(), got == want, r0.GetVersionInfo(), r0.GetNonce())
 	}
 }
