@@ -691,7 +691,7 @@ func startDevIssuer(ctx context.Context, g *errgroup.Group, cfg *config.Config, 
 	p := config.DefaultProvider()
 	p.Name, p.TokenURL = DevProvider, url+devissuer.TokenPath
 	// Its tokens can be verified too (VerifyToken, ext_authz).
-	p.Verify = &config.ProviderVerify{Issuer: url}
+	p.Verify = &config.ProviderVerify{Issuer: url, ClientIDs: []string{DevIssuerClientID}}
 	cfg.Providers = append(cfg.Providers, p)
 	cfg.Clients = append(cfg.Clients, config.Client{
 		Name: DevClient, Provider: DevProvider, ClientID: DevIssuerClientID, Secret: secret.String(sec),

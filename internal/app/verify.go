@@ -11,6 +11,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/access"
 	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/metrics"
+	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/verifier"
 	"github.com/tokenbroker/tokenbroker/internal/verifyserver"
 )
@@ -39,9 +40,10 @@ func (a *App) setupVerifier(cfg config.Config, guard *access.Authenticator, reg 
 			Timeout:                   time.Duration(p.Timeout),
 		}
 		if pv.IntrospectionURL != "" {
-			for _, c := range cfg.Clients {
+			for i, c := range cfg.Clients {
 				if c.Name == pv.IntrospectionClient {
-					vp.Introspection = &verifier.Introspection{URL: pv.IntrospectionURL, ClientID: c.ClientID, ClientSecret: c.Secret}
+					vp.Introspection = &verifier.Introspection{URL: pv.IntrospectionURL, ClientID: c.ClientID,
+						Secret: currentSecret(c), Post: cfg.ClientAuthMethod(i) == config.AuthClientSecretPost}
 				}
 			}
 		}
@@ -90,6 +92,20 @@ func (a *App) setupVerifier(cfg config.Config, guard *access.Authenticator, reg 
 	srv.Register(a.server.GRPCServer())
 	a.verifier = v
 	return nil
+}
+
+// currentSecret returns a function giving c's secret as it is now: its
+// Credential's current material, which the credential watcher replaces
+// when client_secret_file changes, else the secret loaded at startup.
+func currentSecret(c config.Client) func() secret.String {
+	return func() secret.String {
+		if c.Credential != nil {
+			if m := c.Credential.Current(); m != nil {
+				return m.Secret
+			}
+		}
+		return c.Secret
+	}
 }
 
 // clockSkew maps verifier.clock_skew to verifier.Config.ClockSkew, where

@@ -49,7 +49,8 @@ type ProviderVerify struct {
 	// VerifyAlgorithms. Default RS256, ES256, PS256.
 	Algorithms []string `yaml:"algorithms,omitempty"`
 	// Audiences, when set, are the accepted "aud" values (flavour
-	// oauth2): a token must carry one.
+	// oauth2): a token must carry one. Flavour oauth2 needs Audiences or
+	// ClientIDs.
 	Audiences []string `yaml:"audiences,omitempty"`
 	// ClientIDs, when set, are the accepted client ids.
 	ClientIDs []string `yaml:"client_ids,omitempty"`
@@ -217,6 +218,9 @@ func (c *Config) validateVerifier(v *validator) {
 		default:
 			v.add(key+".flavour", "must be %s or %s, got %q", FlavourOAuth2, FlavourCognito, pv.Flavour)
 		}
+		if (pv.Flavour == "" || pv.Flavour == FlavourOAuth2) && len(pv.Audiences) == 0 && len(pv.ClientIDs) == 0 {
+			v.add(key, "flavour oauth2 needs audiences or client_ids (or both): without them a token the provider issued for any resource server would be accepted")
+		}
 		if pv.JWKSURI != "" && pv.JWKSFile != "" {
 			v.add(key, "at most one of jwks_uri and jwks_file may be set, got both")
 		}
@@ -234,8 +238,10 @@ func (c *Config) validateVerifier(v *validator) {
 			if msg := checkTokenURL(pv.IntrospectionURL); msg != "" {
 				v.add(key+".introspection_url", "%s", msg)
 			}
-			if !slices.ContainsFunc(c.Clients, func(cl Client) bool { return cl.Name == pv.IntrospectionClient && cl.Provider == p.Name }) {
+			if j := slices.IndexFunc(c.Clients, func(cl Client) bool { return cl.Name == pv.IntrospectionClient && cl.Provider == p.Name }); j < 0 {
 				v.add(key+".introspection_client", "must name a configured client of provider %q, got %q", p.Name, pv.IntrospectionClient)
+			} else if m := c.ClientAuthMethod(j); m != AuthClientSecretBasic && m != AuthClientSecretPost {
+				v.add(key+".introspection_client", "must name a client that uses client_secret_basic or client_secret_post, got %q whose auth_method is %s", pv.IntrospectionClient, m)
 			}
 		} else if pv.IntrospectionClient != "" {
 			v.add(key+".introspection_client", "needs introspection_url")

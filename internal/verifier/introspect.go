@@ -69,7 +69,14 @@ func (in *introspector) check(ctx context.Context, req Request, sum [32]byte) (*
 	if c.Issuer == "" {
 		c.Issuer = p.Issuer
 	}
-	if err := checkRules(p, c); err != nil && !(p.Flavour == FlavourCognito && c.TokenUse == "") {
+	// Cognito's introspection answers need not carry token_use: only that
+	// rule is waived (the token is an access token by asking), the
+	// client_ids and audience rules still apply.
+	rc := *c
+	if p.Flavour == FlavourCognito && rc.TokenUse == "" {
+		rc.TokenUse = "access"
+	}
+	if err := checkRules(p, &rc); err != nil {
 		return named, err
 	}
 	until := v.now().Add(v.introTTL)
@@ -85,14 +92,22 @@ func (in *introspector) check(ctx context.Context, req Request, sum [32]byte) (*
 // error.
 func (in *introspector) introspect(ctx context.Context, p *provider, token string) (*tokenClaims, error) {
 	form := url.Values{"token": {token}, "token_type_hint": {"access_token"}}
+	ic := p.Introspection
+	sec := ic.secret()
+	if ic.Post {
+		form.Set("client_id", ic.ClientID)
+		form.Set("client_secret", sec.Reveal())
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.Introspection.URL, strings.NewReader(form.Encode()))
 	if err != nil {
 		return nil, unavailable("provider %q: introspection request could not be built", p.Name)
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
-	// RFC 6749 §2.3.1: the id and secret are form-encoded before Basic.
-	req.SetBasicAuth(url.QueryEscape(p.Introspection.ClientID), url.QueryEscape(p.Introspection.ClientSecret.Reveal()))
+	if !ic.Post {
+		// RFC 6749 §2.3.1: the id and secret are form-encoded before Basic.
+		req.SetBasicAuth(url.QueryEscape(ic.ClientID), url.QueryEscape(sec.Reveal()))
+	}
 	resp, err := in.v.client.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -191,12 +191,13 @@ func (v *Verifier) verifyJWT(ctx context.Context, req Request) (*entry, error) {
 	}
 	var verified tokenClaims
 	ok := false
+	var kid string // of the key that verified: fresh looks it up later
 	for _, k := range keys {
 		if k.Algorithm != "" && k.Algorithm != h.Algorithm {
 			continue
 		}
 		if err := tok.Claims(k.Key, &verified); err == nil {
-			ok = true
+			ok, kid = true, k.KeyID
 			break
 		}
 	}
@@ -210,7 +211,6 @@ func (v *Verifier) verifyJWT(ctx context.Context, req Request) (*entry, error) {
 	if err := checkRules(p, c); err != nil {
 		return named, err
 	}
-	kid := h.KeyID
 	return &entry{claims: c, kid: &kid, until: c.Expiry.Add(v.skew)}, nil
 }
 

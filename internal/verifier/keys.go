@@ -129,6 +129,12 @@ func (s *keySource) lookup(ctx context.Context, kid string) ([]jose.JSONWebKey, 
 func (s *keySource) startRefresh(force bool) (<-chan singleflight.Result, bool) {
 	s.mu.Lock()
 	if !s.inflight {
+		// After Close cancelled base, no fetch starts: Close's wg.Wait
+		// must not race a wg.Add (see closeFetches).
+		if s.base.Err() != nil {
+			s.mu.Unlock()
+			return nil, false
+		}
 		if !force && s.tried && time.Since(s.lastTry) < s.minInterval {
 			s.mu.Unlock()
 			return nil, false
@@ -332,12 +338,50 @@ func checkURL(raw string) string {
 	return "must be an absolute https URL (http only for loopback hosts)"
 }
 
+// closeFetches is called by Close after base is cancelled and before it
+// waits for the fetches: once it has held mu, every startRefresh either
+// added its fetch to wg already or sees base cancelled and starts none.
+func (s *keySource) closeFetches() {
+	s.mu.Lock()
+	s.mu.Unlock() //nolint:staticcheck // an empty critical section is the barrier
+}
+
+// checkRedirect is the CheckRedirect of the verifier's HTTP clients: every
+// hop of a redirect must pass checkURL, as the configured URL did (no
+// https to http downgrade, no plain http off loopback).
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	if msg := checkURL(req.URL.String()); msg != "" {
+		return fmt.Errorf("refused a redirect: the target %s", msg)
+	}
+	return nil
+}
+
+// safeClient returns c (nil: a new client) with checkRedirect as its
+// CheckRedirect unless it has one of its own; c itself is not changed.
+func safeClient(c *http.Client) *http.Client {
+	if c == nil {
+		return &http.Client{CheckRedirect: checkRedirect}
+	}
+	if c.CheckRedirect != nil {
+		return c
+	}
+	cc := *c
+	cc.CheckRedirect = checkRedirect
+	return &cc
+}
+
 // run refreshes the keys until ctx ends: at once, then every interval;
 // after a failure again after minInterval, doubling up to interval.
 func (s *keySource) run(ctx context.Context, interval time.Duration) {
 	retry := s.minInterval
 	for {
-		ch, _ := s.startRefresh(true)
+		ch, ok := s.startRefresh(true)
+		if !ok {
+			return // closed
+		}
 		var err error
 		select {
 		case r := <-ch:

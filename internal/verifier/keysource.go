@@ -22,7 +22,8 @@ type KeySourceConfig struct {
 	// JWKSFile, when set, is read instead of discovery.
 	JWKSFile string
 	// HTTPClient fetches discovery and JWKS documents. Nil: a plain
-	// http.Client.
+	// http.Client. Unless it has a CheckRedirect of its own, a redirect
+	// is followed only to an https URL (http only on loopback).
 	HTTPClient *http.Client
 	// Timeout bounds one fetch. Zero: 10s.
 	Timeout time.Duration
@@ -53,9 +54,8 @@ func NewKeySource(cfg KeySourceConfig) (*KeySource, error) {
 			return nil, errors.New("issuer " + msg)
 		}
 	}
-	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = &http.Client{}
-	}
+	// Redirects must go to URLs checkURL allows, like the issuer.
+	cfg.HTTPClient = safeClient(cfg.HTTPClient)
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
@@ -97,5 +97,6 @@ func (k *KeySource) Run(ctx context.Context, interval time.Duration) {
 // Close ends the fetches in flight and waits for them.
 func (k *KeySource) Close() {
 	k.cancel()
+	k.s.closeFetches()
 	k.wg.Wait()
 }

@@ -87,9 +87,25 @@ type Provider struct {
 type Introspection struct {
 	// URL is the endpoint: absolute https (http only on loopback).
 	URL string
-	// ClientID and ClientSecret authenticate the broker (HTTP Basic).
+	// ClientID and ClientSecret authenticate the broker (HTTP Basic, or
+	// the form with Post).
 	ClientID     string
 	ClientSecret secret.String
+	// Secret, when set, returns the client's current secret and is asked
+	// for each request (so a rotated secret is used at once); it overrides
+	// ClientSecret.
+	Secret func() secret.String
+	// Post sends client_id and client_secret in the form
+	// (client_secret_post) instead of HTTP Basic.
+	Post bool
+}
+
+// secret returns the client secret to send now.
+func (in *Introspection) secret() secret.String {
+	if in.Secret != nil {
+		return in.Secret()
+	}
+	return in.ClientSecret
 }
 
 // Config configures a Verifier.
@@ -116,7 +132,9 @@ type Config struct {
 	// means DefaultClockSkew; negative means none.
 	ClockSkew time.Duration
 	// HTTPClient fetches keys and introspects. Nil means a client of its
-	// own (with each provider's Timeout).
+	// own (with each provider's Timeout). Unless it has a CheckRedirect of
+	// its own, a redirect is followed only to an https URL (http only on
+	// loopback).
 	HTTPClient *http.Client
 	// Observer receives events for metrics. Optional.
 	Observer Observer
@@ -213,9 +231,8 @@ func New(cfg Config) (*Verifier, error) {
 		base:     base,
 		cancel:   cancel,
 	}
-	if v.client == nil {
-		v.client = &http.Client{}
-	}
+	// Redirects must go to URLs checkURL allows, like the configured ones.
+	v.client = safeClient(v.client)
 	v.intro.v = v
 	for i, p := range cfg.Providers {
 		if err := v.add(i, p, cfg.MinRefreshInterval); err != nil {
@@ -326,6 +343,11 @@ func (v *Verifier) Run(ctx context.Context) error {
 // cache. Verify must not be called after Close.
 func (v *Verifier) Close() {
 	v.cancel()
+	for _, p := range v.providers {
+		if p.keys != nil {
+			p.keys.closeFetches()
+		}
+	}
 	v.wg.Wait()
 	v.cache.close()
 }
