@@ -435,6 +435,32 @@ func TestNackIsLoggedAndCounted(t *testing.T) {
 	}
 }
 
+// TestNackLogClipsClientFields: a NACK's node id, version_info and
+// message, which the sidecar sends at any length, are logged cut to their
+// limits.
+func TestNackLogClipsClientFields(t *testing.T) {
+	cfg, issuer := sdsConfig(t)
+	h := start(t, cfg, issuer)
+	c, _ := dial(t, h.addr)
+	long := func(c string) string { return strings.Repeat(c, 5000) }
+	s := open(t, context.Background(), c, long("n"), "", "api")
+	r1 := s.recv()
+	s.send(&discoveryv3.DiscoveryRequest{
+		VersionInfo: long("v"), ResponseNonce: r1.GetNonce(), ResourceNames: []string{"api"},
+		ErrorDetail: &statuspb.Status{Code: int32(codes.InvalidArgument), Message: long("m")},
+	})
+	waitMetric(t, h, `tokenbroker_sds_nacks_total{secret="api"}`, 1)
+	logs := h.logs.String()
+	for _, field := range []string{"n", "v", "m"} {
+		if strings.Contains(logs, strings.Repeat(field, 513)) {
+			t.Errorf("the NACK log line holds a %q field of 5000 bytes uncut", field)
+		}
+		if !strings.Contains(logs, strings.Repeat(field, 256)+"…") {
+			t.Errorf("the NACK log line lacks the %q field cut and marked:\n%.2000s", field, logs)
+		}
+	}
+}
+
 // apiKeys configures callers "sidecar-a" (granted the secret "api" only,
 // through its client and scope) and returns its key's metadata.
 func apiKeys(cfg *config.Config) metadata.MD {

@@ -22,6 +22,19 @@ import (
 // maxNackMessage is the most bytes of a NACK's message that are logged.
 const maxNackMessage = 512
 
+// maxNackField is the most bytes of a NACK's node id, version_info and
+// response_nonce that are logged: the sidecar sends them, at any length.
+const maxNackField = 256
+
+// clip returns s cut to at most max bytes (then marked "…"), whole UTF-8
+// characters only, for a log line.
+func clip(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	return strings.ToValidUTF8(s[:max], "") + "…"
+}
+
 // subscription is one name a stream subscribed to: its broker watch and
 // the last token sent.
 type subscription struct {
@@ -200,16 +213,16 @@ func (st *stream) answered(name string, req *discoveryv3.DiscoveryRequest) {
 	msg := detail.GetMessage()
 	if sub != nil && quotesToken(msg, sub.tok) {
 		msg = "(withheld: the message quotes the secret)"
-	} else if len(msg) > maxNackMessage {
-		msg = strings.ToValidUTF8(msg[:maxNackMessage], "") + "…"
+	} else {
+		msg = clip(msg, maxNackMessage)
 	}
 	st.s.logger.WarnContext(st.ctx, "sds: sidecar rejected a secret (NACK); it keeps its previous one",
 		"secret", name,
-		"version", req.GetVersionInfo(),
-		"nonce", req.GetResponseNonce(),
+		"version", clip(req.GetVersionInfo(), maxNackField),
+		"nonce", clip(req.GetResponseNonce(), maxNackField),
 		"code", codes.Code(detail.GetCode()).String(),
 		"message", msg,
-		"node", req.GetNode().GetId())
+		"node", clip(req.GetNode().GetId(), maxNackField))
 	st.s.obs.Nacked(name)
 }
 
