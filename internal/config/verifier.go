@@ -121,7 +121,8 @@ type VerifierHeaders struct {
 
 // PathScopes are the scopes a path prefix requires.
 type PathScopes struct {
-	// Prefix is a path prefix starting with '/'; the longest match wins.
+	// Prefix is a path prefix starting with '/', matched on whole segments
+	// of the percent-decoded, cleaned request path; the longest match wins.
 	Prefix string `yaml:"prefix"`
 	// Scopes must all be among the token's scopes.
 	Scopes []string `yaml:"scopes,omitempty"`
