@@ -342,8 +342,8 @@ func checkURL(raw string) string {
 // waits for the fetches: once it has held mu, every startRefresh either
 // added its fetch to wg already or sees base cancelled and starts none.
 func (s *keySource) closeFetches() {
-	//lint:ignore SA2001 the empty critical section is the barrier described above
 	s.mu.Lock()
+	//lint:ignore SA2001 the empty critical section is the barrier described above
 	s.mu.Unlock()
 }
 
