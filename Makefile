@@ -84,12 +84,17 @@ generate-check: tools ## Fail if api/ is not what proto/ generates.
 	$(BUF) generate --output "$$tmp"; \
 	diff -r api/tokenbroker "$$tmp/api/tokenbroker" || { echo "error: api/ is stale; run 'make generate' and commit the result" >&2; exit 1; }
 
+# vet and staticcheck type-check with the build's own settings (static,
+# -trimpath), so they reuse what make build compiled instead of compiling
+# every package once more (about 45 s on a cold 2-core machine).
+STATIC := CGO_ENABLED=0 GOFLAGS=-trimpath
+
 .PHONY: lint
 lint: tools ## go vet, gofmt, staticcheck, buf lint and buf format.
-	go vet ./...
+	$(STATIC) go vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.bin/*')); \
 	if [ -n "$$out" ]; then echo "error: gofmt would change:" >&2; echo "$$out" >&2; exit 1; fi
-	$(STATICCHECK) ./...
+	$(STATIC) $(STATICCHECK) ./...
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
 
