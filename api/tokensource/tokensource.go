@@ -302,12 +302,14 @@ func (s *Source) handle(msg *tokenbrokerv1.WatchTokenResponse) bool {
 		if st.Code() == codes.OK {
 			st = status.New(codes.Unavailable, "broker holds no valid token")
 		}
+		// Logged before the state changes, so that whoever sees the new
+		// state finds the warning written.
+		log.Warn("tokensource: broker holds no valid token", "code", st.Code().String(), "error", st.Message())
 		err := st.Err()
 		s.setErr(err)
 		if !retryable(st.Code()) {
 			s.refused(err)
 		}
-		log.Warn("tokensource: broker holds no valid token", "code", st.Code().String(), "error", st.Message())
 		return false
 	}
 	log.Debug("tokensource: ignored an event of unknown kind", "event", ev.String())
