@@ -152,14 +152,32 @@ func TestFleetBudget(t *testing.T) {
 	case <-time.After(phase):
 	case <-ctx.Done():
 	}
+	// Under load (the race detector on 2 cores) a Redis call can miss its
+	// 100 ms timeout even with Redis up, and a replica then falls back to
+	// its local share for that request: count those fallbacks.
+	fellBack := int64(0)
+	for _, r := range f.replicas {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if st, err := r.admin.GetStats(sctx, &tokenbrokerv1.GetStatsRequest{}); err == nil {
+			fellBack += st.GetSharedTier().GetFallbacks()
+		}
+		scancel()
+	}
 	redisStopped := time.Now()
 	f.redis.Stop()
 	wg.Wait()
 	end := time.Now()
 	stopSampling()
 
-	if p := samples.peak(start, redisStopped); p > rate+burst {
-		t.Errorf("with Redis up: %d requests at the issuer within one second, want at most the fleet budget %d/s + burst %d", p, rate, burst)
+	// With Redis up and answering the fleet keeps to its budget; where a
+	// replica fell back (a Redis call timed out), its local share's burst
+	// may add to it, as across the outage below.
+	upLimit := int64(rate + burst)
+	if fellBack > 0 {
+		upLimit = rate + burst + 3
+	}
+	if p := samples.peak(start, redisStopped); p > upLimit {
+		t.Errorf("with Redis up: %d requests at the issuer within one second, want at most %d (the fleet budget %d/s + burst %d, plus the local bursts when %d requests fell back)", p, upLimit, rate, burst, fellBack)
 	}
 	// While Redis is down each replica keeps to its share (a third of the
 	// rate, burst max(1, ⌊1/3⌋) = 1); across the switch the fleet's bucket
