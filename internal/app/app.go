@@ -152,6 +152,7 @@ func New(cfg config.Config, keys Keys, logger *slog.Logger) (_ *App, err error) 
 		Admin:                 adminBroker{b, m},
 		SeparateAdmin:         cfg.Admin.Listen != "",
 		Logger:                logger,
+		LogSuccesses:          cfg.Log.Access == "all",
 		TLS:                   tlsConfig,
 		UnaryInterceptors:     []grpc.UnaryServerInterceptor{m.GRPC().UnaryServerInterceptor(metricsOptions(tr)...), guard.UnaryServerInterceptor()},
 		StreamInterceptors:    []grpc.StreamServerInterceptor{m.GRPC().StreamServerInterceptor(metricsOptions(tr)...), guard.StreamServerInterceptor()},

@@ -95,6 +95,7 @@ func newHTTPServer(cfg config.Config, b *broker.Broker, guard *access.Authentica
 		ReadyDetail:     readyDetail,
 		Metrics:         metrics.Handler(reg),
 		Logger:          logger,
+		LogSuccesses:    cfg.Log.Access == "all",
 		MaxBodyBytes:    int64(cfg.HTTPMaxBodyBytes),
 	})
 	if err != nil {

@@ -408,6 +408,11 @@ type Log struct {
 	Level string `yaml:"level"`
 	// Format is the log line format: json (default) or text.
 	Format string `yaml:"format"`
+	// Access says which calls get an access-log line at info: "failures"
+	// (default: every call that did not succeed; successful calls are
+	// logged at debug, so log.level debug shows them too) or "all" (one
+	// line per call). Failures are logged either way.
+	Access string `yaml:"access"`
 }
 
 // Metrics configures the optional labels of the Prometheus metrics. Both
@@ -611,7 +616,7 @@ func Default() Config {
 			WatchOpenBurst:        100,
 			MaxHeaderListSize:     16 * KiB,
 		},
-		Log:         Log{Level: "info", Format: "json"},
+		Log:         Log{Level: "info", Format: "json", Access: "failures"},
 		Admin:       Admin{SocketMode: "0600"},
 		TLS:         TLS{ClientAuth: ClientAuthNone},
 		Auth:        Auth{Kubernetes: KubernetesAuth{Audience: "tokenbroker", Leeway: Duration(30 * time.Second)}},

@@ -52,7 +52,7 @@ func TestDefault(t *testing.T) {
 			WatchOpenBurst:        100,
 			MaxHeaderListSize:     16 * KiB,
 		},
-		Log:         Log{Level: "info", Format: "json"},
+		Log:         Log{Level: "info", Format: "json", Access: "failures"},
 		TLS:         TLS{ClientAuth: "none"},
 		Auth:        Auth{Kubernetes: KubernetesAuth{Audience: "tokenbroker", Leeway: Duration(30 * time.Second)}},
 		Admin:       Admin{SocketMode: "0600"},

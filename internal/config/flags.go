@@ -25,6 +25,9 @@ const (
 	// EnvLogFormat overrides the file's log.format; -log-format overrides
 	// it.
 	EnvLogFormat = "TOKENBROKER_LOG_FORMAT"
+	// EnvLogAccess overrides the file's log.access; -log-access overrides
+	// it.
+	EnvLogAccess = "TOKENBROKER_LOG_ACCESS"
 	// EnvDevSecret holds the client secret of the -dev-issuer token
 	// endpoint's client.
 	EnvDevSecret = "TOKENBROKER_DEV_SECRET"
@@ -40,6 +43,7 @@ const (
 //	-http-listen ADDR  http_listen ($TOKENBROKER_HTTP_LISTEN; "" turns it off)
 //	-log-level LEVEL   log.level ($TOKENBROKER_LOG_LEVEL)
 //	-log-format FORMAT log.format ($TOKENBROKER_LOG_FORMAT)
+//	-log-access WHICH  log.access ($TOKENBROKER_LOG_ACCESS)
 //	-passthrough       passthrough (-passthrough=false turns it off)
 //	-dev               development mode (Config.Dev)
 //	-dev-lifetime D    lifetime of -dev tokens (Config.DevLifetime)
@@ -94,6 +98,7 @@ func parseSources(args []string, getenv func(string) string, out io.Writer) (Con
 		httpListen  = fs.String("http-listen", def.HTTPListen, "HTTP `address` of the drop-in token endpoint and /metrics (host:port, \"\" for none); overrides $"+EnvHTTPListen+" and the file")
 		logLevel    = fs.String("log-level", def.Log.Level, "log `level`: debug, info, warn or error; overrides $"+EnvLogLevel+" and the file")
 		logFormat   = fs.String("log-format", def.Log.Format, "log `format`: json or text; overrides $"+EnvLogFormat+" and the file")
+		logAccess   = fs.String("log-access", def.Log.Access, "which calls get an access-log `line`: failures (successes at debug) or all; overrides $"+EnvLogAccess+" and the file")
 		passthrough = fs.Bool("passthrough", def.Passthrough, "let callers present their own client credentials; overrides the file")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -129,6 +134,7 @@ func parseSources(args []string, getenv func(string) string, out io.Writer) (Con
 		{EnvHTTPListen, "http_listen", &cfg.HTTPListen},
 		{EnvLogLevel, "log.level", &cfg.Log.Level},
 		{EnvLogFormat, "log.format", &cfg.Log.Format},
+		{EnvLogAccess, "log.access", &cfg.Log.Access},
 	} {
 		if v := getenv(o.env); v != "" {
 			*o.dst = v
@@ -144,6 +150,7 @@ func parseSources(args []string, getenv func(string) string, out io.Writer) (Con
 		{"http-listen", "http_listen", &cfg.HTTPListen, httpListen},
 		{"log-level", "log.level", &cfg.Log.Level, logLevel},
 		{"log-format", "log.format", &cfg.Log.Format, logFormat},
+		{"log-access", "log.access", &cfg.Log.Access, logAccess},
 	} {
 		if set[o.flag] {
 			*o.dst = *o.val
@@ -191,10 +198,11 @@ Environment (flags override it; it overrides the file):
   %s	http_listen address (an empty value is ignored: -http-listen "" turns it off)
   %s	log level
   %s	log format
+  %s	access log: failures or all
   %s	client secret of the -dev and -dev-issuer token endpoints' client
 
 Precedence: defaults < file < environment < flags. Client secrets, sealing
 keys and the cache HMAC key are read from the files or environment
 variables the configuration names.
-`, EnvConfig, EnvListen, EnvHTTPListen, EnvLogLevel, EnvLogFormat, EnvDevSecret)
+`, EnvConfig, EnvListen, EnvHTTPListen, EnvLogLevel, EnvLogFormat, EnvLogAccess, EnvDevSecret)
 }

@@ -230,3 +230,36 @@ func TestUsageAndReadmeListEveryFlagAndVariable(t *testing.T) {
 		}
 	}
 }
+
+// TestLogAccessPrecedence: log.access is "failures" by default and set,
+// in rising precedence, by the file, TOKENBROKER_LOG_ACCESS and
+// -log-access; Validate names the key and the rule for another value.
+func TestLogAccessPrecedence(t *testing.T) {
+	file := writeFile(t, "c.yaml", "log:\n  access: all\n")
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"default", nil, nil, "failures"},
+		{"file", []string{"-config", file}, nil, "all"},
+		{"environment beats file", []string{"-config", file}, map[string]string{EnvLogAccess: "failures"}, "failures"},
+		{"flag beats environment", []string{"-log-access", "all"}, map[string]string{EnvLogAccess: "failures"}, "all"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parse(tc.args, env(tc.env), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Log.Access != tc.want {
+				t.Errorf("log.access: got %q, want %q", c.Log.Access, tc.want)
+			}
+		})
+	}
+	c := Default()
+	c.Log.Access = "some"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), `log.access: must be failures or all, got "some"`) {
+		t.Errorf("Validate: got %v, want the log.access rule", err)
+	}
+}

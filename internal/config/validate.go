@@ -176,6 +176,11 @@ func (c *Config) Validate() error {
 	default:
 		v.add("log.format", "must be json or text, got %q", c.Log.Format)
 	}
+	switch c.Log.Access {
+	case "failures", "all":
+	default:
+		v.add("log.access", "must be failures or all, got %q", c.Log.Access)
+	}
 
 	if c.Server.MaxConcurrentStreams < 1 {
 		v.add("server.max_concurrent_streams", "must be an integer from 1 to 4294967295, got %d", c.Server.MaxConcurrentStreams)

@@ -87,7 +87,7 @@ func TestValidateValid(t *testing.T) {
 		func(c *Config) { n := strings.Repeat("a", 63); c.Providers[1].Name = n; c.Clients[1].Provider = n },
 		func(c *Config) { c.Clients[0].ClientID = strings.Repeat("~", 128) },
 		func(c *Config) { c.Clients = nil; c.Providers = nil; c.Passthrough = true },
-		func(c *Config) { c.Log = Log{Level: "debug", Format: "text"} },
+		func(c *Config) { c.Log = Log{Level: "debug", Format: "text", Access: "all"} },
 		func(c *Config) { c.Log.Level = "warn" },
 		func(c *Config) { c.Log.Level = "error" },
 		withRedis,

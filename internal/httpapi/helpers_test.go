@@ -55,6 +55,8 @@ type envOptions struct {
 	ready     func() bool
 	metrics   http.Handler
 	authorize func(*http.Request, broker.Selector) error
+	// logSuccesses is Config.LogSuccesses.
+	logSuccesses bool
 }
 
 // newEnv starts the issuers, builds the broker the way internal/app does
@@ -132,6 +134,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		Ready:           o.ready,
 		Metrics:         o.metrics,
 		Logger:          logger,
+		LogSuccesses:    o.logSuccesses,
 		MaxBodyBytes:    cmp.Or(o.maxBody, 64<<10),
 	})
 	if err != nil {

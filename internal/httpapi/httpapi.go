@@ -98,11 +98,15 @@ type Config struct {
 	ReadyDetail func() string
 	// Metrics is served at /metrics; nil answers 404.
 	Metrics http.Handler
-	// Logger receives one Info line per token request (method, path,
-	// status, duration, provider, key id, error code) and never a client
-	// secret, a token or an Authorization header. Nil means
-	// slog.Default().
+	// Logger receives one line per token request (method, path, status,
+	// duration, provider, key id, error code) and never a client secret,
+	// a token or an Authorization header: at info for a refused request,
+	// and for a token sent at info with LogSuccesses, else at debug. Nil
+	// means slog.Default().
 	Logger *slog.Logger
+	// LogSuccesses logs the line of a request answered with a token at
+	// info, like a refusal's (configuration log.access: all).
+	LogSuccesses bool
 	// MaxBodyBytes bounds a token request's body; a longer one is refused
 	// with 413. Required: greater than 0 (the default is the
 	// configuration's http_max_body_bytes).

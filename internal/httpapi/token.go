@@ -130,6 +130,15 @@ func (h *handler) serveToken(w http.ResponseWriter, r *http.Request, provider st
 		provider = h.cfg.DefaultProvider
 	}
 	status, keyID, oerr := h.token(w, r, provider)
+	// A token sent is logged at debug unless LogSuccesses (log.access),
+	// as the gRPC access log does.
+	level := slog.LevelInfo
+	if oerr == nil && !h.cfg.LogSuccesses {
+		level = slog.LevelDebug
+	}
+	if !h.cfg.Logger.Enabled(r.Context(), level) {
+		return
+	}
 	attrs := []slog.Attr{
 		slog.String("method", r.Method),
 		slog.String("path", r.URL.Path),
@@ -149,7 +158,7 @@ func (h *handler) serveToken(w http.ResponseWriter, r *http.Request, provider st
 			attrs = append(attrs, slog.String("cause", oerr.cause.Error()))
 		}
 	}
-	h.cfg.Logger.LogAttrs(r.Context(), slog.LevelInfo, "token request", attrs...)
+	h.cfg.Logger.LogAttrs(r.Context(), level, "token request", attrs...)
 }
 
 // token answers one token request. It returns the status sent, the key id

@@ -407,14 +407,38 @@ func TestNoSecretInLogs(t *testing.T) {
 	if len(lines) != 3 {
 		t.Fatalf("token request log lines: got %d, want 3:\n%s", len(lines), logs)
 	}
-	for i, want := range []string{"status=200", "status=401", "status=400"} {
-		if !strings.Contains(lines[i], want) || !strings.Contains(lines[i], "level=INFO") || !strings.Contains(lines[i], "time_ms=") {
-			t.Errorf("log line %d: got %s, want INFO with %s and time_ms", i, lines[i], want)
+	// A token sent is logged at debug (log.access: failures, the
+	// default), refusals at info.
+	for i, want := range []struct{ status, level string }{{"status=200", "level=DEBUG"}, {"status=401", "level=INFO"}, {"status=400", "level=INFO"}} {
+		if !strings.Contains(lines[i], want.status) || !strings.Contains(lines[i], want.level) || !strings.Contains(lines[i], "time_ms=") {
+			t.Errorf("log line %d: got %s, want %s with %s and time_ms", i, lines[i], want.level, want.status)
 		}
 	}
 	for i := range 2 {
 		if !strings.Contains(lines[i], "key_id=") {
 			t.Errorf("log line %d: got %s, want a key_id", i, lines[i])
 		}
+	}
+}
+
+// TestAccessLogSuccessesHTTP: with LogSuccesses (log.access: all) a token
+// sent is logged at info like a refusal; without it, at debug (see
+// TestNoSecretInLogs).
+func TestAccessLogSuccessesHTTP(t *testing.T) {
+	e := newEnv(t, envOptions{logSuccesses: true})
+	if a := postForm(t, e.srv.URL+TokenPath, url.Values{"grant_type": {"client_credentials"}}, basic(testClientID, testSecret)); a.status != http.StatusOK {
+		t.Fatalf("status: got %d (%s), want 200", a.status, a.body)
+	}
+	var found bool
+	for l := range strings.SplitSeq(e.logs.String(), "\n") {
+		if strings.Contains(l, `msg="token request"`) && strings.Contains(l, "status=200") {
+			found = true
+			if !strings.Contains(l, "level=INFO") {
+				t.Errorf("success logged as %s, want level=INFO", l)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no line for the token sent:\n%s", e.logs.String())
 	}
 }

@@ -106,37 +106,52 @@ func knownKind(err error) bool {
 	return false
 }
 
-// unaryCallLog returns the unary access-log interceptor writing to l.
-func unaryCallLog(l *slog.Logger) grpc.UnaryServerInterceptor {
+// unaryCallLog returns the unary access-log interceptor writing to l;
+// successes says whether a successful call's line is at info (else at
+// debug).
+func unaryCallLog(l *slog.Logger, successes bool) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		start := time.Now()
 		rec := &callLog{}
 		resp, err := handler(context.WithValue(ctx, callLogKey{}, rec), req)
-		rec.write(ctx, l, info.FullMethod, start, err)
+		rec.write(ctx, l, successes, info.FullMethod, start, err)
 		return resp, err
 	}
 }
 
-// streamCallLog returns the streaming access-log interceptor writing to l.
-func streamCallLog(l *slog.Logger) grpc.StreamServerInterceptor {
+// streamCallLog returns the streaming access-log interceptor writing to l;
+// successes as for unaryCallLog.
+func streamCallLog(l *slog.Logger, successes bool) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		start := time.Now()
 		rec := &callLog{}
 		wrapped := middleware.WrapServerStream(ss)
 		wrapped.WrappedContext = context.WithValue(ss.Context(), callLogKey{}, rec)
 		err := handler(srv, wrapped)
-		rec.write(ss.Context(), l, info.FullMethod, start, err)
+		rec.write(ss.Context(), l, successes, info.FullMethod, start, err)
 		return err
 	}
 }
 
-// write logs the call's record at the level go-grpc-middleware's logging
-// gives its code (info for OK, InvalidArgument or Unauthenticated; warn
-// for PermissionDenied, ResourceExhausted or Unavailable; error for
-// Internal).
-func (c *callLog) write(ctx context.Context, l *slog.Logger, fullMethod string, start time.Time, err error) {
+// callLevel is the level of the line of a call that ended with code: the
+// level go-grpc-middleware's logging gives it (info for OK,
+// InvalidArgument or Unauthenticated; warn for PermissionDenied,
+// ResourceExhausted or Unavailable; error for Internal), except that a
+// success is at debug unless successes is set (log.access: all). At the
+// default level, info, a cache hit so writes no line: the line, its
+// formatting and its write were the largest part of a hit's cost beyond
+// gRPC's own (README, Performance), and the metrics count every call.
+func callLevel(code codes.Code, successes bool) slog.Level {
+	if code == codes.OK && !successes {
+		return slog.LevelDebug
+	}
+	return slog.Level(logging.DefaultServerCodeToLevel(code))
+}
+
+// write logs the call's record at callLevel.
+func (c *callLog) write(ctx context.Context, l *slog.Logger, successes bool, fullMethod string, start time.Time, err error) {
 	code := status.Code(err)
-	level := slog.Level(logging.DefaultServerCodeToLevel(code))
+	level := callLevel(code, successes)
 	if !l.Enabled(ctx, level) {
 		return
 	}

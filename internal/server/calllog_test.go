@@ -54,7 +54,7 @@ func TestAccessLogCauseInternal(t *testing.T) {
 				st = StatusFromError(tc.err, false).Err()
 			}
 			c := &callLog{cause: tc.err}
-			c.write(context.Background(), l, "/tokenbroker.v1.TokenBrokerService/GetToken", time.Now(), st)
+			c.write(context.Background(), l, false, "/tokenbroker.v1.TokenBrokerService/GetToken", time.Now(), st)
 			if strings.Contains(buf.String(), secret) {
 				t.Fatalf("access log quotes the secret: %s", buf.String())
 			}

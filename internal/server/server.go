@@ -132,6 +132,11 @@ type Config struct {
 	// Logger receives one line per call and panic reports. Nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// LogSuccesses logs the line of a successful call (code OK) at info,
+	// like a failure's; without it that line is logged at debug, so a
+	// logger at info writes lines only for the calls that failed
+	// (configuration log.access).
+	LogSuccesses bool
 	// MaxConcurrentStreams limits concurrent streams per connection.
 	// Zero means DefaultMaxConcurrentStreams.
 	MaxConcurrentStreams uint32
@@ -317,13 +322,13 @@ func New(cfg Config) (*Server, error) {
 	marks := &utf8Marks{}
 	unary := append([]grpc.UnaryServerInterceptor{
 		unaryUTF8Mark(marks),
-		unaryCallLog(cfg.Logger),
+		unaryCallLog(cfg.Logger, cfg.LogSuccesses),
 		recovery.UnaryServerInterceptor(recoverOpts...),
 	}, cfg.UnaryInterceptors...)
 	unary = append(unary, unaryDeadline, unaryUTF8Reject)
 	stream := append([]grpc.StreamServerInterceptor{
 		streamUTF8(marks),
-		streamCallLog(cfg.Logger),
+		streamCallLog(cfg.Logger, cfg.LogSuccesses),
 		recovery.StreamServerInterceptor(recoverOpts...),
 	}, cfg.StreamInterceptors...)
 	stream = append(stream, streamDeadline)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -227,7 +228,7 @@ func TestAccessLogCause(t *testing.T) {
 		},
 		watch: func(context.Context, broker.Request) (Subscription, error) { return nil, upstreamErr },
 	}
-	conn := startTCPServer(t, Config{Broker: b, Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	conn := startTCPServer(t, Config{Broker: b, Logger: slog.New(slog.NewJSONHandler(logs, nil)), LogSuccesses: true})
 	client := tokenbrokerv1.NewTokenBrokerServiceClient(conn)
 	sel := &tokenbrokerv1.TokenSelector{Credentials: &tokenbrokerv1.TokenSelector_Client{Client: "orders"}}
 
@@ -278,5 +279,53 @@ func TestAccessLogCause(t *testing.T) {
 		if got := r[logCause]; got != w {
 			t.Errorf("%s: got cause %v, want %v", k, got, w)
 		}
+	}
+}
+
+// TestAccessLogSuccessesAtDebug: by default (log.access: failures) a
+// successful call's line is at debug, so a logger at info writes lines
+// only for failed calls; with LogSuccesses (log.access: all) every call
+// has its line at info. Over real gRPC on loopback.
+func TestAccessLogSuccessesAtDebug(t *testing.T) {
+	b := &stubBroker{
+		getToken: func(context.Context, broker.Request) (broker.Token, error) {
+			return broker.Token{TokenType: "Bearer", KeyID: "k1"}, nil
+		},
+	}
+	sel := &tokenbrokerv1.TokenSelector{Credentials: &tokenbrokerv1.TokenSelector_Client{Client: "orders"}}
+	for _, tc := range []struct {
+		name      string
+		successes bool
+		level     slog.Level
+		want      []string // method/code of the records, in order
+	}{
+		{"failures at info", false, slog.LevelInfo, []string{"GetToken/InvalidArgument"}},
+		{"failures at debug", false, slog.LevelDebug, []string{"GetToken/OK", "GetToken/InvalidArgument"}},
+		{"all at info", true, slog.LevelInfo, []string{"GetToken/OK", "GetToken/InvalidArgument"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs := &testkit.LogBuffer{}
+			l := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: tc.level}))
+			conn := startTCPServer(t, Config{Broker: b, Logger: l, LogSuccesses: tc.successes})
+			client := tokenbrokerv1.NewTokenBrokerServiceClient(conn)
+			if _, err := client.GetToken(rpcContext(t), &tokenbrokerv1.GetTokenRequest{Selector: sel}); err != nil {
+				t.Fatalf("GetToken: %v", err)
+			}
+			if _, err := client.GetToken(rpcContext(t), &tokenbrokerv1.GetTokenRequest{}); status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("GetToken without selector: got %v, want InvalidArgument", err)
+			}
+			var got []string
+			for _, r := range logs.Records(t) {
+				if r["msg"] == logFinished {
+					got = append(got, fmt.Sprint(r[logMethod], "/", r[logCode]))
+					if r[logCode] == "OK" && r["level"] != map[bool]string{true: "INFO", false: "DEBUG"}[tc.successes] {
+						t.Errorf("success logged at %v", r["level"])
+					}
+				}
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("access-log records: got %v, want %v", got, tc.want)
+			}
+		})
 	}
 }
