@@ -37,7 +37,9 @@ import (
 //     bare net/http handler writing the same body.
 //
 // WatchToken fan-out and the memory per watcher are measured by
-// BenchmarkWatchFanout (bench_test.go).
+// BenchmarkWatchFanout (bench_test.go). BenchmarkProcGetTokenVsBare and
+// BenchmarkProcHTTPVsBare (proc_bench_test.go) run the same comparisons
+// with the built binaries, each server in a process of its own.
 //
 // The throughput comparisons run the broker and its baseline in
 // interleaved rounds of fixed length (harnessRounds of each, the order
@@ -54,7 +56,9 @@ import (
 // share the process, but their rounds never overlap, so a round's CPU is
 // its own side's; it includes the callers' own CPU (the gRPC or HTTP
 // client, alike for both sides), so cpu-ratio understates the server's
-// own difference: the server-only ratio is larger.
+// own difference: the server-only ratio is larger. The separate-process
+// comparisons charge each round the CPU of its side's server process
+// alone (comparison.brokerCPU and baseCPU).
 
 // The interleaved throughput comparisons.
 const (
@@ -79,24 +83,33 @@ func discardLogger() *slog.Logger { return slog.New(slog.NewJSONHandler(io.Disca
 type round struct {
 	perSec   float64 // calls completed per second
 	p50, p99 float64 // per-call latency, µs
-	cpu      float64 // the process's CPU time (user + system) per call, µs
+	// cpu is the CPU time (user + system) per call, µs, of what the
+	// round's clock reads: this process (processCPU), or the side's
+	// server process alone when it runs apart (procCPU).
+	cpu float64
 }
 
-// processCPU returns the CPU time (user + system) the process has used so
-// far. The rounds of the two sides never overlap, so the difference over
-// a round is that round's side (its server and the callers), and not the
-// other's idle server.
-func processCPU() time.Duration {
+// cpuClock returns the CPU time (user + system) a process has used so far.
+type cpuClock func() (time.Duration, error)
+
+// processCPU is the cpuClock of this process. The rounds of the two sides
+// never overlap, so the difference over a round is that round's side (its
+// server and the callers), and not the other's idle server.
+func processCPU() (time.Duration, error) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
+		return 0, fmt.Errorf("getrusage: %w", err)
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }
 
 // runRound runs c callers calling call in a loop for d and returns the
-// throughput and latency percentiles. Every call must succeed.
-func runRound(c int, d time.Duration, call func(context.Context) error) (round, error) {
+// throughput, the latency percentiles and the CPU per call that clock
+// (processCPU when nil) counted over the round. Every call must succeed.
+func runRound(c int, d time.Duration, call func(context.Context) error, clock cpuClock) (round, error) {
+	if clock == nil {
+		clock = processCPU
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), d+harnessWait)
 	defer cancel()
 	lats := make([][]time.Duration, c)
@@ -124,7 +137,10 @@ func runRound(c int, d time.Duration, call func(context.Context) error) (round, 
 			}
 		})
 	}
-	cpu0 := processCPU()
+	cpu0, err := clock()
+	if err != nil {
+		return round{}, err
+	}
 	t0 := time.Now()
 	end = t0.Add(d)
 	close(start)
@@ -132,7 +148,11 @@ func runRound(c int, d time.Duration, call func(context.Context) error) (round, 
 		return round{}, fmt.Errorf("callers still running %v after the round's end", harnessWait)
 	}
 	elapsed := time.Since(t0)
-	cpu := processCPU() - cpu0
+	cpu1, err := clock()
+	if err != nil {
+		return round{}, err
+	}
+	cpu := cpu1 - cpu0
 	select {
 	case err := <-errc:
 		return round{}, err
@@ -156,30 +176,49 @@ func runRound(c int, d time.Duration, call func(context.Context) error) (round, 
 }
 
 // comparison pools the rounds of the broker and of its baseline; pair i
-// of the two slices ran next to each other.
+// of the two slices ran next to each other. Its settings' zero values
+// are the in-process harness's: harnessRounds rounds of harnessRound
+// after a warm-up of harnessWarmup, CPU from processCPU.
 type comparison struct {
 	broker, base []round
+
+	rounds         int           // interleaved rounds per side
+	length, warmup time.Duration // of a round, and of the warm-up on each side
+	// brokerCPU and baseCPU are the clocks each side's rounds are
+	// charged by: the server processes' own when they run apart.
+	brokerCPU, baseCPU cpuClock
 }
 
-// compare runs harnessRounds interleaved rounds of c callers on each side,
+// compare runs cmp.rounds interleaved rounds of c callers on each side,
 // after an unrecorded warm-up of each, and adds them to cmp.
 func (cmp *comparison) compare(b *testing.B, c int, broker, base func(context.Context) error) {
 	b.Helper()
-	for _, side := range []func(context.Context) error{broker, base} {
-		if _, err := runRound(c, harnessWarmup, side); err != nil {
-			b.Fatalf("warm-up: %v", err)
-		}
+	rounds, length, warmup := cmp.rounds, cmp.length, cmp.warmup
+	if rounds == 0 {
+		rounds = harnessRounds
 	}
-	for r := range harnessRounds {
+	if length == 0 {
+		length = harnessRound
+	}
+	if warmup == 0 {
+		warmup = harnessWarmup
+	}
+	if _, err := runRound(c, warmup, broker, cmp.brokerCPU); err != nil {
+		b.Fatalf("warm-up: %v", err)
+	}
+	if _, err := runRound(c, warmup, base, cmp.baseCPU); err != nil {
+		b.Fatalf("warm-up: %v", err)
+	}
+	for r := range rounds {
 		var rb, rs round
 		var err error
 		if r%2 == 0 {
-			if rb, err = runRound(c, harnessRound, broker); err == nil {
-				rs, err = runRound(c, harnessRound, base)
+			if rb, err = runRound(c, length, broker, cmp.brokerCPU); err == nil {
+				rs, err = runRound(c, length, base, cmp.baseCPU)
 			}
 		} else {
-			if rs, err = runRound(c, harnessRound, base); err == nil {
-				rb, err = runRound(c, harnessRound, broker)
+			if rs, err = runRound(c, length, base, cmp.baseCPU); err == nil {
+				rb, err = runRound(c, length, broker, cmp.brokerCPU)
 			}
 		}
 		if err != nil {
@@ -191,8 +230,9 @@ func (cmp *comparison) compare(b *testing.B, c int, broker, base func(context.Co
 
 // report reports the medians over the rounds: throughput in unit ("calls"
 // or "req") per second on each side, their ratio (the median of the
-// per-pair ratios, broker ÷ baseline) and the latency percentiles. base
-// names the baseline in the metrics.
+// per-pair ratios, broker ÷ baseline) with the lowest and highest of
+// those ratios, the same for CPU per call, and the latency percentiles.
+// base names the baseline in the metrics.
 func (cmp *comparison) report(b *testing.B, unit, base string) {
 	med := func(rs []round, f func(round) float64) float64 {
 		v := make([]float64, len(rs))
@@ -213,18 +253,25 @@ func (cmp *comparison) report(b *testing.B, unit, base string) {
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(med(cmp.broker, perSec), "broker-"+unit+"/s")
 	b.ReportMetric(med(cmp.base, perSec), base+"-"+unit+"/s")
-	b.ReportMetric(med(ratios, perSec), "ratio")
-	// The spread of the per-round ratios: the lowest and the highest.
-	lo, hi := ratios[0].perSec, ratios[0].perSec
-	for _, r := range ratios {
-		lo, hi = min(lo, r.perSec), max(hi, r.perSec)
+	// spread returns the lowest and the highest per-round ratio.
+	spread := func(f func(round) float64) (lo, hi float64) {
+		lo, hi = f(ratios[0]), f(ratios[0])
+		for _, r := range ratios {
+			lo, hi = min(lo, f(r)), max(hi, f(r))
+		}
+		return lo, hi
 	}
+	b.ReportMetric(med(ratios, perSec), "ratio")
+	lo, hi := spread(perSec)
 	b.ReportMetric(lo, "ratio-min")
 	b.ReportMetric(hi, "ratio-max")
 	cpu := func(r round) float64 { return r.cpu }
 	b.ReportMetric(med(cmp.broker, cpu), "broker-cpu-µs/call")
 	b.ReportMetric(med(cmp.base, cpu), base+"-cpu-µs/call")
 	b.ReportMetric(med(ratios, cpu), "cpu-ratio")
+	lo, hi = spread(cpu)
+	b.ReportMetric(lo, "cpu-ratio-min")
+	b.ReportMetric(hi, "cpu-ratio-max")
 	b.ReportMetric(med(cmp.broker, p50), "broker-p50-µs")
 	b.ReportMetric(med(cmp.broker, p99), "broker-p99-µs")
 	b.ReportMetric(med(cmp.base, p50), base+"-p50-µs")
@@ -310,6 +357,34 @@ func BenchmarkGetTokenVsEcho(b *testing.B) {
 	}
 }
 
+// harnessTokenForm is the body of the HTTP comparisons' token requests.
+var harnessTokenForm = url.Values{"grant_type": {"client_credentials"}, "scope": {"api/read"}}.Encode()
+
+// postToken asks the token endpoint at u for the pass-through client's
+// token (client_secret_basic) and returns the response's body and
+// headers; any status but 200 is an error.
+func postToken(ctx context.Context, hc *http.Client, u string) ([]byte, http.Header, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(harnessTokenForm))
+	if err != nil {
+		return nil, nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth(passID, passSecret)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, nil, fmt.Errorf("status %d, want %d", resp.StatusCode, http.StatusOK)
+	}
+	return body, resp.Header, nil
+}
+
 // BenchmarkHTTPVsBare: the drop-in token endpoint (POST /oauth2/token,
 // client_secret_basic, a pass-through client, a cached token) against a
 // bare net/http handler writing the broker's response body with its
@@ -324,34 +399,10 @@ func BenchmarkHTTPVsBare(b *testing.B) {
 	issuer, tokenURL := startIssuer(b, nil)
 	_, httpAddr, _ := serveAppHTTP(b, stackConfig(tokenURL), Keys{}, discardLogger())
 	brokerURL := "http://" + httpAddr + "/oauth2/token"
-	form := url.Values{"grant_type": {"client_credentials"}, "scope": {"api/read"}}.Encode()
-
-	// post asks u for a token and returns the response's body and headers.
-	post := func(ctx context.Context, hc *http.Client, u string) ([]byte, http.Header, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(form))
-		if err != nil {
-			return nil, nil, err
-		}
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		req.SetBasicAuth(passID, passSecret)
-		resp, err := hc.Do(req)
-		if err != nil {
-			return nil, nil, err
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return nil, nil, err
-		}
-		if resp.StatusCode != http.StatusOK {
-			return nil, nil, fmt.Errorf("status %d, want %d", resp.StatusCode, http.StatusOK)
-		}
-		return body, resp.Header, nil
-	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), harnessWait)
 	defer cancel()
-	body, header, err := post(ctx, http.DefaultClient, brokerURL)
+	body, header, err := postToken(ctx, http.DefaultClient, brokerURL)
 	if err != nil {
 		b.Fatalf("the broker's token endpoint: %v", err)
 	}
@@ -365,7 +416,7 @@ func BenchmarkHTTPVsBare(b *testing.B) {
 		_, _ = w.Write(body)
 	}))
 	b.Cleanup(bare.Close)
-	if got, _, err := post(ctx, http.DefaultClient, bare.URL); err != nil || string(got) != string(body) {
+	if got, _, err := postToken(ctx, http.DefaultClient, bare.URL); err != nil || string(got) != string(body) {
 		b.Fatalf("the bare handler: got another body or %v", err)
 	}
 
@@ -377,11 +428,11 @@ func BenchmarkHTTPVsBare(b *testing.B) {
 			b.Cleanup(tr.CloseIdleConnections)
 			hc := &http.Client{Transport: tr}
 			callBroker := func(ctx context.Context) error {
-				_, _, err := post(ctx, hc, brokerURL)
+				_, _, err := postToken(ctx, hc, brokerURL)
 				return err
 			}
 			callBare := func(ctx context.Context) error {
-				_, _, err := post(ctx, hc, bare.URL)
+				_, _, err := postToken(ctx, hc, bare.URL)
 				return err
 			}
 			var cmp comparison
