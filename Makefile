@@ -127,12 +127,15 @@ race-test: redis-server ## Only the tests (under the race detector, with the fuz
 
 # deploy/ is a Go module of its own (go-containerregistry, Helm's SDK and
 # the Kubernetes API types stay out of the broker's go.mod). Its tests
-# build the image twice (static binaries: the standard library is compiled
-# again for CGO_ENABLED=0) and render the chart; no race detector, since
-# they test no concurrent code of their own.
+# build the image twice and render the chart; no race detector, since they
+# test no concurrent code of their own. They are compiled with make
+# build's settings (static, -trimpath), like the binaries they put in the
+# image, so the standard library and the broker's packages make build
+# compiled are reused rather than compiled once more; go test's vet
+# subset is off because go vet runs just before, with every analyzer.
 .PHONY: deploy-test
 deploy-test: check-go ## Only the deploy module's tests: image (entrypoint, user, labels, -version, same digest twice), Dockerfile, Helm chart.
-	cd deploy && go vet ./... && go test -count=1 -timeout 10m ./...
+	cd deploy && $(STATIC) go vet ./... && $(STATIC) go test -vet=off -count=1 -timeout 10m ./...
 
 # The image builder is deploy/image (go-containerregistry, pinned in
 # deploy/go.mod): no daemon, no base image, the version and times from git
