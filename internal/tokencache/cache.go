@@ -27,6 +27,15 @@
 // truth for coordination; OnGone tells them when ristretto let a record
 // go.
 //
+// A hit does not open the sealed value every time: the record last opened
+// from a key's sealed value is shared, for openedLinger after it was
+// opened, by every Get that finds that very value (the same sealed bytes,
+// by address), then dropped, so that a key in steady use is opened about
+// once per openedLinger rather than once per hit. Like the server's
+// encoded answers (internal/linger), a clear copy of a token in use lives
+// at most openedLinger; at rest the token stays sealed. A new value for
+// the key (a refresh) is other bytes, and is opened anew.
+//
 // Locks: mu guards the pins and their cost; it is never held across a
 // wait (a ristretto Del or Wait), nor is any lock of the caller's needed.
 package tokencache
@@ -40,6 +49,7 @@ import (
 
 	"github.com/dgraph-io/ristretto/v2"
 
+	"github.com/tokenbroker/tokenbroker/internal/linger"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 )
 
@@ -129,6 +139,27 @@ type Cache struct {
 	// mu serialises changes to the pins and pinnedCost.
 	mu         sync.Mutex
 	pinnedCost int64
+
+	// opened shares the record last opened from each key's sealed value
+	// (see the package comment).
+	opened linger.Map[string, openedRecord]
+}
+
+// openedLinger is how long a record opened from a sealed value is shared
+// by the hits that find the same value; maxOpened bounds how many keys'
+// records are shared at once (beyond it, hits on further keys open their
+// value each time).
+const (
+	openedLinger = 5 * time.Second
+	maxOpened    = 4096
+)
+
+// openedRecord is a record opened from a sealed value, and the address of
+// that value's bytes: the value it stands for (it keeps them alive, so no
+// other value can take that address while it is held).
+type openedRecord struct {
+	sealed *byte
+	rec    *Record
 }
 
 // New returns a cache that holds at most maxCost bytes of records, sealed
@@ -142,6 +173,7 @@ func New(maxCost int64, kr *Keyring) (*Cache, error) {
 		return nil, errors.New("tokencache: max cost must be positive")
 	}
 	c := &Cache{kr: kr, maxCost: maxCost}
+	c.opened.TTL, c.opened.Max = openedLinger, maxOpened
 	// ristretto wants about ten counters per item it may hold; the smallest
 	// plausible record is about 0.5 KiB. The cap bounds the admission
 	// policy's own memory (about 32 MiB) for very large caches.
@@ -202,11 +234,12 @@ func (c *Cache) tellGone(key string) {
 func (c *Cache) Keyring() *Keyring { return c.kr }
 
 // Get returns the record filed under key, if it is present and its TTL has
-// not passed. A sealing cache returns a new Record on each call; an
-// unsealed one returns the stored record, which must not be modified.
+// not passed. The record may be shared with other callers (the one opened
+// from the same sealed value, see the package comment; in an unsealed
+// cache the stored record itself): it must not be modified.
 //
-// A value that cannot be opened (sealed with a key since removed from the
-// keyring, or corrupt) is a miss, and is deleted.
+// A value that cannot be opened (corrupt, or sealed by another keyring) is
+// a miss, and is deleted.
 func (c *Cache) Get(key string) (*Record, bool) {
 	v, ok := c.lookup(key)
 	if !ok {
@@ -215,12 +248,16 @@ func (c *Cache) Get(key string) (*Record, bool) {
 	if c.kr == nil {
 		return v.plain, v.plain != nil
 	}
-	r, err := openRecord(c.kr, v.sealed, key)
+	at := unsafe.SliceData(v.sealed)
+	o, err := c.opened.Get(key, func(o openedRecord) bool { return o.sealed == at }, func() (openedRecord, error) {
+		r, err := openRecord(c.kr, v.sealed, key)
+		return openedRecord{sealed: at, rec: r}, err
+	})
 	if err != nil {
 		c.Del(key)
 		return nil, false
 	}
-	return r, true
+	return o.rec, true
 }
 
 // Has reports whether a record is filed under key, without opening it.
@@ -229,23 +266,20 @@ func (c *Cache) Has(key string) bool {
 	return ok
 }
 
-// lookup finds key's value: pinned first, then in ristretto.
-func (c *Cache) lookup(key string) (*value, bool) {
+// lookup finds key's value: pinned first, then in ristretto. It returns
+// a copy of the value (the hit path allocates nothing for it).
+func (c *Cache) lookup(key string) (value, bool) {
 	if c.npins.Load() > 0 {
 		if p, ok := c.pinned.Load(key); ok {
 			if v := p.(*pin).v.Load(); v != nil {
 				if time.Now().UnixNano() > v.expires {
-					return nil, false
+					return value{}, false
 				}
-				return v, true
+				return *v, true
 			}
 		}
 	}
-	v, ok := c.rc.Get(key)
-	if !ok {
-		return nil, false
-	}
-	return &v, true
+	return c.rc.Get(key)
 }
 
 // Set files r under key for ttl: pinned when the key is pinned and the

@@ -86,23 +86,38 @@ func TestSetIsVisibleAndExpires(t *testing.T) {
 	})
 }
 
-func TestGetReturnsAFreshRecord(t *testing.T) {
-	c := newCache(t, 1<<20)
-	r := record("tok")
-	setWait(c, "k", r, time.Hour)
-	r.AccessToken = "changed after Set"
-	a, _ := c.Get("k")
-	b, _ := c.Get("k")
-	if a == b {
-		t.Fatal("two Gets returned the same *Record, want a new one each")
-	}
-	if got := a.AccessToken.Reveal(); got != "tok" {
-		t.Errorf("got token %q, want %q: the cache holds what was Set, not the caller's record", got, "tok")
-	}
-	a.Scopes[0] = "mutated"
-	if got, _ := c.Get("k"); got.Scopes[0] != "a/b" {
-		t.Errorf("got scope %q after a caller changed its copy, want %q", got.Scopes[0], "a/b")
-	}
+// TestGetSharesTheOpenedRecord: hits on one sealed value share the record
+// opened from it (the value is not opened on every hit) for openedLinger
+// after it was opened, then open it again; a new value for the key (a
+// refresh) is opened at once; the cache holds what was Set, not the
+// caller's record.
+func TestGetSharesTheOpenedRecord(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newCache(t, 1<<20)
+		r := record("tok")
+		setWait(c, "k", r, time.Hour)
+		r.AccessToken = "changed after Set"
+		a, _ := c.Get("k")
+		b, _ := c.Get("k")
+		if a != b {
+			t.Fatal("two hits on one value opened it twice, want the opened record shared")
+		}
+		if got := a.AccessToken.Reveal(); got != "tok" {
+			t.Errorf("got token %q, want %q: the cache holds what was Set, not the caller's record", got, "tok")
+		}
+		time.Sleep(openedLinger)
+		synctest.Wait()
+		if c.opened.Len() != 0 {
+			t.Fatalf("%d opened records held after openedLinger, want none", c.opened.Len())
+		}
+		if again, _ := c.Get("k"); again == a || again.AccessToken.Reveal() != "tok" {
+			t.Errorf("hit after openedLinger: got the same record (%v), want the value opened again", again == a)
+		}
+		setWait(c, "k", record("tok2"), time.Hour)
+		if got, _ := c.Get("k"); got.AccessToken.Reveal() != "tok2" {
+			t.Errorf("hit after a new value was Set: got %q, want %q", got.AccessToken.Reveal(), "tok2")
+		}
+	})
 }
 
 func TestSetWithoutTTLKeepsTheOldRecord(t *testing.T) {
