@@ -205,3 +205,22 @@ func TestLenientInput(t *testing.T) {
 		t.Errorf("issuer requests: got %d, want %d (one for no scope, one for both scopes)", got, want)
 	}
 }
+
+// TestIsForm: the form media type is recognised in any case, with or
+// without parameters; anything else is not.
+func TestIsForm(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"application/x-www-form-urlencoded":                true,
+		"Application/X-WWW-Form-Urlencoded":                true,
+		"application/x-www-form-urlencoded; charset=UTF-8": true,
+		"application/x-www-form-urlencoded;charset=utf-8":  true,
+		"":                                   false,
+		"application/json":                   false,
+		"application/x-www-form-urlencodedx": false,
+		"multipart/form-data":                false,
+	} {
+		if got := isForm(ct); got != want {
+			t.Errorf("isForm(%q) = %v, want %v", ct, got, want)
+		}
+	}
+}
