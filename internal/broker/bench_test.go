@@ -45,7 +45,10 @@ func newBenchBroker(tb testing.TB, f Fetcher, maxCost int64, cfg Config) (*Broke
 		tb.Fatal(err)
 	}
 	cfg.Providers = map[string]Fetcher{"p": f}
-	cfg.Clients = map[string]Client{"held": {Provider: "p", ClientID: "held-id", ClientSecret: "held-secret"}}
+	// Held as the product holds it: a Credential bound to its source.
+	cr := &upstream.Credential{Name: "held", Method: upstream.AuthBasic, Binding: "bench-source"}
+	cr.Set(upstream.Material{Secret: "held-secret"})
+	cfg.Clients = map[string]Client{"held": {Provider: "p", ClientID: "held-id", ClientSecret: "held-secret", Credential: cr}}
 	cfg.Cache = cache
 	b, err := New(testConfig(cfg))
 	if err != nil {

@@ -19,10 +19,25 @@ import (
 )
 
 // keyer derives cache keys. Its HMAC states and scratch buffers are pooled:
-// key derivation is on every GetToken's path.
+// key derivation is on every GetToken's path. The keys of broker-held
+// clients' requests are also remembered by their HMAC input (which holds
+// no secret for them: the credential's binding names its source, see
+// credentialFields), so a held client's hit derives nothing: it looks its
+// key and key id up. Pass-through requests are hashed every time: their
+// input holds the presented secret, which is never kept.
 type keyer struct {
 	pool sync.Pool // *keyState
+
+	mu   sync.RWMutex
+	held map[string]derivedKey // by HMAC input; at most maxHeldKeys
 }
+
+// derivedKey is a cache key and its key id.
+type derivedKey struct{ key, id string }
+
+// maxHeldKeys bounds the held clients' keys a keyer remembers (each a few
+// hundred bytes); beyond it, further requests are hashed every time.
+const maxHeldKeys = 10_000
 
 type keyState struct {
 	mac hash.Hash
@@ -31,7 +46,7 @@ type keyState struct {
 }
 
 func newKeyer(hmacKey []byte) *keyer {
-	k := &keyer{}
+	k := &keyer{held: make(map[string]derivedKey)}
 	k.pool.New = func() any {
 		return &keyState{mac: hmac.New(sha256.New, hmacKey), buf: make([]byte, 0, 512), sum: make([]byte, 0, sha256.Size)}
 	}
@@ -45,8 +60,9 @@ func newKeyer(hmacKey []byte) *keyer {
 // name: every parameter that reaches the token endpoint), each field
 // followed by a NUL byte so that no two different requests share an
 // encoding. Scopes, names, ids and parameters never contain NUL (the API
-// rejects it). r.Scopes and r.Params must be normalised already.
-func (k *keyer) derive(provider string, r upstream.Request) string {
+// rejects it). r.Scopes and r.Params must be normalised already. It
+// returns the key and its key id.
+func (k *keyer) derive(provider string, r upstream.Request) (key, id string) {
 	st := k.pool.Get().(*keyState)
 	defer k.pool.Put(st)
 	b := st.buf[:0]
@@ -72,14 +88,39 @@ func (k *keyer) derive(provider string, r upstream.Request) string {
 		field(p[0])
 		field(p[1])
 	}
+	held := kind == credentialHeld
+	if held {
+		k.mu.RLock()
+		d, ok := k.held[string(b)]
+		k.mu.RUnlock()
+		if ok {
+			st.keep(b)
+			return d.key, d.id
+		}
+	}
 	st.mac.Reset()
 	st.mac.Write(b)
 	st.sum = st.mac.Sum(st.sum[:0])
-	clear(b) // the secret does not linger in the pool
+	key = string(st.sum)
+	id = keyID(key)
+	if held {
+		k.mu.Lock()
+		if len(k.held) < maxHeldKeys {
+			k.held[string(b)] = derivedKey{key: key, id: id}
+		}
+		k.mu.Unlock()
+	}
+	st.keep(b)
+	return key, id
+}
+
+// keep clears b (a pass-through secret does not linger in the pool) and
+// keeps it as the state's buffer unless it grew large.
+func (st *keyState) keep(b []byte) {
+	clear(b)
 	if cap(b) <= 4096 {
 		st.buf = b[:0]
 	}
-	return string(st.sum)
 }
 
 // credentialFields are the credential fields of a cache key: "p" and the
@@ -91,10 +132,16 @@ func (k *keyer) derive(provider string, r upstream.Request) string {
 // tag keeps a pass-through secret from ever deriving a held client's key.
 func credentialFields(r upstream.Request) (kind, value string) {
 	if r.Credential != nil {
-		return "h", r.Credential.Binding
+		return credentialHeld, r.Credential.Binding
 	}
-	return "p", r.ClientSecret.Reveal()
+	return credentialPassthrough, r.ClientSecret.Reveal()
 }
+
+// The kinds of credential fields in a cache key's input.
+const (
+	credentialHeld        = "h"
+	credentialPassthrough = "p"
+)
 
 // deriveCredentials computes the HMAC of a client's credentials alone:
 // provider, client id and the credential fields, each followed by a NUL
@@ -114,10 +161,7 @@ func (k *keyer) deriveCredentials(provider string, r upstream.Request) string {
 	st.mac.Reset()
 	st.mac.Write(b)
 	st.sum = st.mac.Sum(st.sum[:0])
-	clear(b)
-	if cap(b) <= 4096 {
-		st.buf = b[:0]
-	}
+	st.keep(b)
 	return string(st.sum)
 }
 
@@ -196,8 +240,8 @@ func (b *Broker) resolve(sel Selector) (target, error) {
 	}
 	req.Scopes = normalizeScopes(sel.Scopes)
 	req.Audience, req.Resource = sel.Audience, sel.Resource
-	key := b.keyer.derive(provider, req)
-	return target{fetcher: f, provider: provider, req: req, key: key, keyID: keyID(key), client: client}, nil
+	key, id := b.keyer.derive(provider, req)
+	return target{fetcher: f, provider: provider, req: req, key: key, keyID: id, client: client}, nil
 }
 
 // withCallerParams returns c's parameters with the caller's added (a

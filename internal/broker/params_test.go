@@ -2,6 +2,8 @@ package broker
 
 import (
 	"errors"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,5 +94,45 @@ func TestParamsAndCredentialsInKey(t *testing.T) {
 		if fe := CheckSelector(Selector{Client: "open", Params: p}); fe == nil || fe.Field != FieldParams {
 			t.Errorf("%s: CheckSelector = %v, want a selector.params error", name, fe)
 		}
+	}
+}
+
+// TestHeldKeysRemembered: a broker-held client's key is derived once and
+// then looked up (the same key and id as a fresh derivation); a
+// pass-through request is hashed every time and its input, which holds
+// the presented secret, is never remembered; at most maxHeldKeys are.
+func TestHeldKeysRemembered(t *testing.T) {
+	hmacKey := []byte("0123456789abcdef0123456789abcdef")
+	k := newKeyer(hmacKey)
+	cr := &upstream.Credential{Name: "c", Method: upstream.AuthBasic, Binding: "source"}
+	held := upstream.Request{ClientID: "id", Credential: cr, Scopes: []string{"a", "b"}}
+	key, id := k.derive("p", held)
+	if len(k.held) != 1 {
+		t.Fatalf("held keys remembered: got %d, want 1", len(k.held))
+	}
+	again, againID := k.derive("p", held)
+	fresh, freshID := newKeyer(hmacKey).derive("p", held)
+	if again != key || againID != id || fresh != key || freshID != id || id != keyID(key) {
+		t.Fatalf("remembered key differs from a fresh derivation")
+	}
+	const presented = "pass-through-secret-value"
+	pass := upstream.Request{ClientID: "id", ClientSecret: secret.String(presented), Scopes: []string{"a", "b"}}
+	pk, _ := k.derive("p", pass)
+	if pk == key {
+		t.Fatal("a pass-through request derived a held client's key")
+	}
+	if len(k.held) != 1 {
+		t.Fatalf("held keys after a pass-through request: got %d, want 1", len(k.held))
+	}
+	for in := range k.held {
+		if strings.Contains(in, presented) {
+			t.Fatal("the keyer remembers a pass-through secret")
+		}
+	}
+	for i := range maxHeldKeys + 10 {
+		k.derive("p", upstream.Request{ClientID: "id", Credential: cr, Audience: strconv.Itoa(i)})
+	}
+	if len(k.held) != maxHeldKeys {
+		t.Errorf("held keys remembered: got %d, want the bound %d", len(k.held), maxHeldKeys)
 	}
 }
