@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,15 +19,20 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
-// keyer derives cache keys. Its HMAC states and scratch buffers are pooled:
-// key derivation is on every GetToken's path. The keys of broker-held
-// clients' requests are also remembered by their HMAC input (which holds
-// no secret for them: the credential's binding names its source, see
-// credentialFields), so a held client's hit derives nothing: it looks its
-// key and key id up. Pass-through requests are hashed every time: their
-// input holds the presented secret, which is never kept.
+// keyer derives cache keys; key derivation is on every GetToken's path.
+// The keys of broker-held clients' requests are remembered by their HMAC
+// input (whose credential part is the client's binding, see
+// credentialFields: the broker's own configuration, no caller's secret),
+// so a held client's hit hashes nothing: it builds the input on its stack
+// and looks its key and key id up. Pass-through requests are
+// hashed every time: their input holds the secret the caller presented,
+// which is never kept (its buffer is cleared after use). HMAC states are
+// kept on a free list, not a sync.Pool: a pool is emptied by every
+// garbage collection, and under load a new HMAC state per call cost more
+// than the hashing.
 type keyer struct {
-	pool sync.Pool // *keyState
+	hmacKey []byte
+	free    chan *keyState
 
 	mu   sync.RWMutex
 	held map[string]derivedKey // by HMAC input; at most maxHeldKeys
@@ -39,6 +45,7 @@ type derivedKey struct{ key, id string }
 // hundred bytes); beyond it, further requests are hashed every time.
 const maxHeldKeys = 10_000
 
+// keyState is one HMAC state with its input buffer and sum.
 type keyState struct {
 	mac hash.Hash
 	buf []byte
@@ -46,11 +53,46 @@ type keyState struct {
 }
 
 func newKeyer(hmacKey []byte) *keyer {
-	k := &keyer{held: make(map[string]derivedKey)}
-	k.pool.New = func() any {
-		return &keyState{mac: hmac.New(sha256.New, hmacKey), buf: make([]byte, 0, 512), sum: make([]byte, 0, sha256.Size)}
+	return &keyer{
+		hmacKey: hmacKey,
+		free:    make(chan *keyState, 4*runtime.GOMAXPROCS(0)),
+		held:    make(map[string]derivedKey),
 	}
-	return k
+}
+
+// state takes an HMAC state from the free list, or makes one.
+func (k *keyer) state() *keyState {
+	select {
+	case st := <-k.free:
+		return st
+	default:
+		return &keyState{mac: hmac.New(sha256.New, k.hmacKey), buf: make([]byte, 0, 512), sum: make([]byte, 0, sha256.Size)}
+	}
+}
+
+// release clears st's input (a secret does not linger) and puts it back
+// on the free list, unless the list is full or its buffer grew large.
+func (k *keyer) release(st *keyState) {
+	clear(st.buf)
+	if cap(st.buf) > 4096 {
+		return
+	}
+	st.buf = st.buf[:0]
+	select {
+	case k.free <- st:
+	default:
+	}
+}
+
+// hash returns the HMAC of b.
+func (k *keyer) hash(b []byte) string {
+	st := k.state()
+	defer k.release(st)
+	st.buf = append(st.buf[:0], b...)
+	st.mac.Reset()
+	st.mac.Write(st.buf)
+	st.sum = st.mac.Sum(st.sum[:0])
+	return string(st.sum)
 }
 
 // derive computes the cache key of a request: HMAC-SHA256 over the
@@ -60,12 +102,13 @@ func newKeyer(hmacKey []byte) *keyer {
 // name: every parameter that reaches the token endpoint), each field
 // followed by a NUL byte so that no two different requests share an
 // encoding. Scopes, names, ids and parameters never contain NUL (the API
-// rejects it). r.Scopes and r.Params must be normalised already. It
+// rejects it). r.Scopes and r.Params must be normalised already. held says
+// the request is a broker-held client's, whose key is remembered. It
 // returns the key and its key id.
-func (k *keyer) derive(provider string, r upstream.Request) (key, id string) {
-	st := k.pool.Get().(*keyState)
-	defer k.pool.Put(st)
-	b := st.buf[:0]
+func (k *keyer) derive(provider string, r upstream.Request, held bool) (key, id string) {
+	var stack [512]byte
+	b := stack[:0]
+	defer func() { clear(b) }()
 	field := func(s string) {
 		b = append(b, s...)
 		b = append(b, 0)
@@ -88,20 +131,15 @@ func (k *keyer) derive(provider string, r upstream.Request) (key, id string) {
 		field(p[0])
 		field(p[1])
 	}
-	held := kind == credentialHeld
 	if held {
 		k.mu.RLock()
 		d, ok := k.held[string(b)]
 		k.mu.RUnlock()
 		if ok {
-			st.keep(b)
 			return d.key, d.id
 		}
 	}
-	st.mac.Reset()
-	st.mac.Write(b)
-	st.sum = st.mac.Sum(st.sum[:0])
-	key = string(st.sum)
+	key = k.hash(b)
 	id = keyID(key)
 	if held {
 		k.mu.Lock()
@@ -110,17 +148,7 @@ func (k *keyer) derive(provider string, r upstream.Request) (key, id string) {
 		}
 		k.mu.Unlock()
 	}
-	st.keep(b)
 	return key, id
-}
-
-// keep clears b (a pass-through secret does not linger in the pool) and
-// keeps it as the state's buffer unless it grew large.
-func (st *keyState) keep(b []byte) {
-	clear(b)
-	if cap(b) <= 4096 {
-		st.buf = b[:0]
-	}
 }
 
 // credentialFields are the credential fields of a cache key: "p" and the
@@ -150,19 +178,15 @@ const (
 // rejection of the credentials (invalid_client), which holds whatever
 // scopes a caller asks for.
 func (k *keyer) deriveCredentials(provider string, r upstream.Request) string {
-	st := k.pool.Get().(*keyState)
-	defer k.pool.Put(st)
-	b := st.buf[:0]
+	var stack [256]byte
+	b := stack[:0]
+	defer func() { clear(b) }()
 	kind, cred := credentialFields(r)
 	for _, f := range []string{provider, r.ClientID, kind, cred} {
 		b = append(b, f...)
 		b = append(b, 0)
 	}
-	st.mac.Reset()
-	st.mac.Write(b)
-	st.sum = st.mac.Sum(st.sum[:0])
-	st.keep(b)
-	return string(st.sum)
+	return k.hash(b)
 }
 
 // keyID is the non-secret identifier of a key shown to operators and
@@ -240,7 +264,7 @@ func (b *Broker) resolve(sel Selector) (target, error) {
 	}
 	req.Scopes = normalizeScopes(sel.Scopes)
 	req.Audience, req.Resource = sel.Audience, sel.Resource
-	key, id := b.keyer.derive(provider, req)
+	key, id := b.keyer.derive(provider, req, !req.Passthrough)
 	return target{fetcher: f, provider: provider, req: req, key: key, keyID: id, client: client}, nil
 }
 

@@ -106,18 +106,18 @@ func TestHeldKeysRemembered(t *testing.T) {
 	k := newKeyer(hmacKey)
 	cr := &upstream.Credential{Name: "c", Method: upstream.AuthBasic, Binding: "source"}
 	held := upstream.Request{ClientID: "id", Credential: cr, Scopes: []string{"a", "b"}}
-	key, id := k.derive("p", held)
+	key, id := k.derive("p", held, true)
 	if len(k.held) != 1 {
 		t.Fatalf("held keys remembered: got %d, want 1", len(k.held))
 	}
-	again, againID := k.derive("p", held)
-	fresh, freshID := newKeyer(hmacKey).derive("p", held)
+	again, againID := k.derive("p", held, true)
+	fresh, freshID := newKeyer(hmacKey).derive("p", held, true)
 	if again != key || againID != id || fresh != key || freshID != id || id != keyID(key) {
 		t.Fatalf("remembered key differs from a fresh derivation")
 	}
 	const presented = "pass-through-secret-value"
 	pass := upstream.Request{ClientID: "id", ClientSecret: secret.String(presented), Scopes: []string{"a", "b"}}
-	pk, _ := k.derive("p", pass)
+	pk, _ := k.derive("p", pass, false)
 	if pk == key {
 		t.Fatal("a pass-through request derived a held client's key")
 	}
@@ -130,7 +130,7 @@ func TestHeldKeysRemembered(t *testing.T) {
 		}
 	}
 	for i := range maxHeldKeys + 10 {
-		k.derive("p", upstream.Request{ClientID: "id", Credential: cr, Audience: strconv.Itoa(i)})
+		k.derive("p", upstream.Request{ClientID: "id", Credential: cr, Audience: strconv.Itoa(i)}, true)
 	}
 	if len(k.held) != maxHeldKeys {
 		t.Errorf("held keys remembered: got %d, want the bound %d", len(k.held), maxHeldKeys)
