@@ -19,14 +19,14 @@ func (nopReceiver) ApplyInvalidation([]byte)         {}
 // nil and never panics.
 func FuzzHandle(f *testing.F) {
 	kr := tokencache.RandomKeyring()
-	tier, err := New(Options{Client: redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), Keyring: kr})
+	tier, err := New(configured(Options{Client: redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), Keyring: kr}))
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { _ = tier.Close() })
 	now := time.Now()
 	rec := &tokencache.Record{AccessToken: "tok", TokenType: "Bearer", IssuedAt: now, ExpiresAt: now.Add(time.Hour), RefreshAt: now.Add(45 * time.Minute)}
-	other, err := New(Options{Client: redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), Keyring: kr})
+	other, err := New(configured(Options{Client: redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), Keyring: kr}))
 	if err != nil {
 		f.Fatal(err)
 	}

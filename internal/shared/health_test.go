@@ -89,7 +89,7 @@ func TestAuthFailureLoggedOnce(t *testing.T) {
 			client := redis.NewClient(&redis.Options{
 				Addr: srv.Addr(), Password: tc.tierPassword, MaxRetries: -1, ContextTimeoutEnabled: true,
 			})
-			tier, err := New(Options{
+			tier, err := New(configured(Options{
 				Client:          client,
 				Keyring:         tokencache.RandomKeyring(),
 				OpTimeout:       testOpTimeout,
@@ -98,7 +98,7 @@ func TestAuthFailureLoggedOnce(t *testing.T) {
 				ProbeInterval:   10 * time.Millisecond,
 				Logger:          logger,
 				OnFailure:       failures.add,
-			})
+			}))
 			if err != nil {
 				t.Fatalf("New: got error %v, want nil", err)
 			}

@@ -57,16 +57,11 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/tokencache"
 )
 
-// Defaults for the zero values of Options.
-const (
-	DefaultPrefix          = "tokenbroker"
-	DefaultOpTimeout       = 100 * time.Millisecond
-	DefaultLockTTL         = 10 * time.Second
-	DefaultPollInterval    = 250 * time.Millisecond
-	DefaultBreakerFailures = 3
-	DefaultBreakerCooldown = 5 * time.Second
-	DefaultProbeInterval   = time.Second
-)
+// DefaultProbeInterval is Options.ProbeInterval when it is zero. It is a
+// fixed value, not a configuration key. The settings that have a key
+// (shared.redis.*) have no default here: the configuration holds them,
+// and New refuses a zero value.
+const DefaultProbeInterval = time.Second
 
 // States of the tier, as Stats reports them.
 const (
@@ -109,28 +104,36 @@ type Options struct {
 	// Keyring seals the values filed in Redis. Every replica must hold the
 	// key that sealed a value to use it.
 	Keyring *tokencache.Keyring
-	// Prefix starts every Redis key and the channel name.
+	// Prefix starts every Redis key and the channel name: non-empty,
+	// without braces or white space (shared.redis.key_prefix). Required.
 	Prefix string
-	// OpTimeout bounds each Redis operation.
+	// OpTimeout bounds each Redis operation; more than 0
+	// (shared.redis.op_timeout). Required.
 	OpTimeout time.Duration
 	// LockTTL is how long a replica's fetch lock lives unless released: the
-	// longest the fleet waits for a replica that died mid-fetch.
+	// longest the fleet waits for a replica that died mid-fetch. At least
+	// 1ms (shared.redis.lock_ttl). Required.
 	LockTTL time.Duration
 	// PollInterval is how often a replica waiting for another one's fetch
-	// looks in Redis, in case a notification was lost.
+	// looks in Redis, in case a notification was lost. More than 0
+	// (shared.redis.poll_interval). Required.
 	PollInterval time.Duration
 	// BreakerFailures is the number of failed operations in a row that
-	// opens the circuit breaker.
+	// opens the circuit breaker; at least 1
+	// (shared.redis.breaker_failures). Required.
 	BreakerFailures uint32
 	// BreakerCooldown is how long the breaker stays open before it lets
-	// one operation probe Redis.
+	// one operation probe Redis; more than 0
+	// (shared.redis.breaker_cooldown). Required.
 	BreakerCooldown time.Duration
 	// ProbeInterval is how often Run pings Redis, so that an outage and
 	// its end are noticed without traffic. While the breaker is open the
-	// ping waits for the cooldown like any operation.
+	// ping waits for the cooldown like any operation. Zero means
+	// DefaultProbeInterval (no configuration key sets it).
 	ProbeInterval time.Duration
 	// SavingsTTL is how long the fleet's cost accounting of a provider
-	// lives past its last flush (DefaultSavingsTTL when zero).
+	// lives past its last flush (DefaultSavingsTTL when zero; no
+	// configuration key sets it).
 	SavingsTTL time.Duration
 	// Logger receives a warning when the breaker opens (with the reason)
 	// and when the reason of an ongoing outage changes, an info line when
@@ -142,6 +145,32 @@ type Options struct {
 	// OnFailure, when set, is called with the reason (a Reason* value) of
 	// each failed Redis operation.
 	OnFailure func(reason string)
+}
+
+// check returns an error naming the first bad field of o and its rule.
+func (o *Options) check() error {
+	bad := func(field string, v any, rule, key string) error {
+		return fmt.Errorf("shared: Options.%s is %v, want %s (configuration shared.redis.%s)", field, v, rule, key)
+	}
+	switch {
+	case o.Client == nil:
+		return errors.New("shared: no Redis client")
+	case o.Keyring == nil:
+		return errors.New("shared: no sealing keyring: values in Redis must be sealed")
+	case o.Prefix == "" || strings.ContainsAny(o.Prefix, "{} \t\r\n"):
+		return bad("Prefix", fmt.Sprintf("%q", o.Prefix), "a non-empty prefix without braces or white space", "key_prefix")
+	case o.OpTimeout <= 0:
+		return bad("OpTimeout", o.OpTimeout, "more than 0", "op_timeout")
+	case o.LockTTL < time.Millisecond:
+		return bad("LockTTL", o.LockTTL, "at least 1ms", "lock_ttl")
+	case o.PollInterval <= 0:
+		return bad("PollInterval", o.PollInterval, "more than 0", "poll_interval")
+	case o.BreakerFailures < 1:
+		return bad("BreakerFailures", o.BreakerFailures, "at least 1", "breaker_failures")
+	case o.BreakerCooldown <= 0:
+		return bad("BreakerCooldown", o.BreakerCooldown, "more than 0", "breaker_cooldown")
+	}
+	return nil
 }
 
 // Receiver is what the tier tells about other replicas' doings.
@@ -189,31 +218,12 @@ type Tier struct {
 }
 
 // New returns a tier over opt.Client. Call Run to receive other replicas'
-// announcements and Close when done.
+// announcements and Close when done. It checks opt and returns an error
+// naming the first bad field; a zero value is an error like any other bad
+// value (the configuration holds the defaults).
 func New(opt Options) (*Tier, error) {
-	if opt.Client == nil {
-		return nil, errors.New("shared: no Redis client")
-	}
-	if opt.Keyring == nil {
-		return nil, errors.New("shared: no sealing keyring: values in Redis must be sealed")
-	}
-	if opt.Prefix == "" {
-		opt.Prefix = DefaultPrefix
-	}
-	if opt.OpTimeout <= 0 {
-		opt.OpTimeout = DefaultOpTimeout
-	}
-	if opt.LockTTL <= 0 {
-		opt.LockTTL = DefaultLockTTL
-	}
-	if opt.PollInterval <= 0 {
-		opt.PollInterval = DefaultPollInterval
-	}
-	if opt.BreakerFailures == 0 {
-		opt.BreakerFailures = DefaultBreakerFailures
-	}
-	if opt.BreakerCooldown <= 0 {
-		opt.BreakerCooldown = DefaultBreakerCooldown
+	if err := opt.check(); err != nil {
+		return nil, err
 	}
 	if opt.ProbeInterval <= 0 {
 		opt.ProbeInterval = DefaultProbeInterval

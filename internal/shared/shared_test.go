@@ -18,6 +18,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/shared/redistest"
 	"github.com/tokenbroker/tokenbroker/internal/testkit"
@@ -57,8 +58,35 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// configured returns opt with each zero field that has a configuration
+// key (shared.redis.*) set to config.Default()'s value: the tests take the
+// defaults from the configuration, their one home.
+func configured(opt Options) Options {
+	d := config.Default().Shared.Redis
+	if opt.Prefix == "" {
+		opt.Prefix = d.KeyPrefix
+	}
+	if opt.OpTimeout == 0 {
+		opt.OpTimeout = time.Duration(d.OpTimeout)
+	}
+	if opt.LockTTL == 0 {
+		opt.LockTTL = time.Duration(d.LockTTL)
+	}
+	if opt.PollInterval == 0 {
+		opt.PollInterval = time.Duration(d.PollInterval)
+	}
+	if opt.BreakerFailures == 0 {
+		opt.BreakerFailures = uint32(d.BreakerFailures)
+	}
+	if opt.BreakerCooldown == 0 {
+		opt.BreakerCooldown = time.Duration(d.BreakerCooldown)
+	}
+	return opt
+}
+
 // newTestTier returns a tier over a fresh client for addr, closed when the
-// test ends. Zero OpTimeout and PollInterval get the test values.
+// test ends. Zero OpTimeout and PollInterval get the test values, the
+// other zero fields the configuration's defaults (configured).
 func newTestTier(t *testing.T, addr string, kr *tokencache.Keyring, opt Options) *Tier {
 	t.Helper()
 	opt.Client = redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, ContextTimeoutEnabled: true})
@@ -69,7 +97,7 @@ func newTestTier(t *testing.T, addr string, kr *tokencache.Keyring, opt Options)
 	if opt.PollInterval == 0 {
 		opt.PollInterval = testPoll
 	}
-	tier, err := New(opt)
+	tier, err := New(configured(opt))
 	if err != nil {
 		t.Fatalf("New: got error %v, want nil", err)
 	}
@@ -309,16 +337,14 @@ func TestNew(t *testing.T) {
 	})
 
 	t.Run("defaults", func(t *testing.T) {
-		tier, err := New(Options{Client: client(), Keyring: kr})
+		tier, err := New(configured(Options{Client: client(), Keyring: kr}))
 		if err != nil {
 			t.Fatalf("New: got error %v, want nil", err)
 		}
 		defer tier.Close()
 		o := tier.opt
-		if o.Prefix != DefaultPrefix || o.OpTimeout != DefaultOpTimeout || o.LockTTL != DefaultLockTTL ||
-			o.PollInterval != DefaultPollInterval || o.BreakerFailures != DefaultBreakerFailures ||
-			o.BreakerCooldown != DefaultBreakerCooldown {
-			t.Errorf("options: got %+v, want the defaults", o)
+		if o.ProbeInterval != DefaultProbeInterval || o.SavingsTTL != DefaultSavingsTTL {
+			t.Errorf("ProbeInterval, SavingsTTL: got %v, %v, want %v, %v", o.ProbeInterval, o.SavingsTTL, DefaultProbeInterval, DefaultSavingsTTL)
 		}
 		if o.Logger == nil {
 			t.Errorf("Logger: got nil, want a discarding logger")
@@ -370,6 +396,42 @@ func TestNew(t *testing.T) {
 			t.Fatalf("replica ids: got %x twice, want two different ones", a.self)
 		}
 	})
+}
+
+// TestNewRefusesZeroValues: the defaults live in the configuration only,
+// so a setting left zero (or otherwise invalid) is an error naming the
+// field, the rule and the configuration key, not a silent default.
+func TestNewRefusesZeroValues(t *testing.T) {
+	kr := tokencache.RandomKeyring()
+	tests := []struct {
+		name    string
+		edit    func(*Options)
+		wantErr string
+	}{
+		{"Prefix", func(o *Options) { o.Prefix = "" }, `shared: Options.Prefix is "", want a non-empty prefix without braces or white space (configuration shared.redis.key_prefix)`},
+		{"Prefix braces", func(o *Options) { o.Prefix = "{a}" }, `Options.Prefix is "{a}"`},
+		{"OpTimeout", func(o *Options) { o.OpTimeout = 0 }, "shared: Options.OpTimeout is 0s, want more than 0 (configuration shared.redis.op_timeout)"},
+		{"LockTTL", func(o *Options) { o.LockTTL = 0 }, "shared: Options.LockTTL is 0s, want at least 1ms (configuration shared.redis.lock_ttl)"},
+		{"PollInterval", func(o *Options) { o.PollInterval = 0 }, "shared: Options.PollInterval is 0s, want more than 0 (configuration shared.redis.poll_interval)"},
+		{"BreakerFailures", func(o *Options) { o.BreakerFailures = 0 }, "shared: Options.BreakerFailures is 0, want at least 1 (configuration shared.redis.breaker_failures)"},
+		{"BreakerCooldown", func(o *Options) { o.BreakerCooldown = 0 }, "shared: Options.BreakerCooldown is 0s, want more than 0 (configuration shared.redis.breaker_cooldown)"},
+		{"BreakerCooldown negative", func(o *Options) { o.BreakerCooldown = -time.Second }, "Options.BreakerCooldown is -1s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client := redis.NewClient(&redis.Options{Addr: noRedis})
+			defer client.Close()
+			opt := configured(Options{Client: client, Keyring: kr})
+			tt.edit(&opt)
+			tier, err := New(opt)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("New: got error %v, want an error containing %q", err, tt.wantErr)
+			}
+			if tier != nil {
+				t.Fatalf("New: got a tier with error %v, want no tier", err)
+			}
+		})
+	}
 }
 
 // TestObtainFilesAndShares: a miss fetches once, files the token sealed and
