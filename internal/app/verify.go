@@ -64,7 +64,7 @@ func (a *App) setupVerifier(cfg config.Config, guard *access.Authenticator, reg 
 		RefreshInterval:       time.Duration(vc.JWKSRefreshInterval),
 		MinRefreshInterval:    time.Duration(vc.JWKSMinRefreshInterval),
 		IntrospectionCacheTTL: time.Duration(vc.IntrospectionCacheTTL),
-		ClockSkew:             clockSkew(vc.ClockSkew),
+		ClockSkew:             time.Duration(vc.ClockSkew),
 		Observer:              vm,
 		Logger:                logger,
 	})
@@ -106,15 +106,6 @@ func currentSecret(c config.Client) func() secret.String {
 		}
 		return c.Secret
 	}
-}
-
-// clockSkew maps verifier.clock_skew to verifier.Config.ClockSkew, where
-// zero means the default and a negative value none.
-func clockSkew(d config.Duration) time.Duration {
-	if d == 0 {
-		return -1
-	}
-	return time.Duration(d)
 }
 
 // runVerifier starts the verifier's key refreshes until ctx ends and

@@ -15,6 +15,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,6 +23,8 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/tokenbroker/tokenbroker/internal/config"
 )
 
 // signingKey is a test issuer's key.
@@ -182,11 +185,37 @@ func (r *recorder) failures() int {
 	return n
 }
 
+// testConfig returns a Config of providers whose settings are the
+// configuration's defaults (config.Default's verifier section, and
+// config.DefaultProvider's timeout for a provider without one): the tests
+// take the defaults from their one home.
+func testConfig(providers ...Provider) Config {
+	d := config.Default().Verifier
+	providers = slices.Clone(providers)
+	for i := range providers {
+		if providers[i].Timeout == 0 {
+			providers[i].Timeout = time.Duration(config.DefaultProvider().Timeout)
+		}
+	}
+	return Config{
+		Providers:             providers,
+		CacheMaxCost:          int64(d.CacheMaxCost),
+		MaxTokenSize:          int(d.MaxTokenSize),
+		RefreshInterval:       time.Duration(d.JWKSRefreshInterval),
+		MinRefreshInterval:    time.Duration(d.JWKSMinRefreshInterval),
+		IntrospectionCacheTTL: time.Duration(d.IntrospectionCacheTTL),
+		ClockSkew:             time.Duration(d.ClockSkew),
+		Logger:                slog.New(slog.DiscardHandler),
+	}
+}
+
 // newTestVerifier builds a verifier for providers and closes it at the
 // end of the test.
 func newTestVerifier(t testing.TB, obs Observer, providers ...Provider) *Verifier {
 	t.Helper()
-	v, err := New(Config{Providers: providers, Observer: obs, Logger: slog.New(slog.DiscardHandler)})
+	cfg := testConfig(providers...)
+	cfg.Observer = obs
+	v, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

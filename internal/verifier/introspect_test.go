@@ -2,7 +2,6 @@ package verifier
 
 import (
 	"encoding/json"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -40,7 +39,9 @@ func TestIntrospection(t *testing.T) {
 	}))
 	defer srv.Close()
 	obs := &recorder{}
-	v, err := New(Config{Providers: []Provider{{Name: "p", Introspection: &Introspection{URL: srv.URL, ClientID: "rs-client", ClientSecret: secret.String("rs-secret")}}}, Observer: obs, Logger: slog.New(slog.DiscardHandler)})
+	cfg := testConfig(Provider{Name: "p", Introspection: &Introspection{URL: srv.URL, ClientID: "rs-client", ClientSecret: secret.String("rs-secret")}})
+	cfg.Observer = obs
+	v, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

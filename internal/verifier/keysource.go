@@ -3,6 +3,7 @@ package verifier
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -11,6 +12,11 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 )
+
+// keySourceTimeout bounds one fetch of a KeySource whose Timeout is zero.
+// It is a fixed value: the Kubernetes service-account verifier, the only
+// user, has no timeout key.
+const keySourceTimeout = 10 * time.Second
 
 // KeySourceConfig configures a KeySource.
 type KeySourceConfig struct {
@@ -25,10 +31,11 @@ type KeySourceConfig struct {
 	// http.Client. Unless it has a CheckRedirect of its own, a redirect
 	// is followed only to an https URL (http only on loopback).
 	HTTPClient *http.Client
-	// Timeout bounds one fetch. Zero: 10s.
+	// Timeout bounds one fetch. Zero: keySourceTimeout (10s; no
+	// configuration key sets it).
 	Timeout time.Duration
 	// MinRefreshInterval is the least time between two fetches caused by
-	// unknown key ids. Zero: DefaultMinRefreshInterval.
+	// unknown key ids; more than 0. Required.
 	MinRefreshInterval time.Duration
 	// Logger receives failed fetches. Nil: slog.Default().
 	Logger *slog.Logger
@@ -49,6 +56,9 @@ type KeySource struct {
 // Lookup or Run. The issuer must be an absolute https URL (http only on a
 // loopback host) unless JWKSFile is set.
 func NewKeySource(cfg KeySourceConfig) (*KeySource, error) {
+	if cfg.MinRefreshInterval <= 0 {
+		return nil, fmt.Errorf("KeySourceConfig.MinRefreshInterval is %v, want more than 0", cfg.MinRefreshInterval)
+	}
 	if cfg.JWKSFile == "" {
 		if msg := checkURL(strings.TrimSuffix(cfg.Issuer, "/") + DiscoveryPath); msg != "" {
 			return nil, errors.New("issuer " + msg)
@@ -57,10 +67,7 @@ func NewKeySource(cfg KeySourceConfig) (*KeySource, error) {
 	// Redirects must go to URLs checkURL allows, like the issuer.
 	cfg.HTTPClient = safeClient(cfg.HTTPClient)
 	if cfg.Timeout <= 0 {
-		cfg.Timeout = 10 * time.Second
-	}
-	if cfg.MinRefreshInterval <= 0 {
-		cfg.MinRefreshInterval = DefaultMinRefreshInterval
+		cfg.Timeout = keySourceTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

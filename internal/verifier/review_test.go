@@ -137,12 +137,10 @@ func TestRedirectsMustPassTheURLRule(t *testing.T) {
 		}
 		return resp, nil
 	})
-	v, err := New(Config{
-		Providers: []Provider{{Name: "p", Issuer: issuer, JWKSURI: issuer + "/jwks"},
-			{Name: "q", Introspection: &Introspection{URL: issuer + "/introspect", ClientID: "rs", ClientSecret: "s"}}},
-		HTTPClient: &http.Client{Transport: rt},
-		Logger:     slog.New(slog.DiscardHandler),
-	})
+	cfg := testConfig(Provider{Name: "p", Issuer: issuer, JWKSURI: issuer + "/jwks"},
+		Provider{Name: "q", Introspection: &Introspection{URL: issuer + "/introspect", ClientID: "rs", ClientSecret: "s"}})
+	cfg.HTTPClient = &http.Client{Transport: rt}
+	v, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +151,7 @@ func TestRedirectsMustPassTheURLRule(t *testing.T) {
 	if _, err := verify(t, v, Request{Token: "opaque", Provider: "q"}); !errorsIsUnavailable(err) {
 		t.Errorf("Verify(opaque, introspection redirected to http) = %v, want ErrUnavailable", err)
 	}
-	ks, err := NewKeySource(KeySourceConfig{Name: "sa", Issuer: issuer, HTTPClient: &http.Client{Transport: rt}, Logger: slog.New(slog.DiscardHandler)})
+	ks, err := NewKeySource(KeySourceConfig{Name: "sa", Issuer: issuer, HTTPClient: &http.Client{Transport: rt}, MinRefreshInterval: cfg.MinRefreshInterval, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +170,8 @@ func TestRedirectsMustPassTheURLRule(t *testing.T) {
 func TestNoFetchStartsAfterClose(t *testing.T) {
 	k := newKey(t, jose.ES256, "k1")
 	iss := newIssuerServer(t, k)
-	v, err := New(Config{Providers: []Provider{{Name: "p", Issuer: iss.URL()}}, Logger: slog.New(slog.DiscardHandler)})
+	cfg := testConfig(Provider{Name: "p", Issuer: iss.URL()})
+	v, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +180,7 @@ func TestNoFetchStartsAfterClose(t *testing.T) {
 		t.Error("startRefresh after Close started a fetch")
 	}
 	_ = v.Run(context.Background()) // returns at once: no fetch may start
-	ks, err := NewKeySource(KeySourceConfig{Name: "sa", Issuer: iss.URL(), Logger: slog.New(slog.DiscardHandler)})
+	ks, err := NewKeySource(KeySourceConfig{Name: "sa", Issuer: iss.URL(), MinRefreshInterval: cfg.MinRefreshInterval, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -40,13 +39,11 @@ func TestScheduledRefresh(t *testing.T) {
 			return &http.Response{StatusCode: http.StatusOK, Body: io.NopCloser(strings.NewReader(string(body))), Request: r}, nil
 		})
 		const issuer = "https://issuer.example"
-		v, err := New(Config{
-			Providers:          []Provider{{Name: "p", Issuer: issuer, JWKSURI: issuer + "/jwks"}},
-			HTTPClient:         &http.Client{Transport: rt},
-			RefreshInterval:    time.Hour,
-			MinRefreshInterval: 30 * time.Second,
-			Logger:             slog.New(slog.DiscardHandler),
-		})
+		cfg := testConfig(Provider{Name: "p", Issuer: issuer, JWKSURI: issuer + "/jwks"})
+		cfg.HTTPClient = &http.Client{Transport: rt}
+		cfg.RefreshInterval = time.Hour
+		cfg.MinRefreshInterval = 30 * time.Second
+		v, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

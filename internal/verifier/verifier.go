@@ -30,23 +30,13 @@ const (
 )
 
 // DefaultAlgorithms are the signing algorithms a provider allows unless
-// it names its own.
+// it names its own. The configuration leaves providers[].verify.algorithms
+// empty by default, so this is that default's one home.
 var DefaultAlgorithms = []string{"RS256", "ES256", "PS256"}
 
 // AllowedAlgorithms are the algorithms a provider may allow: asymmetric
 // ones only (an HMAC key would be the public key, which anyone has).
 var AllowedAlgorithms = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
-
-// Defaults of the zero values of Config.
-const (
-	DefaultCacheMaxCost          = 16 << 20
-	DefaultMaxTokenSize          = 8 << 10
-	DefaultRefreshInterval       = time.Hour
-	DefaultMinRefreshInterval    = 30 * time.Second
-	DefaultIntrospectionCacheTTL = 5 * time.Minute
-	DefaultClockSkew             = 30 * time.Second
-	DefaultTimeout               = 10 * time.Second
-)
 
 // Provider is one issuer whose tokens the verifier accepts.
 type Provider struct {
@@ -77,8 +67,8 @@ type Provider struct {
 	RequireJWTAccessTokenType bool
 	// Introspection, when set, checks opaque tokens (RFC 7662).
 	Introspection *Introspection
-	// Timeout bounds one JWKS, discovery or introspection request. Zero
-	// means DefaultTimeout.
+	// Timeout bounds one JWKS, discovery or introspection request; more
+	// than 0 (the provider's timeout key). Required.
 	Timeout time.Duration
 }
 
@@ -112,24 +102,25 @@ func (in *Introspection) secret() secret.String {
 type Config struct {
 	// Providers are the issuers whose tokens are accepted.
 	Providers []Provider
-	// CacheMaxCost bounds the memory of cached results, in bytes. Zero
-	// means DefaultCacheMaxCost.
+	// CacheMaxCost bounds the memory of cached results, in bytes; more
+	// than 0 (verifier.cache_max_cost). Required.
 	CacheMaxCost int64
-	// MaxTokenSize is the longest token accepted, in bytes. Zero means
-	// DefaultMaxTokenSize.
+	// MaxTokenSize is the longest token accepted, in bytes; more than 0
+	// (verifier.max_token_size). Required.
 	MaxTokenSize int
-	// RefreshInterval is how often keys are fetched again. Zero means
-	// DefaultRefreshInterval.
+	// RefreshInterval is how often keys are fetched again; more than 0
+	// (verifier.jwks_refresh_interval). Required.
 	RefreshInterval time.Duration
 	// MinRefreshInterval is the least time between two fetches of one
 	// provider's keys caused by unknown key ids (and the first retry after
-	// a failed scheduled fetch). Zero means DefaultMinRefreshInterval.
+	// a failed scheduled fetch); more than 0
+	// (verifier.jwks_min_refresh_interval). Required.
 	MinRefreshInterval time.Duration
 	// IntrospectionCacheTTL caps how long an introspection result is
-	// cached. Zero means DefaultIntrospectionCacheTTL.
+	// cached; 0: not cached (verifier.introspection_cache_ttl).
 	IntrospectionCacheTTL time.Duration
-	// ClockSkew is the tolerance of the exp, nbf and iat checks. Zero
-	// means DefaultClockSkew; negative means none.
+	// ClockSkew is the tolerance of the exp, nbf and iat checks; 0: none
+	// (verifier.clock_skew).
 	ClockSkew time.Duration
 	// HTTPClient fetches keys and introspects. Nil means a client of its
 	// own (with each provider's Timeout). Unless it has a CheckRedirect of
@@ -140,6 +131,28 @@ type Config struct {
 	Observer Observer
 	// Logger receives JWKS failures. Nil means slog.Default().
 	Logger *slog.Logger
+}
+
+// check returns an error naming the first bad field of c and its rule.
+func (c *Config) check() error {
+	bad := func(field string, v any, rule, key string) error {
+		return fmt.Errorf("verifier: Config.%s is %v, want %s (configuration verifier.%s)", field, v, rule, key)
+	}
+	switch {
+	case c.CacheMaxCost <= 0:
+		return bad("CacheMaxCost", c.CacheMaxCost, "more than 0", "cache_max_cost")
+	case c.MaxTokenSize <= 0:
+		return bad("MaxTokenSize", c.MaxTokenSize, "more than 0", "max_token_size")
+	case c.RefreshInterval <= 0:
+		return bad("RefreshInterval", c.RefreshInterval, "more than 0", "jwks_refresh_interval")
+	case c.MinRefreshInterval <= 0:
+		return bad("MinRefreshInterval", c.MinRefreshInterval, "more than 0", "jwks_min_refresh_interval")
+	case c.IntrospectionCacheTTL < 0:
+		return bad("IntrospectionCacheTTL", c.IntrospectionCacheTTL, "at least 0 (0: not cached)", "introspection_cache_ttl")
+	case c.ClockSkew < 0:
+		return bad("ClockSkew", c.ClockSkew, "at least 0 (0: none)", "clock_skew")
+	}
+	return nil
 }
 
 // provider is a checked Provider with its keys.
@@ -176,40 +189,15 @@ type Verifier struct {
 }
 
 // New checks cfg and returns a Verifier. Errors name the field, such as
-// "providers[1].algorithms[0]". No key is fetched until Run or the first
-// token.
+// "providers[1].algorithms[0]"; a zero value is an error like any other
+// bad value (the configuration holds the defaults). No key is fetched
+// until Run or the first token.
 func New(cfg Config) (*Verifier, error) {
-	if cfg.CacheMaxCost == 0 {
-		cfg.CacheMaxCost = DefaultCacheMaxCost
-	}
-	if cfg.MaxTokenSize == 0 {
-		cfg.MaxTokenSize = DefaultMaxTokenSize
-	}
-	if cfg.RefreshInterval == 0 {
-		cfg.RefreshInterval = DefaultRefreshInterval
-	}
-	if cfg.MinRefreshInterval == 0 {
-		cfg.MinRefreshInterval = DefaultMinRefreshInterval
-	}
-	if cfg.IntrospectionCacheTTL == 0 {
-		cfg.IntrospectionCacheTTL = DefaultIntrospectionCacheTTL
-	}
-	switch {
-	case cfg.ClockSkew == 0:
-		cfg.ClockSkew = DefaultClockSkew
-	case cfg.ClockSkew < 0:
-		cfg.ClockSkew = 0
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
-	}
-	switch {
-	case cfg.CacheMaxCost < 0:
-		return nil, errors.New("verifier: CacheMaxCost must be > 0")
-	case cfg.MaxTokenSize < 0:
-		return nil, errors.New("verifier: MaxTokenSize must be > 0")
-	case cfg.RefreshInterval < 0 || cfg.MinRefreshInterval < 0 || cfg.IntrospectionCacheTTL < 0:
-		return nil, errors.New("verifier: intervals must not be negative")
 	}
 	cache, err := newResultCache(cfg.CacheMaxCost)
 	if err != nil {
@@ -257,8 +245,8 @@ func (v *Verifier) add(i int, p Provider, minInterval time.Duration) error {
 		return fmt.Errorf("verifier: %s.issuer: already the issuer of provider %q", field, v.byIssuer[p.Issuer].Name)
 	case p.JWKSURI != "" && p.JWKSFile != "":
 		return fmt.Errorf("verifier: %s: at most one of jwks_uri and jwks_file may be set", field)
-	case p.Timeout < 0:
-		return fmt.Errorf("verifier: %s.timeout: must not be negative", field)
+	case p.Timeout <= 0:
+		return fmt.Errorf("verifier: %s.timeout is %v, want more than 0 (configuration providers[].timeout)", field, p.Timeout)
 	}
 	switch p.Flavour {
 	case "":
@@ -271,9 +259,6 @@ func (v *Verifier) add(i int, p Provider, minInterval time.Duration) error {
 		p.Algorithms = DefaultAlgorithms
 	}
 	pp := &provider{Provider: p, timeout: p.Timeout}
-	if pp.timeout == 0 {
-		pp.timeout = DefaultTimeout
-	}
 	for j, a := range p.Algorithms {
 		if !slices.Contains(AllowedAlgorithms, a) {
 			return fmt.Errorf("verifier: %s.algorithms[%d]: must be one of %s, got %q", field, j, strings.Join(AllowedAlgorithms, ", "), a)

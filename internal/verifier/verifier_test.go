@@ -3,9 +3,11 @@ package verifier
 import (
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"slices"
 	"strings"
@@ -15,6 +17,8 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+
+	"github.com/tokenbroker/tokenbroker/internal/config"
 )
 
 // TestVerifyAlgorithms verifies a token signed with each default
@@ -85,7 +89,7 @@ func TestRefusals(t *testing.T) {
 	}{
 		{"garbage", Request{Token: "a.b.c"}, ReasonMalformed, "_other"},
 		{"empty", Request{Token: ""}, ReasonMalformed, "_other"},
-		{"too long", Request{Token: strings.Repeat("a", DefaultMaxTokenSize+1)}, ReasonMalformed, "_other"},
+		{"too long", Request{Token: strings.Repeat("a", int(config.Default().Verifier.MaxTokenSize)+1)}, ReasonMalformed, "_other"},
 		{"opaque without introspection", Request{Token: "opaque-token-value"}, ReasonMalformed, "_other"},
 		{"no exp", Request{Token: k.sign(t, with(good, "exp", nil), nil)}, ReasonMalformed, "p"},
 		{"jwk header", Request{Token: k.sign(t, good, map[jose.HeaderKey]any{"jwk": k.pub})}, ReasonMalformed, "_other"},
@@ -224,7 +228,9 @@ func TestRotationDuringLoad(t *testing.T) {
 	old := newKey(t, jose.ES256, "old")
 	nu := newKey(t, jose.RS256, "new")
 	is := newIssuerServer(t, old)
-	v, err := New(Config{Providers: []Provider{{Name: "p", Issuer: is.URL()}}, MinRefreshInterval: time.Nanosecond})
+	cfg := testConfig(Provider{Name: "p", Issuer: is.URL()})
+	cfg.MinRefreshInterval = time.Nanosecond
+	v, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -406,9 +412,86 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{Provider{Name: "p", Issuer: "https://i", JWKSURI: "https://i/j", JWKSFile: "/f"}, "jwks_uri and jwks_file"},
 		{Provider{Name: "p"}, "providers[0].issuer"},
 	} {
-		_, err := New(Config{Providers: []Provider{c.p}})
+		_, err := New(testConfig(c.p))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("New(%+v) = %v, want an error naming %s", c.p, err, c.want)
 		}
+	}
+}
+
+// TestNewRefusesZeroValues: the defaults live in the configuration only,
+// so a setting left zero (or negative) is an error naming the field, the
+// rule and the configuration key, not a silent default. Zero clock skew
+// and introspection cache TTL are values (none, not cached).
+func TestNewRefusesZeroValues(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		edit func(*Config)
+		want string
+	}{
+		{"CacheMaxCost", func(c *Config) { c.CacheMaxCost = 0 }, "verifier: Config.CacheMaxCost is 0, want more than 0 (configuration verifier.cache_max_cost)"},
+		{"MaxTokenSize", func(c *Config) { c.MaxTokenSize = 0 }, "verifier: Config.MaxTokenSize is 0, want more than 0 (configuration verifier.max_token_size)"},
+		{"RefreshInterval", func(c *Config) { c.RefreshInterval = 0 }, "verifier: Config.RefreshInterval is 0s, want more than 0 (configuration verifier.jwks_refresh_interval)"},
+		{"MinRefreshInterval", func(c *Config) { c.MinRefreshInterval = 0 }, "verifier: Config.MinRefreshInterval is 0s, want more than 0 (configuration verifier.jwks_min_refresh_interval)"},
+		{"IntrospectionCacheTTL", func(c *Config) { c.IntrospectionCacheTTL = -time.Second }, "verifier: Config.IntrospectionCacheTTL is -1s, want at least 0 (0: not cached) (configuration verifier.introspection_cache_ttl)"},
+		{"ClockSkew", func(c *Config) { c.ClockSkew = -time.Second }, "verifier: Config.ClockSkew is -1s, want at least 0 (0: none) (configuration verifier.clock_skew)"},
+		{"Timeout", func(c *Config) { c.Providers[0].Timeout = 0 }, "verifier: providers[0].timeout is 0s, want more than 0 (configuration providers[].timeout)"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := testConfig(Provider{Name: "p", Issuer: "https://i"})
+			c.edit(&cfg)
+			v, err := New(cfg)
+			if err == nil || err.Error() != c.want {
+				t.Fatalf("New: got error %v, want %q", err, c.want)
+			}
+			if v != nil {
+				t.Fatalf("New: got a verifier with error %v, want none", err)
+			}
+		})
+	}
+	t.Run("KeySource MinRefreshInterval", func(t *testing.T) {
+		_, err := NewKeySource(KeySourceConfig{Name: "sa", Issuer: "https://i"})
+		if want := "KeySourceConfig.MinRefreshInterval is 0s, want more than 0"; err == nil || err.Error() != want {
+			t.Fatalf("NewKeySource: got error %v, want %q", err, want)
+		}
+	})
+}
+
+// TestZeroSkewAndIntrospectionTTLKept: clock skew 0 means none and
+// introspection cache TTL 0 means not cached, as the configuration
+// documents them (New used to turn them into 30s and 5m).
+func TestZeroSkewAndIntrospectionTTLKept(t *testing.T) {
+	k := newKey(t, jose.ES256, "k1")
+	is := newIssuerServer(t, k)
+	var hits atomic.Int64
+	intro := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		_ = json.NewEncoder(w).Encode(map[string]any{"active": true, "client_id": "c1", "sub": "c1", "exp": time.Now().Add(time.Hour).Unix()})
+	}))
+	defer intro.Close()
+	cfg := testConfig(Provider{Name: "p", Issuer: is.URL()},
+		Provider{Name: "q", Introspection: &Introspection{URL: intro.URL, ClientID: "rs", ClientSecret: "s"}})
+	cfg.ClockSkew, cfg.IntrospectionCacheTTL = 0, 0
+	v, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+
+	// Expired 5 seconds ago: within the old 30s default skew, refused
+	// with none.
+	now := time.Now()
+	tok := k.sign(t, with(claimsFor(is.URL()), "exp", now.Add(-5*time.Second).Unix(), "iat", now.Add(-time.Minute).Unix()), nil)
+	if _, err := verify(t, v, Request{Token: tok}); reasonOf(err) != ReasonExpired {
+		t.Errorf("Verify(expired 5s ago, skew 0): got %v, want expired", err)
+	}
+	for i := range 2 {
+		if _, err := verify(t, v, Request{Token: "opaque", Provider: "q"}); err != nil {
+			t.Fatalf("Verify(opaque) #%d: got %v, want nil", i+1, err)
+		}
+		v.cache.wait()
+	}
+	if got := hits.Load(); got != 2 {
+		t.Errorf("introspection requests for 2 checks with TTL 0: got %d, want 2 (not cached)", got)
 	}
 }

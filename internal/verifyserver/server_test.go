@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/devissuer"
 	"github.com/tokenbroker/tokenbroker/internal/verifier"
 )
@@ -53,12 +54,20 @@ func newEnv(t *testing.T, cfg Config) *env {
 	go func() { issuerDone <- is.Serve(ctx, il) }()
 	issuerURL := "http://" + il.Addr().String()
 
+	// Every setting is the configuration's default (its one home).
+	vd, timeout := config.Default().Verifier, time.Duration(config.DefaultProvider().Timeout)
 	v, err := verifier.New(verifier.Config{
 		Providers: []verifier.Provider{
-			{Name: "dev", Issuer: issuerURL},
-			{Name: "down", Issuer: "http://127.0.0.1:1/down", JWKSURI: "http://127.0.0.1:1/jwks"},
+			{Name: "dev", Issuer: issuerURL, Timeout: timeout},
+			{Name: "down", Issuer: "http://127.0.0.1:1/down", JWKSURI: "http://127.0.0.1:1/jwks", Timeout: timeout},
 		},
-		Logger: slog.New(slog.DiscardHandler),
+		CacheMaxCost:          int64(vd.CacheMaxCost),
+		MaxTokenSize:          int(vd.MaxTokenSize),
+		RefreshInterval:       time.Duration(vd.JWKSRefreshInterval),
+		MinRefreshInterval:    time.Duration(vd.JWKSMinRefreshInterval),
+		IntrospectionCacheTTL: time.Duration(vd.IntrospectionCacheTTL),
+		ClockSkew:             time.Duration(vd.ClockSkew),
+		Logger:                slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)
