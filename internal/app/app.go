@@ -206,15 +206,11 @@ func newK8sVerifier(cfg config.Config, logger *slog.Logger) (*k8sauth.Verifier, 
 	if !k.Enabled() {
 		return nil, nil
 	}
-	leeway := time.Duration(k.Leeway)
-	if leeway == 0 {
-		leeway = -1 // configured as none
-	}
 	v, err := k8sauth.New(k8sauth.Config{
 		Issuer:             k.IssuerURL,
 		JWKSFile:           k.JWKSFile,
 		Audience:           k.Audience,
-		Leeway:             leeway,
+		Leeway:             time.Duration(k.Leeway),
 		RefreshInterval:    time.Duration(cfg.Verifier.JWKSRefreshInterval),
 		MinRefreshInterval: time.Duration(cfg.Verifier.JWKSMinRefreshInterval),
 		Logger:             logger,

@@ -41,18 +41,9 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/verifier"
 )
 
-// Defaults of Config.
-const (
-	// DefaultAudience is the audience a token must be issued for.
-	DefaultAudience = "tokenbroker"
-	// DefaultLeeway is the tolerance of the exp, nbf and iat checks.
-	DefaultLeeway = 30 * time.Second
-	// DefaultRefreshInterval is how often the keys are fetched again.
-	DefaultRefreshInterval = time.Hour
-	// MaxTokenSize is the longest token verified; longer ones are refused
-	// as malformed without parsing.
-	MaxTokenSize = 16 << 10
-)
+// MaxTokenSize is the longest token verified; longer ones are refused as
+// malformed without parsing. It is a fixed limit, not a configuration key.
+const MaxTokenSize = 16 << 10
 
 // Algorithms are the signing algorithms accepted: those a Kubernetes API
 // server signs service-account tokens with.
@@ -68,17 +59,18 @@ type Config struct {
 	// JWKSFile, when set, holds the issuer's keys (the API server's
 	// /openid/v1/jwks) and is read instead of discovery.
 	JWKSFile string
-	// Audience must be one of a token's audiences. Default
-	// DefaultAudience.
+	// Audience must be one of a token's audiences
+	// (auth.kubernetes.audience). Required.
 	Audience string
-	// Leeway is the tolerance of the time checks. Zero: DefaultLeeway;
-	// negative: none.
+	// Leeway is the tolerance of the time checks; 0: none
+	// (auth.kubernetes.leeway).
 	Leeway time.Duration
-	// RefreshInterval is how often Run fetches the keys again. Zero:
-	// DefaultRefreshInterval.
+	// RefreshInterval is how often Run fetches the keys again; more than
+	// 0 (verifier.jwks_refresh_interval). Required.
 	RefreshInterval time.Duration
 	// MinRefreshInterval is the least time between two fetches caused by
-	// an unknown key id. Zero: verifier.DefaultMinRefreshInterval.
+	// an unknown key id; more than 0 (verifier.jwks_min_refresh_interval).
+	// Required.
 	MinRefreshInterval time.Duration
 	// HTTPClient fetches the discovery document and the keys. Nil: a plain
 	// http.Client.
@@ -87,6 +79,26 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock. Nil: time.Now.
 	Now func() time.Time
+}
+
+// check returns an error naming the first bad field of c and its rule.
+func (c *Config) check() error {
+	bad := func(field string, v any, rule, key string) error {
+		return fmt.Errorf("k8sauth: Config.%s is %v, want %s (configuration %s)", field, v, rule, key)
+	}
+	switch {
+	case c.Issuer == "":
+		return errors.New("k8sauth: Issuer is required")
+	case c.Audience == "":
+		return bad("Audience", `""`, "a non-empty audience", "auth.kubernetes.audience")
+	case c.Leeway < 0:
+		return bad("Leeway", c.Leeway, "at least 0 (0: none)", "auth.kubernetes.leeway")
+	case c.RefreshInterval <= 0:
+		return bad("RefreshInterval", c.RefreshInterval, "more than 0", "verifier.jwks_refresh_interval")
+	case c.MinRefreshInterval <= 0:
+		return bad("MinRefreshInterval", c.MinRefreshInterval, "more than 0", "verifier.jwks_min_refresh_interval")
+	}
+	return nil
 }
 
 // Verifier checks service-account tokens. It is safe for concurrent use.
@@ -100,23 +112,12 @@ type Verifier struct {
 	now      func() time.Time
 }
 
-// New checks cfg and returns a Verifier. No key is fetched until Run or
-// the first token.
+// New checks cfg and returns a Verifier; a zero value is an error like
+// any other bad value (the configuration holds the defaults). No key is
+// fetched until Run or the first token.
 func New(cfg Config) (*Verifier, error) {
-	if cfg.Issuer == "" {
-		return nil, errors.New("k8sauth: Issuer is required")
-	}
-	if cfg.Audience == "" {
-		cfg.Audience = DefaultAudience
-	}
-	switch {
-	case cfg.Leeway == 0:
-		cfg.Leeway = DefaultLeeway
-	case cfg.Leeway < 0:
-		cfg.Leeway = 0
-	}
-	if cfg.RefreshInterval <= 0 {
-		cfg.RefreshInterval = DefaultRefreshInterval
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

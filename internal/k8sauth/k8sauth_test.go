@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 
+	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/k8sauth"
 	"github.com/tokenbroker/tokenbroker/internal/k8sauth/k8stest"
 	"github.com/tokenbroker/tokenbroker/internal/testkit"
@@ -20,6 +21,20 @@ import (
 
 // TestMain fails the run when a goroutine outlives the package's tests.
 func TestMain(m *testing.M) { testkit.VerifyTestMain(m) }
+
+// testConfig returns a Config for issuer whose settings are the
+// configuration's defaults (config.Default's auth.kubernetes and verifier
+// sections): the tests take the defaults from their one home.
+func testConfig(issuer string) k8sauth.Config {
+	d := config.Default()
+	return k8sauth.Config{
+		Issuer:             issuer,
+		Audience:           d.Auth.Kubernetes.Audience,
+		Leeway:             time.Duration(d.Auth.Kubernetes.Leeway),
+		RefreshInterval:    time.Duration(d.Verifier.JWKSRefreshInterval),
+		MinRefreshInterval: time.Duration(d.Verifier.JWKSMinRefreshInterval),
+	}
+}
 
 func newVerifier(t *testing.T, cfg k8sauth.Config) (*k8sauth.Verifier, *testkit.LogBuffer) {
 	t.Helper()
@@ -37,7 +52,9 @@ func newVerifier(t *testing.T, cfg k8sauth.Config) (*k8sauth.Verifier, *testkit.
 // says why, and neither the error nor the log holds the token.
 func TestVerify(t *testing.T) {
 	iss := k8stest.NewIssuer(t)
-	v, logs := newVerifier(t, k8sauth.Config{Issuer: iss.URL, MinRefreshInterval: time.Nanosecond})
+	cfg := testConfig(iss.URL)
+	cfg.MinRefreshInterval = time.Nanosecond
+	v, logs := newVerifier(t, cfg)
 	ctx := context.Background()
 
 	good := iss.Mint(t, k8stest.Token{Namespace: "payments", ServiceAccount: "worker"})
@@ -102,7 +119,9 @@ func TestVerify(t *testing.T) {
 func TestLeewayAndAudience(t *testing.T) {
 	iss := k8stest.NewIssuer(t)
 	now := time.Now()
-	v, _ := newVerifier(t, k8sauth.Config{Issuer: iss.URL, Audience: "broker.example", Leeway: time.Minute, Now: func() time.Time { return now }})
+	cfg := testConfig(iss.URL)
+	cfg.Audience, cfg.Leeway, cfg.Now = "broker.example", time.Minute, func() time.Time { return now }
+	v, _ := newVerifier(t, cfg)
 	tok := iss.Mint(t, k8stest.Token{Namespace: "a", ServiceAccount: "b", Audience: []string{"broker.example"}, IssuedAt: now.Add(-time.Hour), NotBefore: now.Add(-time.Hour), Expiry: now.Add(-30 * time.Second)})
 	if _, err := v.Verify(context.Background(), tok); err != nil {
 		t.Errorf("token expired 30s ago with a 1m leeway: %v, want accepted", err)
@@ -119,7 +138,9 @@ func TestLeewayAndAudience(t *testing.T) {
 // tokens arrive within the minimum interval.
 func TestUnknownKeyRefresh(t *testing.T) {
 	iss := k8stest.NewIssuer(t)
-	v, _ := newVerifier(t, k8sauth.Config{Issuer: iss.URL, MinRefreshInterval: time.Hour})
+	cfg := testConfig(iss.URL)
+	cfg.MinRefreshInterval = time.Hour
+	v, _ := newVerifier(t, cfg)
 	ctx := context.Background()
 	if _, err := v.Verify(ctx, iss.Mint(t, k8stest.Token{Namespace: "a", ServiceAccount: "b"})); err != nil {
 		t.Fatal(err)
@@ -140,7 +161,8 @@ func TestUnknownKeyRefresh(t *testing.T) {
 	}
 
 	// Without the rate limit in the way, the rotated key is fetched.
-	v2, _ := newVerifier(t, k8sauth.Config{Issuer: iss.URL, MinRefreshInterval: time.Nanosecond})
+	cfg.MinRefreshInterval = time.Nanosecond
+	v2, _ := newVerifier(t, cfg)
 	iss2Before := iss.JWKSFetches.Load()
 	if _, err := v2.Verify(ctx, iss.Mint(t, k8stest.Token{Namespace: "a", ServiceAccount: "b"})); err != nil {
 		t.Fatal(err)
@@ -161,7 +183,9 @@ func TestJWKSFile(t *testing.T) {
 	if err := os.WriteFile(path, iss.JWKS(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	v, _ := newVerifier(t, k8sauth.Config{Issuer: "https://kubernetes.default.svc.cluster.local", JWKSFile: path})
+	cfg := testConfig("https://kubernetes.default.svc.cluster.local")
+	cfg.JWKSFile = path
+	v, _ := newVerifier(t, cfg)
 	tok := iss.Mint(t, k8stest.Token{Namespace: "ns", ServiceAccount: "sa", Issuer: "https://kubernetes.default.svc.cluster.local"})
 	if got, err := v.Verify(context.Background(), tok); err != nil || got != "k8s:ns:sa" {
 		t.Fatalf("Verify = %q, %v", got, err)
@@ -176,7 +200,7 @@ func TestNewErrors(t *testing.T) {
 	if _, err := k8sauth.New(k8sauth.Config{}); err == nil {
 		t.Error("New without an issuer: nil error")
 	}
-	if _, err := k8sauth.New(k8sauth.Config{Issuer: "http://k8s.example"}); err == nil || !strings.Contains(err.Error(), "https") {
+	if _, err := k8sauth.New(testConfig("http://k8s.example")); err == nil || !strings.Contains(err.Error(), "https") {
 		t.Errorf("New with a plain-http remote issuer: %v, want an https rule", err)
 	}
 }
@@ -197,4 +221,47 @@ func hs256(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return raw
+}
+
+// TestNewRefusesZeroValues: the defaults live in the configuration only,
+// so a setting left zero (or negative) is an error naming the field, the
+// rule and the configuration key, not a silent default.
+func TestNewRefusesZeroValues(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		edit func(*k8sauth.Config)
+		want string
+	}{
+		{"Audience", func(c *k8sauth.Config) { c.Audience = "" }, `k8sauth: Config.Audience is "", want a non-empty audience (configuration auth.kubernetes.audience)`},
+		{"Leeway", func(c *k8sauth.Config) { c.Leeway = -time.Second }, "k8sauth: Config.Leeway is -1s, want at least 0 (0: none) (configuration auth.kubernetes.leeway)"},
+		{"RefreshInterval", func(c *k8sauth.Config) { c.RefreshInterval = 0 }, "k8sauth: Config.RefreshInterval is 0s, want more than 0 (configuration verifier.jwks_refresh_interval)"},
+		{"MinRefreshInterval", func(c *k8sauth.Config) { c.MinRefreshInterval = 0 }, "k8sauth: Config.MinRefreshInterval is 0s, want more than 0 (configuration verifier.jwks_min_refresh_interval)"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := testConfig("https://k8s.example")
+			c.edit(&cfg)
+			v, err := k8sauth.New(cfg)
+			if err == nil || err.Error() != c.want {
+				t.Fatalf("New: got error %v, want %q", err, c.want)
+			}
+			if v != nil {
+				t.Fatalf("New: got a verifier with error %v, want none", err)
+			}
+		})
+	}
+}
+
+// TestZeroLeewayIsNone: leeway 0 means none, as auth.kubernetes.leeway
+// documents it (New used to turn it into 30s).
+func TestZeroLeewayIsNone(t *testing.T) {
+	iss := k8stest.NewIssuer(t)
+	now := time.Now()
+	cfg := testConfig(iss.URL)
+	cfg.Leeway, cfg.Now = 0, func() time.Time { return now }
+	v, _ := newVerifier(t, cfg)
+	tok := iss.Mint(t, k8stest.Token{Namespace: "a", ServiceAccount: "b", IssuedAt: now.Add(-time.Hour), NotBefore: now.Add(-time.Hour), Expiry: now.Add(-5 * time.Second)})
+	var re *verifier.RefusedError
+	if _, err := v.Verify(context.Background(), tok); !errors.As(err, &re) || re.Reason != verifier.ReasonExpired {
+		t.Errorf("token expired 5s ago with leeway 0: got %v, want expired", err)
+	}
 }
