@@ -20,6 +20,7 @@ import (
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/config"
 )
 
 // getTokenPath is the HTTP/2 :path of GetToken.
@@ -55,8 +56,9 @@ func TestMaxHeaderListSizeOnTheWire(t *testing.T) {
 	addr := serveTCP(t, cfg)
 	c := dialHTTP2(t, addr)
 
-	if got, ok := c.settings[http2.SettingMaxHeaderListSize]; !ok || got != DefaultMaxHeaderListSize {
-		t.Fatalf("server SETTINGS_MAX_HEADER_LIST_SIZE: got %d (sent: %v), want %d", got, ok, DefaultMaxHeaderListSize)
+	want := uint32(config.Default().Server.MaxHeaderListSize)
+	if got, ok := c.settings[http2.SettingMaxHeaderListSize]; !ok || got != want {
+		t.Fatalf("server SETTINGS_MAX_HEADER_LIST_SIZE: got %d (sent: %v), want %d", got, ok, want)
 	}
 
 	// Stream 1: six copies of a 4,000-byte header, each over 4 KiB in the

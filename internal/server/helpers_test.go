@@ -15,11 +15,47 @@ import (
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/testkit"
 )
 
 // rpcTimeout bounds every RPC and every wait in these tests.
 const rpcTimeout = 5 * time.Second
+
+// configured returns cfg with each zero limit that has a configuration
+// key (server.*) set to config.Default()'s value: the tests take the
+// defaults from the configuration, their one home.
+func configured(cfg Config) Config {
+	d := config.Default().Server
+	if cfg.MaxConcurrentStreams == 0 {
+		cfg.MaxConcurrentStreams = d.MaxConcurrentStreams
+	}
+	if cfg.KeepaliveMinTime == 0 {
+		cfg.KeepaliveMinTime = time.Duration(d.KeepaliveMinTime)
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = time.Duration(d.ShutdownTimeout)
+	}
+	if cfg.MaxConnectionAge == 0 {
+		cfg.MaxConnectionAge = time.Duration(d.MaxConnectionAge)
+	}
+	if cfg.MaxConnectionAgeGrace == 0 {
+		cfg.MaxConnectionAgeGrace = time.Duration(d.MaxConnectionAgeGrace)
+	}
+	if cfg.MaxWatchesPerCaller == 0 {
+		cfg.MaxWatchesPerCaller = d.MaxWatchesPerCaller
+	}
+	if cfg.WatchOpensPerSecond == 0 {
+		cfg.WatchOpensPerSecond = d.WatchOpensPerSecond
+	}
+	if cfg.WatchOpenBurst == 0 {
+		cfg.WatchOpenBurst = d.WatchOpenBurst
+	}
+	if cfg.MaxHeaderListSize == 0 {
+		cfg.MaxHeaderListSize = uint32(d.MaxHeaderListSize)
+	}
+	return cfg
+}
 
 // TestMain fails the run when a goroutine outlives the package's tests.
 func TestMain(m *testing.M) { testkit.VerifyTestMain(m) }
@@ -102,7 +138,7 @@ func startServer(t *testing.T, cfg Config) *testServer {
 	if cfg.Logger == nil {
 		cfg.Logger = testkit.JSONLogger(ts.logs)
 	}
-	srv, err := New(cfg)
+	srv, err := New(configured(cfg))
 	if err != nil {
 		t.Fatalf("New: got error %v, want nil", err)
 	}
@@ -145,7 +181,7 @@ func (ts *testServer) stop(t *testing.T) {
 			t.Errorf("Serve: got error %v, want nil", err)
 		}
 		ts.done = nil
-	case <-time.After(rpcTimeout + DefaultShutdownTimeout):
+	case <-time.After(rpcTimeout + time.Duration(config.Default().Server.ShutdownTimeout)):
 		t.Fatalf("Serve did not return after its context was cancelled")
 	}
 }
@@ -179,7 +215,7 @@ func (s *serving) stop(t *testing.T) {
 		if err != nil {
 			t.Errorf("serve: got error %v, want nil", err)
 		}
-	case <-time.After(rpcTimeout + DefaultShutdownTimeout):
+	case <-time.After(rpcTimeout + time.Duration(config.Default().Server.ShutdownTimeout)):
 		t.Errorf("serve did not return after its context was cancelled")
 	}
 }

@@ -51,7 +51,7 @@ func TestNewRejectsBadHooks(t *testing.T) {
 		{"nil stream interceptor", Config{Broker: b, StreamInterceptors: []grpc.StreamServerInterceptor{nil}}, "StreamInterceptors[0] is nil"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := New(tt.cfg)
+			_, err := New(configured(tt.cfg))
 			if err == nil || !strings.Contains(err.Error(), tt.expectErr) {
 				t.Fatalf("New: got error %v, want one containing %q", err, tt.expectErr)
 			}
@@ -421,7 +421,7 @@ func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
 func TestTLS(t *testing.T) {
 	cert, pool := selfSigned(t)
 	var handshakes atomic.Int32
-	srv, err := New(Config{
+	srv, err := New(configured(Config{
 		Broker:        okBroker(broker.Token{AccessToken: "tok", KeyID: "k1"}),
 		Admin:         &stubAdmin{},
 		SeparateAdmin: true,
@@ -433,7 +433,7 @@ func TestTLS(t *testing.T) {
 				return &cert, nil
 			},
 		},
-	})
+	}))
 	if err != nil {
 		t.Fatalf("New: got error %v, want nil", err)
 	}
@@ -537,7 +537,7 @@ func TestSeparateAdmin(t *testing.T) {
 // TestServeAdminWithoutSeparateAdmin checks that ServeAdmin refuses to run
 // unless SeparateAdmin is set, and closes the listener.
 func TestServeAdminWithoutSeparateAdmin(t *testing.T) {
-	srv, err := New(Config{Broker: okBroker(broker.Token{}), Admin: &stubAdmin{}})
+	srv, err := New(configured(Config{Broker: okBroker(broker.Token{}), Admin: &stubAdmin{}}))
 	if err != nil {
 		t.Fatalf("New: got error %v, want nil", err)
 	}
@@ -555,7 +555,7 @@ func TestServeAdminWithoutSeparateAdmin(t *testing.T) {
 // TestServeAdminListenerFailure checks that ServeAdmin reports a listener
 // that fails.
 func TestServeAdminListenerFailure(t *testing.T) {
-	srv, err := New(Config{Broker: okBroker(broker.Token{}), Admin: &stubAdmin{}, SeparateAdmin: true})
+	srv, err := New(configured(Config{Broker: okBroker(broker.Token{}), Admin: &stubAdmin{}, SeparateAdmin: true}))
 	if err != nil {
 		t.Fatalf("New: got error %v, want nil", err)
 	}

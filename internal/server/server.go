@@ -55,46 +55,12 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 )
 
-// Defaults for the zero values of Config.
-const (
-	// DefaultMaxConcurrentStreams is the per-connection stream limit.
-	DefaultMaxConcurrentStreams = 1000
-	// DefaultKeepaliveMinTime is the shortest client keepalive ping
-	// interval tolerated; clients pinging more often are disconnected.
-	DefaultKeepaliveMinTime = 30 * time.Second
-	// DefaultShutdownTimeout bounds the graceful part of a shutdown.
-	DefaultShutdownTimeout = 10 * time.Second
-	// DefaultMaxConnectionAge is how long a connection may live before the
-	// server asks the client to reconnect (GOAWAY), so that long-lived
-	// subscribers spread over replicas added since. gRPC adds ±10% jitter.
-	DefaultMaxConnectionAge = 30 * time.Minute
-	// DefaultMaxConnectionAgeGrace is how long calls may go on after
-	// DefaultMaxConnectionAge before the connection is closed. Watch
-	// streams never end by themselves; they end with codes.Unavailable
-	// then, and the client opens them again on a new connection.
-	DefaultMaxConnectionAgeGrace = time.Minute
-	// DefaultMaxWatchesPerCaller is the most concurrent WatchToken streams
-	// one caller identity may hold.
-	DefaultMaxWatchesPerCaller = 1000
-	// DefaultWatchOpensPerSecond is the sustained rate at which one caller
-	// identity may open WatchToken streams. With DefaultWatchOpenBurst it
-	// lets a client that reconnects open 100 streams at once, and a
-	// caller that lost all 1,000 of its streams reopen them within 20 s,
-	// while a client in a tight reconnect loop is slowed down.
-	DefaultWatchOpensPerSecond = 50
-	// DefaultWatchOpenBurst is how many WatchToken streams one caller
-	// identity may open at once, above DefaultWatchOpensPerSecond.
-	DefaultWatchOpenBurst = 100
-	// MaxRecvMsgSize is the largest request message accepted, in bytes.
-	// Larger ones fail with codes.ResourceExhausted.
-	MaxRecvMsgSize = 64 << 10
-	// DefaultMaxHeaderListSize is the most metadata (the HTTP/2 header
-	// list, as HTTP/2 counts it) a call may carry, in bytes. It is
-	// enforced by the transport, before any interceptor runs, so
-	// unauthenticated callers cannot make the server hold megabytes of
-	// headers per call.
-	DefaultMaxHeaderListSize = 16 << 10
-)
+// MaxRecvMsgSize is the largest request message accepted, in bytes.
+// Larger ones fail with codes.ResourceExhausted. It is a fixed limit, not
+// a configuration key. The limits that have a key (server.*) have no
+// default here: the configuration holds them, and New refuses a zero
+// value.
+const MaxRecvMsgSize = 64 << 10
 
 // keepaliveTime is how long a connection may be idle before the server
 // pings the client to check it is alive.
@@ -137,47 +103,58 @@ type Config struct {
 	// logger at info writes lines only for the calls that failed
 	// (configuration log.access).
 	LogSuccesses bool
-	// MaxConcurrentStreams limits concurrent streams per connection.
-	// Zero means DefaultMaxConcurrentStreams.
+	// The limits below have no default here: the configuration holds the
+	// defaults (server.*), and New refuses a zero value except where zero
+	// is said to be a value.
+
+	// MaxConcurrentStreams limits concurrent streams per connection; at
+	// least 1 (server.max_concurrent_streams).
 	MaxConcurrentStreams uint32
 	// KeepaliveMinTime is the keepalive enforcement policy's MinTime: the
 	// shortest ping interval a client may use (pings without active
-	// streams are permitted). Zero means DefaultKeepaliveMinTime.
+	// streams are permitted); clients pinging more often are
+	// disconnected. At least 0; 0: no minimum
+	// (server.keepalive_min_time).
 	KeepaliveMinTime time.Duration
 	// Reflection registers the gRPC reflection service.
 	Reflection bool
 	// ShutdownTimeout bounds how long Serve waits for calls in progress
-	// once its context is done, before closing every connection. Zero
-	// means DefaultShutdownTimeout. WatchToken streams do not count
+	// once its context is done, before closing every connection; more
+	// than 0 (server.shutdown_timeout). WatchToken streams do not count
 	// against it: they are ended at once.
 	ShutdownTimeout time.Duration
 	// MaxConnectionAge is how long a connection may live before the
-	// server asks the client to reconnect. Zero means
-	// DefaultMaxConnectionAge.
+	// server asks the client to reconnect (GOAWAY), so that long-lived
+	// subscribers spread over replicas added since; gRPC adds ±10%
+	// jitter. More than 0 (server.max_connection_age).
 	MaxConnectionAge time.Duration
 	// MaxConnectionAgeGrace is how long calls may go on once a
-	// connection reached MaxConnectionAge, before it is closed. Zero means
-	// DefaultMaxConnectionAgeGrace.
+	// connection reached MaxConnectionAge, before it is closed; more than
+	// 0 (server.max_connection_age_grace). Watch streams never end by
+	// themselves; they end with codes.Unavailable then, and the client
+	// opens them again on a new connection.
 	MaxConnectionAgeGrace time.Duration
 	// MaxWatchesPerCaller is the most concurrent WatchToken streams one
-	// caller identity may hold; more get codes.ResourceExhausted. Zero
-	// means DefaultMaxWatchesPerCaller.
+	// caller identity may hold; more get codes.ResourceExhausted. At
+	// least 1 (server.max_watches_per_caller).
 	MaxWatchesPerCaller int
 	// WatchOpensPerSecond is the sustained rate at which one caller
 	// identity may open WatchToken streams (a token bucket); faster opens
-	// get codes.ResourceExhausted. Zero means DefaultWatchOpensPerSecond.
+	// get codes.ResourceExhausted. A finite number more than 0
+	// (server.watch_opens_per_second).
 	WatchOpensPerSecond float64
 	// WatchOpenBurst is how many WatchToken streams one caller identity
-	// may open at once above WatchOpensPerSecond. Zero means
-	// DefaultWatchOpenBurst.
+	// may open at once above WatchOpensPerSecond; at least 1
+	// (server.watch_open_burst).
 	WatchOpenBurst int
 	// Identity names the caller of a stream for the per-caller limits.
 	// Nil means PeerIdentity.
 	Identity IdentityFunc
 	// MaxHeaderListSize bounds the metadata of one call (the HTTP/2
-	// header list), in bytes; larger header lists are refused by the
-	// transport before authentication. Zero means
-	// DefaultMaxHeaderListSize.
+	// header list, as HTTP/2 counts it), in bytes; larger header lists
+	// are refused by the transport before any interceptor runs, so
+	// unauthenticated callers cannot make the server hold megabytes of
+	// headers per call. At least 1 (server.max_header_list_size).
 	MaxHeaderListSize uint32
 
 	// Admin serves the AdminService. Nil means the AdminService is not
@@ -237,34 +214,45 @@ type Server struct {
 	watch *handler
 }
 
-// New returns a Server for cfg. It fails when cfg.Broker is nil, a
-// duration or a limit is negative, or WatchOpensPerSecond is not a finite
-// number; the error names the field.
+// check returns an error naming the first bad limit of c, its rule and
+// its configuration key.
+func (c *Config) check() error {
+	bad := func(field string, v any, rule, key string) error {
+		return fmt.Errorf("server: Config.%s is %v, want %s (configuration server.%s)", field, v, rule, key)
+	}
+	switch r := c.WatchOpensPerSecond; {
+	case c.MaxConcurrentStreams < 1:
+		return bad("MaxConcurrentStreams", c.MaxConcurrentStreams, "at least 1", "max_concurrent_streams")
+	case c.KeepaliveMinTime < 0:
+		return bad("KeepaliveMinTime", c.KeepaliveMinTime, "at least 0 (0: no minimum)", "keepalive_min_time")
+	case c.ShutdownTimeout <= 0:
+		return bad("ShutdownTimeout", c.ShutdownTimeout, "more than 0", "shutdown_timeout")
+	case c.MaxConnectionAge <= 0:
+		return bad("MaxConnectionAge", c.MaxConnectionAge, "more than 0", "max_connection_age")
+	case c.MaxConnectionAgeGrace <= 0:
+		return bad("MaxConnectionAgeGrace", c.MaxConnectionAgeGrace, "more than 0", "max_connection_age_grace")
+	case c.MaxWatchesPerCaller < 1:
+		return bad("MaxWatchesPerCaller", c.MaxWatchesPerCaller, "at least 1", "max_watches_per_caller")
+	case !(r > 0 && !math.IsInf(r, 1)):
+		return bad("WatchOpensPerSecond", r, "a finite number more than 0", "watch_opens_per_second")
+	case c.WatchOpenBurst < 1:
+		return bad("WatchOpenBurst", c.WatchOpenBurst, "at least 1", "watch_open_burst")
+	case c.MaxHeaderListSize < 1:
+		return bad("MaxHeaderListSize", c.MaxHeaderListSize, "at least 1", "max_header_list_size")
+	}
+	return nil
+}
+
+// New returns a Server for cfg. It fails when cfg.Broker is nil or a
+// limit is out of its range; a zero limit is an error like any other bad
+// value (the configuration holds the defaults). The error names the
+// field, the rule and the configuration key.
 func New(cfg Config) (*Server, error) {
 	if cfg.Broker == nil {
 		return nil, errors.New("server: Broker is required")
 	}
-	for _, d := range []struct {
-		name string
-		v    time.Duration
-	}{
-		{"KeepaliveMinTime", cfg.KeepaliveMinTime},
-		{"ShutdownTimeout", cfg.ShutdownTimeout},
-		{"MaxConnectionAge", cfg.MaxConnectionAge},
-		{"MaxConnectionAgeGrace", cfg.MaxConnectionAgeGrace},
-	} {
-		if d.v < 0 {
-			return nil, fmt.Errorf("server: %s must not be negative", d.name)
-		}
-	}
-	if cfg.MaxWatchesPerCaller < 0 {
-		return nil, errors.New("server: MaxWatchesPerCaller must not be negative")
-	}
-	if cfg.WatchOpenBurst < 0 {
-		return nil, errors.New("server: WatchOpenBurst must not be negative")
-	}
-	if r := cfg.WatchOpensPerSecond; r < 0 || math.IsNaN(r) || math.IsInf(r, 0) {
-		return nil, errors.New("server: WatchOpensPerSecond must be a finite number >= 0")
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
 	if cfg.SeparateAdmin && cfg.Admin == nil {
 		return nil, errors.New("server: SeparateAdmin requires Admin")
@@ -282,35 +270,13 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.MaxConcurrentStreams == 0 {
-		cfg.MaxConcurrentStreams = DefaultMaxConcurrentStreams
-	}
 	if cfg.KeepaliveMinTime == 0 {
-		cfg.KeepaliveMinTime = DefaultKeepaliveMinTime
-	}
-	if cfg.ShutdownTimeout == 0 {
-		cfg.ShutdownTimeout = DefaultShutdownTimeout
-	}
-	if cfg.MaxConnectionAge == 0 {
-		cfg.MaxConnectionAge = DefaultMaxConnectionAge
-	}
-	if cfg.MaxConnectionAgeGrace == 0 {
-		cfg.MaxConnectionAgeGrace = DefaultMaxConnectionAgeGrace
-	}
-	if cfg.MaxWatchesPerCaller == 0 {
-		cfg.MaxWatchesPerCaller = DefaultMaxWatchesPerCaller
-	}
-	if cfg.WatchOpensPerSecond == 0 {
-		cfg.WatchOpensPerSecond = DefaultWatchOpensPerSecond
-	}
-	if cfg.WatchOpenBurst == 0 {
-		cfg.WatchOpenBurst = DefaultWatchOpenBurst
+		// No minimum. grpc-go reads a zero MinTime as its own default
+		// (5 minutes), so the smallest positive one stands for none.
+		cfg.KeepaliveMinTime = time.Nanosecond
 	}
 	if cfg.Identity == nil {
 		cfg.Identity = PeerIdentity
-	}
-	if cfg.MaxHeaderListSize == 0 {
-		cfg.MaxHeaderListSize = DefaultMaxHeaderListSize
 	}
 
 	recoverOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(panicHandler(cfg.Logger))}

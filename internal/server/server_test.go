@@ -31,20 +31,52 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		expectErr string
 	}{
 		{"no broker", Config{}, "Broker is required"},
-		{"negative keepalive", Config{Broker: b, KeepaliveMinTime: -time.Second}, "KeepaliveMinTime must not be negative"},
-		{"negative shutdown timeout", Config{Broker: b, ShutdownTimeout: -time.Second}, "ShutdownTimeout must not be negative"},
-		{"negative max connection age", Config{Broker: b, MaxConnectionAge: -time.Second}, "MaxConnectionAge must not be negative"},
-		{"negative max connection age grace", Config{Broker: b, MaxConnectionAgeGrace: -time.Second}, "MaxConnectionAgeGrace must not be negative"},
-		{"negative max watches", Config{Broker: b, MaxWatchesPerCaller: -1}, "MaxWatchesPerCaller must not be negative"},
-		{"negative open burst", Config{Broker: b, WatchOpenBurst: -1}, "WatchOpenBurst must not be negative"},
-		{"negative open rate", Config{Broker: b, WatchOpensPerSecond: -1}, "WatchOpensPerSecond must be a finite number >= 0"},
-		{"NaN open rate", Config{Broker: b, WatchOpensPerSecond: math.NaN()}, "WatchOpensPerSecond must be a finite number >= 0"},
-		{"infinite open rate", Config{Broker: b, WatchOpensPerSecond: math.Inf(1)}, "WatchOpensPerSecond must be a finite number >= 0"},
+		{"negative keepalive", Config{Broker: b, KeepaliveMinTime: -time.Second}, "server: Config.KeepaliveMinTime is -1s, want at least 0 (0: no minimum) (configuration server.keepalive_min_time)"},
+		{"negative shutdown timeout", Config{Broker: b, ShutdownTimeout: -time.Second}, "server: Config.ShutdownTimeout is -1s, want more than 0"},
+		{"negative max connection age", Config{Broker: b, MaxConnectionAge: -time.Second}, "server: Config.MaxConnectionAge is -1s, want more than 0"},
+		{"negative max connection age grace", Config{Broker: b, MaxConnectionAgeGrace: -time.Second}, "server: Config.MaxConnectionAgeGrace is -1s, want more than 0"},
+		{"negative max watches", Config{Broker: b, MaxWatchesPerCaller: -1}, "server: Config.MaxWatchesPerCaller is -1, want at least 1"},
+		{"negative open burst", Config{Broker: b, WatchOpenBurst: -1}, "server: Config.WatchOpenBurst is -1, want at least 1"},
+		{"negative open rate", Config{Broker: b, WatchOpensPerSecond: -1}, "server: Config.WatchOpensPerSecond is -1, want a finite number more than 0"},
+		{"NaN open rate", Config{Broker: b, WatchOpensPerSecond: math.NaN()}, "server: Config.WatchOpensPerSecond is NaN, want a finite number more than 0"},
+		{"infinite open rate", Config{Broker: b, WatchOpensPerSecond: math.Inf(1)}, "server: Config.WatchOpensPerSecond is +Inf, want a finite number more than 0"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := New(tt.cfg)
+			_, err := New(configured(tt.cfg))
 			if err == nil || !strings.Contains(err.Error(), tt.expectErr) {
 				t.Fatalf("New: got error %v, want one containing %q", err, tt.expectErr)
+			}
+		})
+	}
+}
+
+// TestNewRefusesZeroValues: the defaults live in the configuration only,
+// so a limit left zero is an error naming the field, the rule and the
+// configuration key, not a silent default.
+func TestNewRefusesZeroValues(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		zero      func(*Config)
+		expectErr string
+	}{
+		{"MaxConcurrentStreams", func(c *Config) { c.MaxConcurrentStreams = 0 }, "server: Config.MaxConcurrentStreams is 0, want at least 1 (configuration server.max_concurrent_streams)"},
+		{"ShutdownTimeout", func(c *Config) { c.ShutdownTimeout = 0 }, "server: Config.ShutdownTimeout is 0s, want more than 0 (configuration server.shutdown_timeout)"},
+		{"MaxConnectionAge", func(c *Config) { c.MaxConnectionAge = 0 }, "server: Config.MaxConnectionAge is 0s, want more than 0 (configuration server.max_connection_age)"},
+		{"MaxConnectionAgeGrace", func(c *Config) { c.MaxConnectionAgeGrace = 0 }, "server: Config.MaxConnectionAgeGrace is 0s, want more than 0 (configuration server.max_connection_age_grace)"},
+		{"MaxWatchesPerCaller", func(c *Config) { c.MaxWatchesPerCaller = 0 }, "server: Config.MaxWatchesPerCaller is 0, want at least 1 (configuration server.max_watches_per_caller)"},
+		{"WatchOpensPerSecond", func(c *Config) { c.WatchOpensPerSecond = 0 }, "server: Config.WatchOpensPerSecond is 0, want a finite number more than 0 (configuration server.watch_opens_per_second)"},
+		{"WatchOpenBurst", func(c *Config) { c.WatchOpenBurst = 0 }, "server: Config.WatchOpenBurst is 0, want at least 1 (configuration server.watch_open_burst)"},
+		{"MaxHeaderListSize", func(c *Config) { c.MaxHeaderListSize = 0 }, "server: Config.MaxHeaderListSize is 0, want at least 1 (configuration server.max_header_list_size)"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := configured(Config{Broker: okBroker(broker.Token{})})
+			tt.zero(&cfg)
+			srv, err := New(cfg)
+			if err == nil || err.Error() != tt.expectErr {
+				t.Fatalf("New: got error %v, want %q", err, tt.expectErr)
+			}
+			if srv != nil {
+				t.Fatalf("New: got a server with error %v, want none", err)
 			}
 		})
 	}
@@ -311,7 +343,7 @@ func TestServeStopsStuckCalls(t *testing.T) {
 
 // TestServeListenerFailure checks that Serve reports a listener that fails.
 func TestServeListenerFailure(t *testing.T) {
-	srv, err := New(Config{Broker: okBroker(broker.Token{})})
+	srv, err := New(configured(Config{Broker: okBroker(broker.Token{})}))
 	if err != nil {
 		t.Fatalf("New: got error %v, want nil", err)
 	}

@@ -44,7 +44,7 @@ func startTCPServer(t *testing.T, cfg Config) *grpc.ClientConn {
 // cleanup, and returns its address.
 func serveTCP(t *testing.T, cfg Config) string {
 	t.Helper()
-	srv, err := New(cfg)
+	srv, err := New(configured(cfg))
 	if err != nil {
 		t.Fatalf("New: got error %v, want nil", err)
 	}
