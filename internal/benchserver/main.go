@@ -1,7 +1,8 @@
 // Command benchserver is the benchmarks' bare baseline, not part of the
 // product: the separate-process comparisons of internal/app
-// (BenchmarkProcGetTokenVsBare, BenchmarkProcHTTPVsBare) run it beside
-// the real tokenbroker binary and call both alike.
+// (BenchmarkProcGetTokenVsBare, BenchmarkProcHTTPVsBare,
+// BenchmarkProcWatchFanoutVsBare) run it beside the real tokenbroker
+// binary and call both alike.
 //
 // It serves, on loopback ports of its own choosing, what a bare server
 // with no interceptors, options or broker would:
@@ -9,6 +10,18 @@
 //   - with -grpc-response FILE (a serialized tokenbroker.v1.GetTokenResponse),
 //     a bare grpc.NewServer() whose TokenBrokerService.GetToken returns
 //     that message, marshaled on every call as any grpc-go server does;
+//   - with -watch-message FILE (a serialized tokenbroker.v1.WatchTokenResponse,
+//     typically the broker's own first WatchToken message), on the same
+//     gRPC server, a WatchToken that sends that message as EVENT_INITIAL
+//     and then each newly published one, marshaled for every stream by a
+//     plain stream.Send (package barewatch). Each line read on standard
+//     input publishes a new message: the file's token issued at that
+//     moment, its expiry and refresh point moved by as much, as
+//     EVENT_REFRESHED;
+//   - with -max-concurrent-streams N, that gRPC server allows N
+//     concurrent streams per connection (grpc.MaxConcurrentStreams; the
+//     broker's server.max_concurrent_streams is the one to match); 0, the
+//     default, leaves grpc-go's own;
 //   - with -http-body FILE, a plain net/http server answering every POST
 //     with status 200, the -http-header headers ("Name: value", repeatable)
 //     and that body.
@@ -16,6 +29,7 @@
 // Usage:
 //
 //	benchserver -grpc-response resp.pb -http-body body.json -http-header 'Content-Type: application/json'
+//	benchserver -watch-message watch.pb -max-concurrent-streams 1000
 //
 // Once it listens it prints one line on standard output:
 //
@@ -28,11 +42,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -45,6 +61,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/internal/benchserver/barewatch"
 )
 
 func main() {
@@ -89,10 +106,13 @@ func (h headerFlags) Set(s string) error {
 }
 
 // run serves what args ask for until ctx ends or stdin reaches its end,
-// after printing the listen addresses on stdout.
+// after printing the listen addresses on stdout; with -watch-message,
+// each line of stdin publishes a new watch message.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
 	fs := flag.NewFlagSet("benchserver", flag.ContinueOnError)
 	grpcResponse := fs.String("grpc-response", "", "`file` holding a serialized tokenbroker.v1.GetTokenResponse: serve it as GetToken's answer over bare gRPC")
+	watchMessage := fs.String("watch-message", "", "`file` holding a serialized tokenbroker.v1.WatchTokenResponse: serve WatchToken over bare gRPC, publishing a new one for each line of stdin")
+	maxStreams := fs.Uint("max-concurrent-streams", 0, "`n` concurrent streams per gRPC connection (0: grpc-go's default)")
 	httpBody := fs.String("http-body", "", "`file` holding the body every POST is answered with over bare net/http")
 	header := headerFlags{}
 	fs.Var(header, "http-header", "a `Name: value` header of the HTTP answers (repeatable)")
@@ -102,10 +122,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) 
 	switch {
 	case fs.NArg() > 0:
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	case *grpcResponse == "" && *httpBody == "":
-		return errors.New("-grpc-response and -http-body: at least one is required")
+	case *grpcResponse == "" && *watchMessage == "" && *httpBody == "":
+		return errors.New("-grpc-response, -watch-message and -http-body: at least one is required")
 	case len(header) > 0 && *httpBody == "":
 		return errors.New("-http-header: needs -http-body")
+	case *maxStreams > math.MaxUint32:
+		return fmt.Errorf("-max-concurrent-streams: must be from 0 to %d, got %d", uint32(math.MaxUint32), *maxStreams)
+	case *maxStreams > 0 && *grpcResponse == "" && *watchMessage == "":
+		return errors.New("-max-concurrent-streams: needs -grpc-response or -watch-message")
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -117,12 +141,26 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) 
 		}
 	}()
 	var addrs []string
+	var svc service
 	if *grpcResponse != "" {
-		resp, err := readResponse(*grpcResponse)
-		if err != nil {
-			return err
+		svc.resp = &tokenbrokerv1.GetTokenResponse{}
+		if err := readMessage(*grpcResponse, svc.resp); err != nil {
+			return fmt.Errorf("-grpc-response: %w", err)
 		}
-		s, err := startGRPC(resp)
+	}
+	if *watchMessage != "" {
+		msg := &tokenbrokerv1.WatchTokenResponse{}
+		if err := readMessage(*watchMessage, msg); err != nil {
+			return fmt.Errorf("-watch-message: %w", err)
+		}
+		svc.watch = barewatch.New(msg)
+	}
+	if svc.resp != nil || svc.watch != nil {
+		var opts []grpc.ServerOption
+		if *maxStreams > 0 {
+			opts = append(opts, grpc.MaxConcurrentStreams(uint32(*maxStreams)))
+		}
+		s, err := startGRPC(&svc, opts...)
 		if err != nil {
 			return err
 		}
@@ -145,10 +183,17 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) 
 		return err
 	}
 
-	// The end of stdin ends the run like a signal. The reader goroutine
-	// stays blocked on a stdin that never ends; the process exits anyway.
+	// Each line of stdin publishes a watch message (and is ignored
+	// without -watch-message); its end ends the run like a signal. The
+	// reader goroutine stays blocked on a stdin that never ends; the
+	// process exits anyway.
 	go func() {
-		_, _ = io.Copy(io.Discard, stdin)
+		lines := bufio.NewScanner(stdin)
+		for lines.Scan() {
+			if svc.watch != nil {
+				svc.watch.Publish(time.Now())
+			}
+		}
 		cancel()
 	}()
 	select {
@@ -159,17 +204,16 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) 
 	return nil
 }
 
-// readResponse reads and decodes the GetTokenResponse in file.
-func readResponse(file string) (*tokenbrokerv1.GetTokenResponse, error) {
+// readMessage reads file and decodes it into msg.
+func readMessage(file string, msg proto.Message) error {
 	raw, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("-grpc-response: %w", err)
+		return err
 	}
-	resp := &tokenbrokerv1.GetTokenResponse{}
-	if err := proto.Unmarshal(raw, resp); err != nil {
-		return nil, fmt.Errorf("-grpc-response: %s is not a serialized tokenbroker.v1.GetTokenResponse: %w", file, err)
+	if err := proto.Unmarshal(raw, msg); err != nil {
+		return fmt.Errorf("%s is not a serialized %s: %w", file, msg.ProtoReflect().Descriptor().FullName(), err)
 	}
-	return resp, nil
+	return nil
 }
 
 // server is one running server.
@@ -193,26 +237,39 @@ func firstFailure(servers []server) <-chan error {
 	return out
 }
 
-// echoService is the bare TokenBrokerService: GetToken returns resp.
-type echoService struct {
+// service is the bare TokenBrokerService: GetToken returns resp, and
+// WatchToken is watch's. Either is unimplemented when nil.
+type service struct {
 	tokenbrokerv1.UnimplementedTokenBrokerServiceServer
-	resp *tokenbrokerv1.GetTokenResponse
+	resp  *tokenbrokerv1.GetTokenResponse
+	watch *barewatch.Server
 }
 
 // GetToken implements tokenbrokerv1.TokenBrokerServiceServer.
-func (s *echoService) GetToken(context.Context, *tokenbrokerv1.GetTokenRequest) (*tokenbrokerv1.GetTokenResponse, error) {
+func (s *service) GetToken(ctx context.Context, req *tokenbrokerv1.GetTokenRequest) (*tokenbrokerv1.GetTokenResponse, error) {
+	if s.resp == nil {
+		return s.UnimplementedTokenBrokerServiceServer.GetToken(ctx, req)
+	}
 	return s.resp, nil
 }
 
-// startGRPC serves resp on a bare grpc.Server (no options, no
-// interceptors) on a free loopback port.
-func startGRPC(resp *tokenbrokerv1.GetTokenResponse) (server, error) {
+// WatchToken implements tokenbrokerv1.TokenBrokerServiceServer.
+func (s *service) WatchToken(req *tokenbrokerv1.WatchTokenRequest, stream grpc.ServerStreamingServer[tokenbrokerv1.WatchTokenResponse]) error {
+	if s.watch == nil {
+		return s.UnimplementedTokenBrokerServiceServer.WatchToken(req, stream)
+	}
+	return s.watch.WatchToken(req, stream)
+}
+
+// startGRPC serves svc on a bare grpc.Server (no interceptors, no options
+// but opts) on a free loopback port.
+func startGRPC(svc *service, opts ...grpc.ServerOption) (server, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return server{}, fmt.Errorf("grpc listener: %w", err)
 	}
-	gs := grpc.NewServer()
-	tokenbrokerv1.RegisterTokenBrokerServiceServer(gs, &echoService{resp: resp})
+	gs := grpc.NewServer(opts...)
+	tokenbrokerv1.RegisterTokenBrokerServiceServer(gs, svc)
 	served := make(chan error, 1)
 	failed := make(chan error, 1)
 	go func() {

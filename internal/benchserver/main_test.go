@@ -12,8 +12,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/testkit"
@@ -129,6 +132,78 @@ func TestServesGRPCAndHTTP(t *testing.T) {
 	}
 }
 
+// TestWatchPublishesOnEachStdinLine: with -watch-message, WatchToken
+// sends the file's message as EVENT_INITIAL, then, for each line written
+// to stdin, a new one as EVENT_REFRESHED whose token is issued later and
+// is otherwise the same; GetToken is unimplemented; the stream limit per
+// connection is the one asked for.
+func TestWatchPublishesOnEachStdinLine(t *testing.T) {
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
+	initial := &tokenbrokerv1.WatchTokenResponse{Event: tokenbrokerv1.WatchTokenResponse_EVENT_INITIAL, Token: &tokenbrokerv1.Token{
+		AccessToken: "not-a-real-token", TokenType: "Bearer", KeyId: "k1",
+		IssuedAt: timestamppb.New(t0), ExpiresAt: timestamppb.New(t0.Add(time.Hour)),
+	}}
+	raw, err := proto.Marshal(initial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "watch.pb")
+	if err := os.WriteFile(file, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := start(t, "-watch-message", file, "-max-concurrent-streams", "1")
+	if _, ok := s.addrs["http"]; ok || s.addrs["grpc"] == "" {
+		t.Fatalf("got addresses %v, want grpc only", s.addrs)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := grpc.NewClient(s.addrs["grpc"], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := tokenbrokerv1.NewTokenBrokerServiceClient(conn)
+	if _, err := client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("GetToken: got %v, want Unimplemented", err)
+	}
+	st, err := client.WatchToken(ctx, &tokenbrokerv1.WatchTokenRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := st.Recv(); err != nil || !proto.Equal(got, initial) {
+		t.Fatalf("first message: got %v, %v; want %v", got, err, initial)
+	}
+	// A second stream on the connection waits for the first to end.
+	sctx, scancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer scancel()
+	if st2, err := client.WatchToken(sctx, &tokenbrokerv1.WatchTokenRequest{}); err == nil {
+		if _, err := st2.Recv(); status.Code(err) != codes.DeadlineExceeded {
+			t.Errorf("second stream on the connection: got %v, want DeadlineExceeded (max 1 stream)", err)
+		}
+	}
+	prev := t0
+	for k := range 2 {
+		if _, err := io.WriteString(s.stdin, "publish\n"); err != nil {
+			t.Fatal(err)
+		}
+		got, err := st.Recv()
+		if err != nil {
+			t.Fatalf("after line %d: %v", k+1, err)
+		}
+		issued := got.GetToken().GetIssuedAt().AsTime()
+		if got.GetEvent() != tokenbrokerv1.WatchTokenResponse_EVENT_REFRESHED || !issued.After(prev) {
+			t.Errorf("after line %d: got %v issued at %v, want EVENT_REFRESHED issued after %v", k+1, got.GetEvent(), issued, prev)
+		}
+		if life := got.GetToken().GetExpiresAt().AsTime().Sub(issued); life != time.Hour {
+			t.Errorf("after line %d: lifetime %v, want 1h", k+1, life)
+		}
+		if got.GetToken().GetAccessToken() != initial.GetToken().GetAccessToken() {
+			t.Errorf("after line %d: another access token", k+1)
+		}
+		prev = issued
+	}
+}
+
 func TestOnlyOneServer(t *testing.T) {
 	body := filepath.Join(t.TempDir(), "body")
 	if err := os.WriteFile(body, []byte("ok"), 0o600); err != nil {
@@ -150,7 +225,10 @@ func TestBadArguments(t *testing.T) {
 		args []string
 		want string
 	}{
-		{nil, "-grpc-response and -http-body: at least one is required"},
+		{nil, "-grpc-response, -watch-message and -http-body: at least one is required"},
+		{[]string{"-watch-message", notProto}, "is not a serialized tokenbroker.v1.WatchTokenResponse"},
+		{[]string{"-http-body", notProto, "-max-concurrent-streams", "10"}, "-max-concurrent-streams: needs -grpc-response or -watch-message"},
+		{[]string{"-watch-message", notProto, "-max-concurrent-streams", "4294967296"}, "-max-concurrent-streams: must be from 0 to 4294967295"},
 		{[]string{"-http-header", "X: y", "-grpc-response", notProto}, "-http-header: needs -http-body"},
 		{[]string{"-http-body", notProto, "-http-header", "no colon"}, `must be "Name: value"`},
 		{[]string{"-grpc-response", notProto}, "is not a serialized tokenbroker.v1.GetTokenResponse"},
