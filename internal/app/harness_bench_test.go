@@ -36,10 +36,13 @@ import (
 //   - BenchmarkHTTPVsBare: the drop-in endpoint's cache hits against a
 //     bare net/http handler writing the same body.
 //
-// WatchToken fan-out and the memory per watcher are measured by
-// BenchmarkWatchFanout (bench_test.go). BenchmarkProcGetTokenVsBare and
-// BenchmarkProcHTTPVsBare (proc_bench_test.go) run the same comparisons
-// with the built binaries, each server in a process of its own.
+// BenchmarkProcGetTokenVsBare and BenchmarkProcHTTPVsBare
+// (proc_bench_test.go) run the same comparisons with the built binaries,
+// each server in a process of its own. WatchToken fan-out and the memory
+// per open stream are compared by BenchmarkProcWatchFanoutVsBare
+// (proc_fanout_bench_test.go), in separate processes too, and its
+// in-process counterpart BenchmarkWatchFanout (bench_test.go), with the
+// same interleaved rounds (interleave) and ratios (reportRatios).
 //
 // The throughput comparisons run the broker and its baseline in
 // interleaved rounds of fixed length (harnessRounds of each, the order
@@ -209,23 +212,57 @@ func (cmp *comparison) compare(b *testing.B, c int, broker, base func(context.Co
 	if _, err := runRound(c, warmup, base, cmp.baseCPU); err != nil {
 		b.Fatalf("warm-up: %v", err)
 	}
-	for r := range rounds {
-		var rb, rs round
-		var err error
-		if r%2 == 0 {
-			if rb, err = runRound(c, length, broker, cmp.brokerCPU); err == nil {
-				rs, err = runRound(c, length, base, cmp.baseCPU)
-			}
-		} else {
-			if rs, err = runRound(c, length, base, cmp.baseCPU); err == nil {
-				rb, err = runRound(c, length, broker, cmp.brokerCPU)
-			}
+	err := interleave(rounds, func(_ int, isBroker bool) error {
+		if isBroker {
+			r, err := runRound(c, length, broker, cmp.brokerCPU)
+			cmp.broker = append(cmp.broker, r)
+			return err
 		}
-		if err != nil {
-			b.Fatalf("round %d: %v", r+1, err)
-		}
-		cmp.broker, cmp.base = append(cmp.broker, rb), append(cmp.base, rs)
+		r, err := runRound(c, length, base, cmp.baseCPU)
+		cmp.base = append(cmp.base, r)
+		return err
+	})
+	if err != nil {
+		b.Fatal(err)
 	}
+}
+
+// interleave runs rounds rounds of the broker's side and of its
+// baseline's, back to back, the broker first in even rounds (counting
+// from 0) and the baseline first in odd ones, so that drift on the
+// machine hits both alike; side runs round r of one side. It stops at
+// the first error, which names the round.
+func interleave(rounds int, side func(r int, isBroker bool) error) error {
+	for r := range rounds {
+		first := r%2 == 0
+		for _, isBroker := range []bool{first, !first} {
+			if err := side(r, isBroker); err != nil {
+				return fmt.Errorf("round %d: %w", r+1, err)
+			}
+		}
+	}
+	return nil
+}
+
+// median returns the median (nearest rank) of v, which must not be empty;
+// v is left as it was.
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return percentile(s, 0.5)
+}
+
+// reportRatios reports the median of the per-round ratios broker[i] ÷
+// base[i] as metric name, and the lowest and the highest of them as
+// name-min and name-max.
+func reportRatios(b *testing.B, name string, broker, base []float64) {
+	ratios := make([]float64, len(broker))
+	for i := range ratios {
+		ratios[i] = broker[i] / base[i]
+	}
+	b.ReportMetric(median(ratios), name)
+	b.ReportMetric(slices.Min(ratios), name+"-min")
+	b.ReportMetric(slices.Max(ratios), name+"-max")
 }
 
 // report reports the medians over the rounds: throughput in unit ("calls"
@@ -234,48 +271,29 @@ func (cmp *comparison) compare(b *testing.B, c int, broker, base func(context.Co
 // those ratios, the same for CPU per call, and the latency percentiles.
 // base names the baseline in the metrics.
 func (cmp *comparison) report(b *testing.B, unit, base string) {
-	med := func(rs []round, f func(round) float64) float64 {
+	// field returns f of every round of rs.
+	field := func(rs []round, f func(round) float64) []float64 {
 		v := make([]float64, len(rs))
 		for i, r := range rs {
 			v[i] = f(r)
 		}
-		slices.Sort(v)
-		return percentile(v, 0.5)
-	}
-	ratios := make([]round, len(cmp.broker))
-	for i := range ratios {
-		ratios[i].perSec = cmp.broker[i].perSec / cmp.base[i].perSec
-		ratios[i].cpu = cmp.broker[i].cpu / cmp.base[i].cpu
+		return v
 	}
 	perSec := func(r round) float64 { return r.perSec }
+	cpu := func(r round) float64 { return r.cpu }
 	p50 := func(r round) float64 { return r.p50 }
 	p99 := func(r round) float64 { return r.p99 }
 	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(med(cmp.broker, perSec), "broker-"+unit+"/s")
-	b.ReportMetric(med(cmp.base, perSec), base+"-"+unit+"/s")
-	// spread returns the lowest and the highest per-round ratio.
-	spread := func(f func(round) float64) (lo, hi float64) {
-		lo, hi = f(ratios[0]), f(ratios[0])
-		for _, r := range ratios {
-			lo, hi = min(lo, f(r)), max(hi, f(r))
-		}
-		return lo, hi
-	}
-	b.ReportMetric(med(ratios, perSec), "ratio")
-	lo, hi := spread(perSec)
-	b.ReportMetric(lo, "ratio-min")
-	b.ReportMetric(hi, "ratio-max")
-	cpu := func(r round) float64 { return r.cpu }
-	b.ReportMetric(med(cmp.broker, cpu), "broker-cpu-µs/call")
-	b.ReportMetric(med(cmp.base, cpu), base+"-cpu-µs/call")
-	b.ReportMetric(med(ratios, cpu), "cpu-ratio")
-	lo, hi = spread(cpu)
-	b.ReportMetric(lo, "cpu-ratio-min")
-	b.ReportMetric(hi, "cpu-ratio-max")
-	b.ReportMetric(med(cmp.broker, p50), "broker-p50-µs")
-	b.ReportMetric(med(cmp.broker, p99), "broker-p99-µs")
-	b.ReportMetric(med(cmp.base, p50), base+"-p50-µs")
-	b.ReportMetric(med(cmp.base, p99), base+"-p99-µs")
+	b.ReportMetric(median(field(cmp.broker, perSec)), "broker-"+unit+"/s")
+	b.ReportMetric(median(field(cmp.base, perSec)), base+"-"+unit+"/s")
+	reportRatios(b, "ratio", field(cmp.broker, perSec), field(cmp.base, perSec))
+	b.ReportMetric(median(field(cmp.broker, cpu)), "broker-cpu-µs/call")
+	b.ReportMetric(median(field(cmp.base, cpu)), base+"-cpu-µs/call")
+	reportRatios(b, "cpu-ratio", field(cmp.broker, cpu), field(cmp.base, cpu))
+	b.ReportMetric(median(field(cmp.broker, p50)), "broker-p50-µs")
+	b.ReportMetric(median(field(cmp.broker, p99)), "broker-p99-µs")
+	b.ReportMetric(median(field(cmp.base, p50)), base+"-p50-µs")
+	b.ReportMetric(median(field(cmp.base, p99)), base+"-p99-µs")
 }
 
 // echoServer is the gRPC baseline: a TokenBrokerService whose GetToken

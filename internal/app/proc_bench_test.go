@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -42,6 +43,9 @@ import (
 // procRound on each. CPU per call is each server process's own CPU time
 // (procCPU: utime + stime of /proc/PID/stat) over a round divided by the
 // calls it completed: the callers' CPU is not in it.
+//
+// BenchmarkProcWatchFanoutVsBare (proc_fanout_bench_test.go) compares
+// WatchToken fan-out with the same binaries and processes.
 
 // The separate-process comparisons' rounds.
 const (
@@ -85,6 +89,39 @@ func procCPU(pid int) cpuClock {
 	}
 }
 
+// procAnonRSS returns the memory clock of process pid: its resident
+// anonymous memory (RssAnon of /proc/PID/status, in bytes): the pages of
+// its heap, stacks and other private mappings that are in RAM, without
+// the pages of its executable and other files (RssFile), which the first
+// run of a code path faults in. It is the same measure for any process,
+// whatever its language or runtime. Memory the Go runtime has freed but
+// not yet returned to the kernel is still counted.
+func procAnonRSS(pid int) func() (int64, error) {
+	path := fmt.Sprintf("/proc/%d/status", pid)
+	return func() (int64, error) {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return 0, err
+		}
+		for line := range strings.Lines(string(raw)) {
+			rest, ok := strings.CutPrefix(line, "RssAnon:")
+			if !ok {
+				continue
+			}
+			kb, ok := strings.CutSuffix(strings.TrimSpace(rest), " kB")
+			if !ok {
+				return 0, fmt.Errorf("%s: RssAnon %q is not in kB", path, strings.TrimSpace(rest))
+			}
+			n, err := strconv.ParseInt(kb, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s: RssAnon: %w", path, err)
+			}
+			return n * 1024, nil
+		}
+		return 0, fmt.Errorf("%s: no RssAnon line (Linux 4.5 or later has it)", path)
+	}
+}
+
 // procBins builds the tokenbroker and benchserver binaries into a
 // temporary directory as make build does (CGO_ENABLED=0, -trimpath, so
 // their packages are already compiled) and returns their paths.
@@ -105,8 +142,9 @@ func procBins(b *testing.B) (broker, bare string) {
 type proc struct {
 	name   string
 	pid    int
-	output string        // the file holding its stdout and stderr
-	exited chan struct{} // closed when it has exited and been waited for
+	output string         // the file holding its stdout and stderr
+	stdin  io.WriteCloser // the pipe to its standard input
+	exited chan struct{}  // closed when it has exited and been waited for
 }
 
 // startProc starts bin with args until the benchmark ends, its stdout
@@ -129,6 +167,7 @@ func startProc(b *testing.B, bin string, args ...string) *proc {
 	if err != nil {
 		b.Fatal(err)
 	}
+	p.stdin = stdin
 	if err := cmd.Start(); err != nil {
 		b.Fatalf("starting %s: %v", p.name, err)
 	}
@@ -210,13 +249,29 @@ func logAddr(msg string) func(string) (string, bool) {
 type procBroker struct {
 	*proc
 	grpcAddr, httpAddr string
+	adminAddr          string // "unix:/path" with procOptions.watchers, else ""
 	apiKey             string // the caller's API key
+}
+
+// procOptions are what a separate-process comparison adds to procConfig's
+// defaults.
+type procOptions struct {
+	// dropIn turns pass-through on for the drop-in endpoint (see
+	// procConfig).
+	dropIn bool
+	// watchers, when above 0, lets the caller hold twice that many
+	// WatchToken streams and open them all at once
+	// (server.max_watches_per_caller, watch_opens_per_second and
+	// watch_open_burst; the defaults allow 1,000 streams, opened at 50 a
+	// second), and serves AdminService to that caller on a unix socket
+	// (admin.listen, admin.identities), for the fan-out's trigger.
+	watchers int
 }
 
 // startProcBroker writes procConfig (with the broker-held client's secret
 // file and a fresh API key) into a temporary directory, starts the broker
 // binary with it and waits for its listening lines.
-func startProcBroker(b *testing.B, bin, tokenURL string, dropIn bool) *procBroker {
+func startProcBroker(b *testing.B, bin, tokenURL string, opt procOptions) *procBroker {
 	b.Helper()
 	dir := b.TempDir()
 	key := make([]byte, 32)
@@ -228,17 +283,32 @@ func startProcBroker(b *testing.B, bin, tokenURL string, dropIn bool) *procBroke
 	if err := os.WriteFile(filepath.Join(dir, "held-secret"), []byte(heldSecret), 0o600); err != nil {
 		b.Fatal(err)
 	}
+	cfg := procConfig(tokenURL, hex.EncodeToString(digest[:]), opt.dropIn)
+	if opt.watchers > 0 {
+		cfg += fmt.Sprintf(`server:
+  max_watches_per_caller: %d
+  watch_opens_per_second: 1000000
+  watch_open_burst: %d
+admin:
+  listen: %q
+  identities: [apikey:bench]
+`, 2*opt.watchers, 2*opt.watchers, "unix:"+filepath.Join(dir, "admin.sock"))
+	}
 	cfgFile := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(cfgFile, []byte(procConfig(tokenURL, hex.EncodeToString(digest[:]), dropIn)), 0o600); err != nil {
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		b.Fatal(err)
 	}
 	p := startProc(b, bin, "-config", cfgFile)
-	return &procBroker{
+	pb := &procBroker{
 		proc:     p,
 		grpcAddr: p.await(b, "its gRPC address", logAddr("tokenbroker listening")),
 		httpAddr: p.await(b, "its HTTP address", logAddr("http listening")),
 		apiKey:   apiKey,
 	}
+	if opt.watchers > 0 {
+		pb.adminAddr = p.await(b, "its admin address", logAddr("admin service listening"))
+	}
+	return pb
 }
 
 // procConfig is the broker's configuration file for the separate-process
@@ -329,7 +399,7 @@ func BenchmarkProcGetTokenVsBare(b *testing.B) {
 	skipProc(b)
 	brokerBin, bareBin := procBins(b)
 	issuer, tokenURL := startIssuer(b, nil)
-	broker := startProcBroker(b, brokerBin, tokenURL, false)
+	broker := startProcBroker(b, brokerBin, tokenURL, procOptions{})
 
 	req := &tokenbrokerv1.GetTokenRequest{Selector: heldSelector("api/read")}
 	authz := "Bearer " + broker.apiKey
@@ -389,7 +459,7 @@ func BenchmarkProcHTTPVsBare(b *testing.B) {
 	skipProc(b)
 	brokerBin, bareBin := procBins(b)
 	issuer, tokenURL := startIssuer(b, nil)
-	broker := startProcBroker(b, brokerBin, tokenURL, true)
+	broker := startProcBroker(b, brokerBin, tokenURL, procOptions{dropIn: true})
 	brokerURL := "http://" + broker.httpAddr + "/oauth2/token"
 
 	ctx, cancel := context.WithTimeout(context.Background(), harnessWait)
