@@ -70,7 +70,7 @@ import (
 // The fan-out comparison's rounds.
 const (
 	fanoutRounds = 7
-	fanoutPushes = 3 // per side and round
+	fanoutPushes = 10 // per side and round
 )
 
 // fanoutSide is one server of the fan-out comparison and the ways to
